@@ -1,0 +1,277 @@
+"""The condensation loop (SPEC section 4), readable top to bottom.
+
+``condense`` learns ``ipc`` synthetic images per class.  Every outer iteration draws a fresh
+network and alternates matching steps on the images with training the network on them.  All
+randomness of iteration ``it`` of experiment ``e`` comes from a seed derived from (seed, e, it),
+so a run stopped after any iteration and resumed from its images and optimiser state continues
+exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data import Dataset
+from .errors import GradmatchError
+from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
+from .models import create_model, has_batchnorm
+from .schedule import OVERFIT_MAX_EPOCHS, inner_epochs, loops_for_ipc, resolve_schedule
+from .train import mean_loss, train_epoch
+
+BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
+INIT_CHOICES = ("noise", "real")
+
+
+@dataclass
+class CondenseConfig:
+    """Settings of one condensation; field names follow the seed's flags where it has one."""
+    ipc: int = 10
+    model: str = "ConvNet"
+    scheme: str = "intra-class"
+    dis_metric: Any = "baseline"       # a name, 'package.module:function', or a callable
+    iterations: int = 1000             # the seed's --Iteration
+    lr_img: Optional[float] = None     # None: 0.1, or 0.01 for MLP
+    lr_net: float = 0.01
+    batch_real: int = 256
+    batch_train: int = 256
+    init: str = "noise"
+    schedule: str = "fixed"            # fixed | adaptive (--adaptive_step) | overfit
+    outer_loop: Optional[int] = None   # None: by ipc (schedule.loops_for_ipc)
+    inner_loop: Optional[int] = None
+    seed: int = 0
+
+    def resolved(self, real: Optional[Dataset] = None) -> "CondenseConfig":
+        """A copy with defaults filled in and every value checked (GradmatchError if bad)."""
+        cfg = dataclasses.replace(self)
+        cfg.scheme = resolve_scheme(cfg.scheme)
+        cfg.schedule = resolve_schedule(cfg.schedule)
+        resolve_metric(cfg.dis_metric)
+        if cfg.init not in INIT_CHOICES:
+            raise GradmatchError(f"unknown init '{cfg.init}'; choose one of: {', '.join(INIT_CHOICES)}")
+        if cfg.ipc < 1:
+            raise GradmatchError(f"ipc must be at least 1, got {cfg.ipc}")
+        for name in ("iterations", "batch_real", "batch_train"):
+            if getattr(cfg, name) < (0 if name == "iterations" else 1):
+                raise GradmatchError(f"--{name} must be positive, got {getattr(cfg, name)}")
+        outer, inner = loops_for_ipc(cfg.ipc)
+        cfg.outer_loop = cfg.outer_loop or outer
+        cfg.inner_loop = cfg.inner_loop if cfg.inner_loop is not None else inner
+        if cfg.lr_img is None:
+            cfg.lr_img = 0.01 if cfg.model == "MLP" else 0.1
+        if real is not None:
+            counts = torch.bincount(real.labels, minlength=real.num_classes)
+            smallest = int(counts.min())
+            if cfg.ipc > smallest:
+                worst = real.classes[int(counts.argmin())]
+                raise GradmatchError(
+                    f"ipc {cfg.ipc} is more than class '{worst}' has training images ({smallest}); "
+                    f"choose --ipc {smallest} or less")
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if callable(d["dis_metric"]):
+            fn = d["dis_metric"]
+            d["dis_metric"] = f"{fn.__module__}:{fn.__qualname__}"
+        return d
+
+
+@dataclass
+class SyntheticSet:
+    """A condensed dataset: normalised images, fixed labels, and what made them."""
+    images: Tensor
+    labels: Tensor
+    classes: List[str]
+    mean: tuple
+    std: tuple
+    dataset: str = ""
+    config: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ipc(self) -> int:
+        return len(self.labels) // max(len(self.classes), 1)
+
+    @property
+    def channel(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def im_size(self) -> tuple:
+        return tuple(self.images.shape[2:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def denormalised(self) -> Tensor:
+        """Pixels in [0, 1] (clamped), for pictures."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (self.images.detach().cpu() * std + mean).clamp(0, 1)
+
+
+@dataclass
+class CondenseState:
+    """Everything a resumed run needs: the images, their optimiser and the next iteration."""
+    images: Tensor
+    optimizer: torch.optim.Optimizer
+    iteration: int = 0
+    last_loss: float = float("nan")
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A well-mixed 63-bit seed for (seed, keys...): independent streams per experiment/iteration."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Condenser:
+    """Holds the real data (resident on the device, indexed by class) and runs matching iterations."""
+
+    def __init__(self, real: Dataset, config: CondenseConfig, experiment: int = 0,
+                 device: Optional[torch.device] = None):
+        self.cfg = config.resolved(real)
+        self.real = real
+        self.experiment = experiment
+        self.device = torch.device(device) if device is not None else default_device()
+        self.images = real.images.to(self.device)
+        self.labels = real.labels.to(self.device)
+        self.by_class = [torch.nonzero(real.labels == c).flatten() for c in range(real.num_classes)]
+        self.num_classes = real.num_classes
+        self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.cfg.ipc)
+
+    # ---- sampling: every draw takes the iteration's generator -------------------------------
+    def real_of_class(self, c: int, n: int, gen: torch.Generator) -> Tensor:
+        idx = self.by_class[c]
+        return self.images[idx[torch.randperm(len(idx), generator=gen)[:n]].to(self.device)]
+
+    def real_per_class(self, n: int, gen: torch.Generator):
+        """n random real images of every class (all of a class if it has fewer), grouped by class."""
+        parts = [self.real_of_class(c, n, gen) for c in range(self.num_classes)]
+        labels = torch.cat([torch.full((len(p),), c, dtype=torch.long, device=self.device)
+                            for c, p in enumerate(parts)])
+        return torch.cat(parts), labels
+
+    def real_mixed(self, n: int, gen: torch.Generator):
+        idx = torch.randperm(len(self.labels), generator=gen)[:n].to(self.device)
+        return self.images[idx], self.labels[idx]
+
+    # ---- state ---------------------------------------------------------------------------
+    def initial_state(self) -> CondenseState:
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.experiment, -1))
+        if self.cfg.init == "real":
+            images = torch.cat([self.real_of_class(c, self.cfg.ipc, gen) for c in range(self.num_classes)])
+        else:
+            shape = (self.num_classes * self.cfg.ipc, *self.images.shape[1:])
+            images = torch.randn(shape, generator=gen).to(self.device)
+        images = images.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([images], lr=self.cfg.lr_img, momentum=0.5)
+        return CondenseState(images=images, optimizer=optimizer)
+
+    def fresh_network(self, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
+        return net.to(self.device)
+
+    # ---- one outer iteration -------------------------------------------------------------
+    def update(self, state: CondenseState) -> float:
+        """One outer iteration (SPEC section 4, steps 1-2): returns the mean matching loss per class
+        and outer step, as DC reports it."""
+        cfg, it = self.cfg, state.iteration
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.experiment, it, 0))
+        net = self.fresh_network(derive_seed(cfg.seed, self.experiment, it, 1))
+        net_optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.5)
+        scheme = scheme_at(cfg.scheme, it)
+        freeze_bn = has_batchnorm(net)
+        total = torch.zeros((), device=self.device)
+        for outer_step in range(cfg.outer_loop):
+            if freeze_bn:
+                freeze_batchnorm(net, self.real_per_class(BN_IMAGES_PER_CLASS, gen)[0])
+            if scheme == "inter-class":
+                real = self.real_mixed(4 * cfg.batch_real, gen)
+                pick = torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train].to(self.device)
+                syn = (state.images[pick], self.syn_labels[pick])
+            else:
+                real = self.real_per_class(cfg.batch_real, gen)
+                syn = (state.images, self.syn_labels)
+            loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            total += loss.detach()
+            if outer_step == cfg.outer_loop - 1:
+                break
+            self.train_network(net, net_optimizer, state.images.detach().clone(), outer_step, gen)
+        loss = total.item() / (self.num_classes * cfg.outer_loop)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(it, self.experiment, loss)
+        return loss
+
+    def train_network(self, net, optimizer, images: Tensor, outer_step: int, gen: torch.Generator):
+        cfg = self.cfg
+        epochs = inner_epochs(cfg.schedule, outer_step, cfg.scheme, cfg.inner_loop)
+        held = self.real_mixed(cfg.batch_real, gen) if cfg.schedule == "overfit" else None
+        previous = math.inf
+        for _ in range(epochs):
+            train_epoch(net, optimizer, images, self.syn_labels, cfg.batch_train, gen)
+            if held is not None:  # overfitting-aware: stop once the held real loss rises
+                current = mean_loss(net, *held)
+                if current > previous:
+                    break
+                previous = current
+
+    def synthetic_set(self, state: CondenseState) -> SyntheticSet:
+        return SyntheticSet(images=state.images.detach().cpu().clone(), labels=self.syn_labels.cpu(),
+                            classes=list(self.real.classes), mean=tuple(self.real.mean),
+                            std=tuple(self.real.std), dataset=self.real.name, config=self.cfg.to_dict())
+
+    def steps(self, state: Optional[CondenseState] = None) -> Iterator[CondenseState]:
+        """Yield the state before every update and once more at the end; the caller may evaluate or
+        checkpoint at each yield (``state.iteration`` is the number of updates done so far)."""
+        state = state or self.initial_state()
+        while True:
+            yield state
+            if state.iteration >= self.cfg.iterations:
+                return
+            state.last_loss = self.update(state)
+            state.iteration += 1
+
+
+class NonFiniteLoss(GradmatchError):
+    def __init__(self, iteration: int, experiment: int, value: float):
+        super().__init__(f"matching loss became {value} at iteration {iteration} (experiment {experiment}); "
+                         "lower --lr_img or check the distance (--dis_metric)")
+        self.iteration = iteration
+
+
+def freeze_batchnorm(net: torch.nn.Module, real_images: Tensor) -> None:
+    """Set batch-norm running statistics from a real batch, then fix them (eval mode) for matching."""
+    net.train()
+    with torch.no_grad():
+        net(real_images)
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment: int = 0,
+             device: Optional[str] = None, **overrides) -> SyntheticSet:
+    """Learn a synthetic set from ``real`` (a ``gradmatch.data.Dataset``).
+
+    ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")``.
+    """
+    config = dataclasses.replace(config or CondenseConfig(), **overrides)
+    condenser = Condenser(real, config, experiment, device)
+    for state in condenser.steps():
+        pass
+    return condenser.synthetic_set(state)
