@@ -1,0 +1,75 @@
+"""Small pieces shared by the model families: norm layers, the 28x28 rule, feature-size probing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Callable
+
+import torch
+from torch import nn
+
+from gradmatch.errors import GradmatchError, unknown_name
+
+NORMS_2D = ("instancenorm", "batchnorm", "groupnorm", "none")
+
+
+class ImageTooSmallError(GradmatchError):
+    """The input image is too small for a network (a feature map shrinks to nothing)."""
+
+
+def is_mnist_size(im_size: Sequence[int]) -> bool:
+    """DC's ``channel == 1`` paddings apply to 28x28 inputs (MNIST, FashionMNIST)."""
+    return tuple(im_size) == (28, 28)
+
+
+def norm2d(kind: str, channels: int) -> nn.Module:
+    """A norm layer for a (N, channels, H, W) feature map, as in DC.
+
+    ``instancenorm`` is ``GroupNorm(channels, channels)`` (instance norm with an affine per channel).
+    """
+    if kind == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if kind == "groupnorm":
+        if channels % 4:
+            raise GradmatchError(f"groupnorm uses 4 groups, so the width must be a multiple of 4 (got {channels})")
+        return nn.GroupNorm(4, channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise unknown_name("norm", kind, NORMS_2D)
+
+
+def _too_small(h: int, w: int, model_name: str) -> ImageTooSmallError:
+    return ImageTooSmallError(
+        f"images of size {h}x{w} are too small for {model_name}: its feature maps shrink to nothing"
+    )
+
+
+def probe_features(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, channel: int,
+                   im_size: Sequence[int], model_name: str) -> torch.Size:
+    """Shape (without batch) of ``fn(x)`` for one zero image, computed without touching any state.
+
+    ``module`` is put in eval mode for the probe (so BatchNorm running stats are not updated) and
+    restored afterwards. A feature map that shrinks to nothing (or a norm left with a single value to
+    normalise) raises :class:`ImageTooSmallError`.
+    """
+    h, w = im_size
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = fn(torch.zeros(1, channel, h, w))
+    except (RuntimeError, ValueError) as e:  # kernel larger than the map; norm over a single value
+        raise _too_small(h, w, model_name) from e
+    finally:
+        module.train(was_training)
+    if out.numel() == 0:
+        raise _too_small(h, w, model_name)
+    return out.shape[1:]
+
+
+def feature_dim(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, channel: int,
+                im_size: Sequence[int], model_name: str) -> int:
+    """Number of features ``fn`` gives per image (the classifier's ``in_features``)."""
+    return int(torch.Size(probe_features(fn, module, channel, im_size, model_name)).numel())
