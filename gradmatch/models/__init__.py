@@ -1,0 +1,12 @@
+"""Network zoo: ``create_model(name, channel, num_classes, im_size)``; see ``list_models()``.
+
+Every model has a final ``nn.Linear`` named ``classifier`` and an ``embed(x)`` method returning the
+(flattened) features that enter it.
+"""
+
+from gradmatch.models.registry import create_model, has_batchnorm, is_model, list_models, register_model
+
+# Importing the families registers their models.
+from gradmatch.models import alexnet, convnet, lenet, mlp, resnet, vgg  # noqa: F401  isort: skip
+
+__all__ = ["create_model", "has_batchnorm", "is_model", "list_models", "register_model"]
