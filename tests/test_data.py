@@ -96,7 +96,8 @@ def test_idx_resize(tmp_path):
     assert load("MNIST", tmp_path, size=(7, 10)).im_size == (7, 10)
     flat = np.full((5, 28, 28), 77, dtype=np.uint8)  # a constant image stays constant when resized
     write_idx_split(tmp_path / "MNIST" / "raw", "train", flat, labels)
-    torch.testing.assert_close(pixels_back(load("MNIST", tmp_path, size=9)), torch.full((5, 1, 9, 9), 77 / 255))
+    resized = pixels_back(load("MNIST", tmp_path, size=9))
+    torch.testing.assert_close(resized, torch.full((5, 1, 9, 9), 77 / 255))
 
 
 @pytest.mark.parametrize("cut", [3, 10, 100])
@@ -161,8 +162,8 @@ def write_cifar10(root, per_batch=2, n_test=3):
         labels += y
     test = cifar_images(n_test, offset=50)
     dump(folder / "test_batch", {"data": test.reshape(n_test, -1), "labels": [9, 8, 7][:n_test]})
-    dump(folder / "batches.meta", {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                   "frog", "horse", "ship", "truck"], "num_cases_per_batch": 2})
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    dump(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": 2})
     return np.concatenate(images), labels, test
 
 
@@ -284,7 +285,16 @@ def test_folder_rgb_with_split_folders(tmp_path):
     torch.testing.assert_close(per_channel.mean(1), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(per_channel.std(1, correction=0), torch.ones(3), atol=1e-4, rtol=0)
     expected = np.asarray(Image.open(tmp_path / "test" / "b_dog" / "1.png")).transpose(2, 0, 1)
-    torch.testing.assert_close(pixels_back(test)[3], torch.from_numpy(expected / 255).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels_back(test)[3], torch.from_numpy(expected / 255).float(),
+                               atol=1e-5, rtol=0)
+
+
+def test_folder_gray_train_makes_colour_test_gray(tmp_path):
+    save_png(tmp_path / "train" / "a" / "1.png", np.full((4, 4), 10))
+    save_png(tmp_path / "test" / "a" / "1.png", np.full((4, 4, 3), [255, 0, 0]))
+    test = load("folder", tmp_path, "test")
+    assert test.channel == 1
+    torch.testing.assert_close(pixels_back(test) * 255, torch.full((1, 1, 4, 4), 76.0), atol=1e-3, rtol=0)
 
 
 def test_folder_mixed_sizes(tmp_path):
@@ -341,7 +351,8 @@ def test_digits_splits_and_normalisation():
 # ---------------------------------------------------------------------------------------- registry
 
 def test_registry_names_and_errors(tmp_path):
-    assert set(list_datasets()) == {"MNIST", "FashionMNIST", "SVHN", "CIFAR10", "CIFAR100", "digits", "folder"}
+    names = {"MNIST", "FashionMNIST", "SVHN", "CIFAR10", "CIFAR100", "digits", "folder"}
+    assert set(list_datasets()) == names
     with pytest.raises(GradmatchError) as err:
         load("ImageNet", tmp_path)
     assert "ImageNet" in str(err.value)

@@ -64,12 +64,11 @@ def _cifar_reader(name: str):
         meta = unpickle(files[-1], name, [spec["names"]])
         classes = [str(c) for c in meta[spec["names"]]]
         batches = [_batch(f, name, spec["labels"]) for f in files[:-1]]
-        data = np.concatenate([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
         labels = np.concatenate([b[1] for b in batches])
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             raise GradmatchError(f"{name}: labels {labels.min()}..{labels.max()} do not fit the "
                                  f"{len(classes)} classes of {files[-1]}; delete {folder} and re-download it")
-        images = to_unit(data.reshape(len(data), 3, 32, 32))
+        images = to_unit([data.reshape(len(data), 3, 32, 32) for data, _ in batches])
         return make_dataset(name, images, labels, classes, spec["mean"], spec["std"], size)
 
     read.__name__ = f"read_{name.lower()}"

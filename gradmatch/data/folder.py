@@ -16,7 +16,9 @@ mean/std used to normalise both splits. So loading "test" reads the training ima
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,36 +71,37 @@ def _scan(folder: Path, classes: list[str], every_class: bool) -> Files:
     return files
 
 
-def _open(path: Path):
+def _decode(path: Path, mode: str | None = None) -> np.ndarray:
+    """Decode one image to H x W x C uint8, converted to ``mode`` ("L" or "RGB"); ``None`` picks "L"
+    for grayscale files and "RGB" for the rest."""
     try:
-        return Image.open(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        with Image.open(path) as im:
+            if mode is None:
+                mode = "L" if im.mode in GRAY_MODES or im.mode.startswith("I;") else "RGB"
+            arr = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise GradmatchError(f"folder: cannot read image {path} ({e}); remove or replace the file") from None
+    return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 
-def _is_colour(path: Path) -> bool:
-    with _open(path) as im:
-        return not (im.mode in GRAY_MODES or im.mode.startswith("I;"))
+def _decode_all(files: Files, mode: str | None = None) -> list[np.ndarray]:
+    """Decode ``files`` in threads (Pillow releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda item: _decode(item[0], mode), files))
 
 
-def _read(files: Files, mode: str, size: tuple[int, int]) -> torch.Tensor:
-    """Decode ``files`` with Pillow in ``mode`` ("RGB" or "L") -> N x C x H x W in [0, 1] at ``size``."""
-    channels = 3 if mode == "RGB" else 1
-    out = torch.empty(len(files), channels, *size)
-    by_shape = defaultdict(list)  # decode all, then convert and resize one batch per source size
-    arrays = []
-    for i, (path, _) in enumerate(files):
-        with _open(path) as im:
-            try:
-                arr = np.asarray(im.convert(mode), dtype=np.uint8)
-            except (OSError, ValueError, SyntaxError) as e:
-                raise GradmatchError(f"folder: cannot read image {path} ({e}); remove or replace the file") \
-                    from None
-        arrays.append(arr.reshape(arr.shape[0], arr.shape[1], channels))
-        by_shape[arrays[-1].shape].append(i)
-    for idx in by_shape.values():
-        batch = to_unit(np.stack([arrays[i] for i in idx]).transpose(0, 3, 1, 2))
-        out[torch.as_tensor(idx)] = resize(batch, size)
+def _to_tensor(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """H x W x (1 or 3) uint8 arrays -> N x channels x H x W in [0, 1], each source size resized as one batch.
+    Grayscale arrays are repeated to 3 channels (what Pillow's "L" -> "RGB" conversion does)."""
+    out = torch.empty(len(arrays), channels, *size)
+    by_size = defaultdict(list)  # grouped by size and channel count, so each group stacks
+    for i, arr in enumerate(arrays):
+        by_size[arr.shape].append(i)
+    for idx in by_size.values():
+        batch = np.stack([arrays[i] for i in idx])
+        if batch.shape[3] < channels:
+            batch = np.repeat(batch, channels, axis=3)
+        out[torch.as_tensor(idx)] = resize(to_unit(batch.transpose(0, 3, 1, 2)), size)
     return out
 
 
@@ -116,11 +119,11 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
         raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected "
                              f"{train_dir}/<class>/<image>")
     train_files = _scan(train_dir, classes, every_class=True)
-    mode = "RGB" if any(_is_colour(p) for p, _ in train_files) else "L"
-    if size is None:
-        with _open(train_files[0][0]) as im:
-            size = (im.height, im.width)
-    train = _read(train_files, mode, size)
+    arrays = _decode_all(train_files)
+    channels = 3 if any(arr.shape[2] == 3 for arr in arrays) else 1
+    size = size or arrays[0].shape[:2]
+    train = _to_tensor(arrays, channels, size)
+    del arrays
     mean, std = channel_stats(train)
     if split == "test" and split_layout:
         test_dir = root / "test"
@@ -132,7 +135,7 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
             raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no "
                                  f"training folder in {train_dir}; rename or remove them")
         files = _scan(test_dir, classes, every_class=False)
-        images = _read(files, mode, size)
+        images = _to_tensor(_decode_all(files, "RGB" if channels == 3 else "L"), channels, size)
     else:
         files, images = train_files, train
     return make_dataset("folder", images, [label for _, label in files], classes, mean, std, size)

@@ -136,12 +136,19 @@ def first_existing(paths: Sequence[Path]) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
-def to_unit(pixels: np.ndarray, scale: float = 255.0) -> torch.Tensor:
-    """Pixel array (N x C x H x W, values 0..scale) -> float32 tensor in [0, 1]."""
-    arr = np.ascontiguousarray(pixels)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr).to(torch.float32).div_(scale)
+def to_unit(pixels: np.ndarray | Sequence[np.ndarray], scale: float = 255.0) -> torch.Tensor:
+    """Pixel array N x C x H x W (values 0..scale), or a list of them to stack along N, -> float32
+    tensor in [0, 1]. Parts are converted straight into one preallocated tensor (no uint8 concat)."""
+    parts = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
+    out = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=torch.float32)
+    start = 0
+    for part in parts:
+        arr = np.ascontiguousarray(part)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        out[start:start + len(arr)].copy_(torch.from_numpy(arr))
+        start += len(arr)
+    return out.div_(scale)
 
 
 def resize(images: torch.Tensor, size: Size) -> torch.Tensor:
