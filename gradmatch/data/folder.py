@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,14 @@ def _has_split_folders(root: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+    """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, folder)
+        found += [os.path.normpath(os.path.join(rel, f)) for f in filenames
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in EXTENSIONS]
+    return [folder / rel for rel in sorted(found)]
 
 
 def _scan(folder: Path, classes: list[str], every_class: bool) -> Files:
@@ -85,23 +89,24 @@ def _decode(path: Path, mode: str | None = None) -> np.ndarray:
 
 
 def _decode_all(files: Files, mode: str | None = None) -> list[np.ndarray]:
-    """Decode ``files`` in threads (Pillow releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda item: _decode(item[0], mode), files))
+    return [_decode(path, mode) for path, _ in files]
 
 
 def _to_tensor(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
     """H x W x (1 or 3) uint8 arrays -> N x channels x H x W in [0, 1], each source size resized as one batch.
     Grayscale arrays are repeated to 3 channels (what Pillow's "L" -> "RGB" conversion does)."""
-    out = torch.empty(len(arrays), channels, *size)
-    by_size = defaultdict(list)  # grouped by size and channel count, so each group stacks
+    groups = defaultdict(list)  # by size and channel count, so each group stacks
     for i, arr in enumerate(arrays):
-        by_size[arr.shape].append(i)
-    for idx in by_size.values():
+        groups[arr.shape].append(i)
+    out = None if len(groups) == 1 else torch.empty(len(arrays), channels, *size)
+    for idx in groups.values():
         batch = np.stack([arrays[i] for i in idx])
         if batch.shape[3] < channels:
             batch = np.repeat(batch, channels, axis=3)
-        out[torch.as_tensor(idx)] = resize(to_unit(batch.transpose(0, 3, 1, 2)), size)
+        images = resize(to_unit(batch.transpose(0, 3, 1, 2)), size)
+        if out is None:
+            return images
+        out.index_copy_(0, torch.as_tensor(idx), images)
     return out
 
 

@@ -83,8 +83,10 @@ def load(name: str, root: str | os.PathLike = ".", split: str = "train", downloa
          size: int | Sequence[int] | None = None) -> Dataset:
     """Read dataset ``name`` (``list_datasets()``) from ``root``; ``split`` is "train" or "test"
     ("all" too for digits). If ``name`` is not registered but is an existing directory, it is read as
-    an image ``folder``. ``download=True`` fetches missing official files into ``root``. ``size``
-    (int or (H, W)) resizes the images bilinearly before they are normalised."""
+    an image ``folder`` (``root`` is then unused). ``download=True`` fetches missing official files
+    into ``root`` (digits and folders have nothing to fetch and ignore it). ``size`` (int or (H, W))
+    resizes the images bilinearly (antialiased) before they are normalised.
+    Raises ``GradmatchError`` for unknown names or splits and missing or corrupt files."""
     canonical = {_key(n): n for n in _READERS}.get(_key(str(name)))
     root = Path(os.path.expanduser(os.fspath(root)))
     if canonical is None:
@@ -161,9 +163,8 @@ def resize(images: torch.Tensor, size: Size) -> torch.Tensor:
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of N x C x H x W images."""
-    flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
-    mean = flat.mean(dim=1)
-    std = flat.std(dim=1, correction=0).clamp_min(1e-8)
+    var, mean = torch.var_mean(images, dim=(0, 2, 3), correction=0)
+    std = var.sqrt().clamp_min(1e-8)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
