@@ -127,7 +127,8 @@ class CondenseState:
 
 def derive_seed(seed: int, *keys: int) -> int:
     """A well-mixed 63-bit seed for (seed, keys...): independent streams per experiment/iteration."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    entropy = [k % 2**63 for k in (seed, *keys)]  # SeedSequence takes non-negative ints only
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def default_device() -> torch.device:

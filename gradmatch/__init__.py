@@ -1,0 +1,19 @@
+"""gradmatch: dataset condensation by gradient matching (DC and Jiang et al.'s effective matching).
+
+    import gradmatch
+    real = gradmatch.data.load("CIFAR10", "data", "train")
+    test = gradmatch.data.load("CIFAR10", "data", "test")
+    syn = gradmatch.condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")
+    print(gradmatch.evaluate(syn, "ConvNet", test, num_eval=5).line())
+"""
+from . import data
+from .condense import CondenseConfig, SyntheticSet, condense
+from .errors import GradmatchError
+from .evaluate import evaluate, random_real_subset
+from .matching import gradient_distance, matching_loss
+from .models import create_model, list_models
+from .results import load_synthetic as load
+
+__all__ = ["CondenseConfig", "GradmatchError", "SyntheticSet", "condense", "create_model", "data", "evaluate",
+           "gradient_distance", "list_models", "load", "matching_loss", "random_real_subset"]
+__version__ = "0.1.0"
