@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -20,7 +20,18 @@ from .errors import GradmatchError
 CHECKPOINT_VERSION = 1
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: setting it is process-wide, not safe to repeat beside threads
+
+
 def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsynced, then renamed
+    over ``path``: readers see the old file or the new one, never a part of either."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,11 +40,27 @@ def atomic_write(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_torch(obj: Any, path) -> None:
@@ -46,18 +73,19 @@ def save_json(obj: Any, path) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
-def load_torch(path, what: str = "file") -> Any:
+def load_torch(path, what: str = "file", hint: str = "delete it or point at another file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise GradmatchError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise GradmatchError(f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
-                             "delete it or point at another file") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
+        size = path.stat().st_size
+        raise GradmatchError(f"{what} {path} is truncated or corrupt ({type(err).__name__}, {size} bytes); "
+                             f"{hint}") from None
 
 
-def reference_payload(sets: List[SyntheticSet], accs_all_exps: Dict[str, List[float]]) -> Dict[str, Any]:
+def reference_payload(sets: list[SyntheticSet], accs_all_exps: dict[str, list[float]]) -> dict[str, Any]:
     """DC's layout (``data`` = [[images, labels], ...], ``accs_all_exps``) plus what we need to
     reload a set on its own (class names, normalisation, settings); extra keys do not disturb DC's
     readers."""
@@ -91,23 +119,43 @@ def load_synthetic(path, experiment: int = -1) -> SyntheticSet:
                         dataset=payload.get("dataset", ""), config=dict(payload.get("config") or {}))
 
 
-def load_checkpoint(path) -> Dict[str, Any]:
-    ckpt = load_torch(path, "checkpoint")
+CHECKPOINT_KEYS = ("config", "progress", "state", "images", "labels", "meta")
+
+
+def load_checkpoint(path) -> dict[str, Any]:
+    """A run's checkpoint, checked: GradmatchError (one line) if it is missing, truncated, corrupt,
+    of another version, or lacks what a resume needs."""
+    hint = "start the run again with --overwrite"
+    ckpt = load_torch(path, "checkpoint", hint)
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise GradmatchError(f"checkpoint {path} is not a gradmatch checkpoint of version "
-                             f"{CHECKPOINT_VERSION}; start the run again with --overwrite")
+                             f"{CHECKPOINT_VERSION}; {hint}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    state = ckpt.get("state")
+    if state is not None and not all(k in state for k in ("images", "optimizer", "iteration", "last_loss")):
+        missing.append("state")
+    if missing:
+        raise GradmatchError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); {hint}")
     return ckpt
 
 
-def append_log(path, record: Dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def append_log(path, record: dict[str, Any]) -> None:
+    """Append one JSON line.  If the file ends in a line torn by a crash, start on a new line so the
+    torn one stays the only casualty (``read_log`` skips it)."""
+    line = (json.dumps(record) + "\n").encode()
+    with open(path, "ab+") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
 
 
-def read_log(path) -> List[Dict[str, Any]]:
-    """The JSON-lines log; lines repeated by a resumed run (same event, experiment and iteration)
-    keep their last copy, and a torn last line from a crash is skipped."""
-    records: Dict[tuple, Dict[str, Any]] = {}
+def read_log(path) -> list[dict[str, Any]]:
+    """The JSON-lines log in file order; a record repeated by a resumed run (same event, experiment,
+    iteration and model) keeps its last copy, in the place of the last copy, and a torn line from a
+    crash is skipped."""
+    records: dict[tuple, dict[str, Any]] = {}
     if not Path(path).is_file():
         return []
     for line in Path(path).read_text().splitlines():
@@ -115,11 +163,15 @@ def read_log(path) -> List[Dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        records[(rec.get("event"), rec.get("experiment"), rec.get("iteration"), rec.get("model"))] = rec
+        if not isinstance(rec, dict):
+            continue
+        key = (rec.get("event"), rec.get("experiment"), rec.get("iteration"), rec.get("model"))
+        records.pop(key, None)
+        records[key] = rec
     return list(records.values())
 
 
-def summarise(accs_all_exps: Dict[str, List[float]]) -> Dict[str, Optional[Dict[str, float]]]:
+def summarise(accs_all_exps: dict[str, list[float]]) -> dict[str, dict[str, float] | None]:
     out = {}
     for model, accs in accs_all_exps.items():
         t = torch.tensor(accs, dtype=torch.float64)
