@@ -8,25 +8,49 @@ Files of a run named ``<scheme>_<dataset>_<model>_<ipc>ipc`` under ``save_path``
   <name>/checkpoint.pt the state to resume from (written atomically)
   <name>/log.jsonl     loss per iteration and each evaluation
   <name>/grid_expE_itI.png  the synthetic images at each evaluation point
+
+Numbering: "iteration k" is the state after k image updates.  The log's iteration record k holds the
+loss of the k-th update (the one that led from k-1 to k); a checkpoint at iteration k holds the
+images after k updates; an evaluation at iteration k evaluates those images.
+
+What a checkpoint holds, and why that is enough for an exact resume: the synthetic images, their
+optimiser's state (SGD momentum buffers), the iteration, the progress so far (finished experiments'
+sets, accuracies, evaluations) and the settings.  The randomness of iteration k of experiment e
+(network initialisation, real batches, shuffling) comes from its own generator seeded with
+``derive_seed(seed, e, k, ...)``, not from a global stream, so nothing else is needed to continue
+exactly.  The global RNG states (torch CPU and CUDA, numpy, Python's ``random``) are saved too and
+restored on resume, for any user code (a custom distance) that draws from them.
 """
 from __future__ import annotations
 
 import dataclasses
+import random
+import re
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import data as gm_data
-from .condense import CondenseConfig, CondenseState, Condenser, NonFiniteLoss, SyntheticSet, derive_seed
+from .condense import CondenseConfig, Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
 from .errors import GradmatchError
 from .evaluate import eval_pool, evaluate
 from .plots import save_image_grid
-from .results import (CHECKPOINT_VERSION, append_log, load_checkpoint, reference_payload, save_json,
-                      save_torch, summarise)
+from .results import (
+    CHECKPOINT_VERSION,
+    append_log,
+    load_checkpoint,
+    reference_payload,
+    save_json,
+    save_torch,
+    summarise,
+)
 
 
 @dataclass
@@ -38,10 +62,10 @@ class RunConfig:
     eval_mode: str = "S"
     num_exp: int = 5
     num_eval: int = 20
-    epoch_eval_train: Optional[int] = None   # None: 300, or 1000 with augmentation (DC)
-    eval_iterations: Optional[List[int]] = None  # None: 500, 1000, ... and the last in mode S
+    epoch_eval_train: int | None = None   # None: 300, or 1000 with augmentation (DC)
+    eval_iterations: list[int] | None = None  # None: 500, 1000, ... and the last in mode S
     checkpoint_every: int = 10
-    device: Optional[str] = None
+    device: str | None = None
     download: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -55,7 +79,7 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.save_path) / self.name
 
-    def eval_points(self) -> List[int]:
+    def eval_points(self) -> list[int]:
         last = self.condense.iterations
         if self.eval_iterations is not None:
             return sorted({i for i in self.eval_iterations if 0 <= i <= last})
@@ -63,24 +87,77 @@ class RunConfig:
             return sorted({*range(500, last + 1, 500), last})
         return [last]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["condense"] = self.condense.to_dict()
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
         d["condense"] = CondenseConfig(**d["condense"])
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
+# Settings that a resumed run takes from the command line rather than from its checkpoint.
+RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite")
+
+
 def synthetic_from_checkpoint(path) -> SyntheticSet:
     ckpt = load_checkpoint(path)
     m = ckpt["meta"]
+    if ckpt["images"] is None:
+        raise GradmatchError(f"checkpoint {path} holds no synthetic images yet")
     return SyntheticSet(images=ckpt["images"], labels=ckpt["labels"], classes=m["classes"],
                         mean=tuple(m["mean"]), std=tuple(m["std"]), dataset=m["dataset"],
                         config=ckpt["config"]["condense"])
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any] | None) -> None:
+    if not states:
+        return
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class NonFiniteImages(Exception):
+    """The images turned nan/inf although the loss was finite (a nan gradient); ``iteration`` is the
+    0-based index of the update that did it, as in ``NonFiniteLoss``."""
+
+    def __init__(self, iteration: int):
+        super().__init__(f"synthetic images became non-finite in update {iteration}")
+        self.iteration = iteration
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` for the run's life, so two processes never write the same
+    run at once.  The kernel drops it when the process dies, even by SIGKILL."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no lock
+        yield
+        return
+    with open(run_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise GradmatchError(f"another gradmatch process is running in {run_dir}; wait for it to end "
+                                 "or choose another --save_path") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class Run:
@@ -93,12 +170,14 @@ class Run:
         self.json_path = Path(config.save_path) / f"{config.name}.json"
         self.ckpt_path = self.dir / "checkpoint.pt"
         self.log_path = self.dir / "log.jsonl"
+        self.checkpointed_at: tuple[int, int] | None = None  # (experiment, iteration) on disk
 
     # ---- set-up ----------------------------------------------------------------------------
-    def _check_outputs(self, resume: bool) -> Optional[Dict[str, Any]]:
+    def _check_outputs(self, resume: bool) -> dict[str, Any] | None:
         if resume:
             if not self.ckpt_path.is_file():
-                raise GradmatchError(f"nothing to resume: no checkpoint at {self.ckpt_path}")
+                raise GradmatchError(f"nothing to resume: no checkpoint at {self.ckpt_path}; run the same "
+                                     "command without --resume to start it")
             return load_checkpoint(self.ckpt_path)
         if self.cfg.overwrite:
             return None
@@ -110,40 +189,92 @@ class Run:
                                  "or --overwrite to start again")
         return None
 
-    def start(self, resume: bool = False) -> Dict[str, Any]:
+    def _clear_outputs(self) -> None:
+        """A fresh start (--overwrite, or a folder left before its first checkpoint): remove what an
+        earlier run of the same name left, so no file mixes two runs."""
+        stale = [self.ckpt_path, self.log_path, self.pt_path, self.json_path, self.dir / "curves.png"]
+        stale += list(self.dir.glob("grid*.png"))
+        for path in stale:
+            if path.is_file():
+                path.unlink()
+
+    def _adopt_saved_config(self, ckpt: dict[str, Any]) -> None:
+        """The checkpoint's settings win; only where and how loudly to run may change.  Say which
+        given settings differ from the saved ones (and are ignored)."""
+        saved = RunConfig.from_dict(ckpt["config"])
+        given = self.cfg
+        try:
+            given_condense = given.condense.resolved().to_dict()
+        except GradmatchError:
+            given_condense = given.condense.to_dict()
+        diffs = [f"{k} {given_condense[k]} (saved: {v})" for k, v in saved.condense.to_dict().items()
+                 if k in given_condense and given_condense[k] != v]
+        diffs += [f"{k} {getattr(given, k)} (saved: {getattr(saved, k)})" for k in
+                  ("eval_mode", "num_exp", "num_eval", "epoch_eval_train", "eval_iterations", "checkpoint_every")
+                  if getattr(given, k) != getattr(saved, k)]
+        if diffs:
+            print(f"note: resuming with the saved settings; ignoring {', '.join(diffs)}", file=sys.stderr)
+        for name in RESUME_FREE:
+            setattr(saved, name, getattr(given, name))
+        self.cfg = saved
+
+    def start(self, resume: bool = False) -> dict[str, Any]:
+        created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with run_lock(self.dir):
+                return self._start(resume)
+        except GradmatchError:
+            if created and [p.name for p in self.dir.iterdir()] == [".lock"]:  # refused before writing
+                (self.dir / ".lock").unlink()
+                self.dir.rmdir()
+            raise
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files that a killed run left mid-write (``atomic_write``'s); safe under the lock."""
+        stale = list(self.dir.glob(".*.tmp"))
+        for final in (self.pt_path, self.json_path):
+            stale += list(final.parent.glob(f".{final.name}.*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+
+    def _start(self, resume: bool) -> dict[str, Any]:
+        self._remove_temporaries()
         ckpt = self._check_outputs(resume)
-        if ckpt is not None:  # the saved settings win; only where and how loudly to run may change
-            saved = RunConfig.from_dict(ckpt["config"])
-            saved.device, saved.quiet, saved.data_path = self.cfg.device, self.cfg.quiet, self.cfg.data_path
-            self.cfg = saved
+        if ckpt is not None:
+            self._adopt_saved_config(ckpt)
         cfg = self.cfg
         train = gm_data.load(cfg.dataset, cfg.data_path, "train", download=cfg.download)
         test = gm_data.load(cfg.dataset, cfg.data_path, "test", download=cfg.download)
         cfg.condense = cfg.condense.resolved(train)
         self.models = eval_pool(cfg.eval_mode, cfg.condense.model)
         self.train, self.test = train, test
-        self.dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
-            if self.log_path.exists():
-                self.log_path.unlink()
+            self._clear_outputs()
             save_json(cfg.to_dict(), self.dir / "config.json")
             self.progress = {"experiment": 0, "sets": [], "accs_all_exps": {m: [] for m in self.models},
                              "evaluations": []}
-            state = None
         else:
             self.progress = ckpt["progress"]
-            state = None
+            set_rng_states(ckpt.get("rng_states"))
+            if self.progress["experiment"] >= cfg.num_exp:
+                print(f"note: {self.dir} had finished all {cfg.num_exp} experiments; writing its results again",
+                      file=sys.stderr)
         for exp in range(self.progress["experiment"], cfg.num_exp):
             condenser = Condenser(train, cfg.condense, exp, cfg.device)
+            state = None
             if ckpt is not None and ckpt["state"] is not None:
                 state = self._restore_state(condenser, ckpt["state"])
+                self.checkpointed_at = (exp, state.iteration)
             ckpt = None
             self._condense_one(condenser, state)
-            state = None
         return self._finish()
 
-    def _restore_state(self, condenser: Condenser, saved: Dict[str, Any]) -> CondenseState:
+    def _restore_state(self, condenser: Condenser, saved: dict[str, Any]) -> CondenseState:
         state = condenser.initial_state()
+        if saved["images"].shape != state.images.shape:
+            raise GradmatchError(f"checkpoint {self.ckpt_path} holds images of shape {tuple(saved['images'].shape)}, "
+                                 f"this run makes {tuple(state.images.shape)}; start again with --overwrite")
         with torch.no_grad():
             state.images.copy_(saved["images"].to(state.images.device))
         state.optimizer.load_state_dict(saved["optimizer"])
@@ -151,7 +282,7 @@ class Run:
         return state
 
     # ---- the loop of one experiment -------------------------------------------------------------
-    def _condense_one(self, condenser: Condenser, state: Optional[CondenseState]) -> None:
+    def _condense_one(self, condenser: Condenser, state: CondenseState | None) -> None:
         cfg, exp = self.cfg, condenser.experiment
         points = cfg.eval_points()
         done = {(e["experiment"], e["iteration"]) for e in self.progress["evaluations"]}
@@ -159,30 +290,53 @@ class Run:
         bar = tqdm(total=cfg.condense.iterations, initial=first, desc=f"exp {exp}", unit="it",
                    disable=True if cfg.quiet else None, dynamic_ncols=True)
         tick = time.perf_counter()
+        current = state
         try:
-            for state in condenser.steps(state):
-                it = state.iteration
+            for current in condenser.steps(state):
+                it = current.iteration
                 if it > first:
                     now = time.perf_counter()
                     append_log(self.log_path, {"event": "iteration", "experiment": exp, "iteration": it,
-                                               "loss": state.last_loss, "seconds": round(now - tick, 4)})
-                    tick = now
+                                               "loss": current.last_loss, "seconds": round(now - tick, 4)})
                     bar.update(1)
-                    bar.set_postfix(loss=f"{state.last_loss:.4f}")
+                    bar.set_postfix(loss=f"{current.last_loss:.4f}")
+                    if not bool(torch.isfinite(current.images).all()):
+                        raise NonFiniteImages(it - 1)
                 if it in points and (exp, it) not in done:
-                    self._evaluate(condenser, state, bar)
-                    self._checkpoint(condenser, state)
+                    self._evaluate(condenser, current, bar)
+                    self._checkpoint(condenser, current)
                 elif it > first and it % cfg.checkpoint_every == 0:
-                    self._checkpoint(condenser, state)
-                    tick = time.perf_counter()
-        except NonFiniteLoss as err:
-            kept = f"; the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.is_file() else ""
-            raise GradmatchError(f"{err}{kept}") from None
+                    self._checkpoint(condenser, current)
+                tick = time.perf_counter()  # an iteration's seconds leave out evaluation and saving
+        except (NonFiniteLoss, NonFiniteImages) as err:
+            raise self._non_finite_error(err, exp) from None
         finally:
             bar.close()
-        self.progress["sets"].append(condenser.synthetic_set(state))
+        self.progress["sets"].append(condenser.synthetic_set(current))
         self.progress["experiment"] = exp + 1
         self._checkpoint(None, None)
+
+    def _non_finite_error(self, err: NonFiniteLoss | NonFiniteImages, exp: int) -> GradmatchError:
+        """One line: which iteration (numbered as in the log), what is kept, what to do."""
+        update = err.iteration + 1
+        if isinstance(err, NonFiniteImages):
+            what = "the synthetic images became non-finite (nan or inf)"
+        else:
+            value = getattr(err, "value", None)
+            if value is None:
+                found = re.search(r"became (\S+) at", str(err))
+                value = found.group(1) if found else "non-finite"
+            what = f"the matching loss became {value}"
+        if self.checkpointed_at is not None and self.checkpointed_at[0] == exp:
+            kept = (f"the last good checkpoint (after iteration {self.checkpointed_at[1]}) is kept at "
+                    f"{self.ckpt_path}")
+        elif self.ckpt_path.is_file():
+            kept = f"the last good checkpoint is kept at {self.ckpt_path}"
+        else:
+            kept = "no checkpoint was written before it"
+        return GradmatchError(f"{what} in iteration {update} of {self.cfg.condense.iterations} "
+                              f"(experiment {exp}); the run stopped and {kept}; resuming would repeat it, so "
+                              "start again with --overwrite and a lower --lr_img or another --dis_metric")
 
     def _evaluate(self, condenser: Condenser, state: CondenseState, bar) -> None:
         cfg, exp, it = self.cfg, condenser.experiment, state.iteration
@@ -200,22 +354,30 @@ class Run:
                 self.progress["accs_all_exps"][model] += result.accuracies
             bar.write(f"[exp {exp} it {it}] {result.line()}")
 
-    def _checkpoint(self, condenser: Optional[Condenser], state: Optional[CondenseState]) -> None:
+    def _checkpoint(self, condenser: Condenser | None, state: CondenseState | None) -> None:
         saved_state = None
         if state is not None:
-            saved_state = {"images": state.images.detach().cpu().clone(),
-                           "optimizer": state.optimizer.state_dict(),
+            images = state.images.detach().cpu().clone()
+            if not bool(torch.isfinite(images).all()):  # never replace a good checkpoint with a bad one
+                raise NonFiniteImages(max(state.iteration - 1, 0))
+            saved_state = {"images": images, "optimizer": state.optimizer.state_dict(),
                            "iteration": state.iteration, "last_loss": state.last_loss}
         syn_labels = torch.arange(self.train.num_classes).repeat_interleave(self.cfg.condense.ipc)
+        if saved_state is not None:
+            images = saved_state["images"]
+        else:
+            images = self.progress["sets"][-1].images if self.progress["sets"] else None
         save_torch({"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "progress": self.progress,
-                    "state": saved_state, "images": saved_state["images"] if saved_state else
-                    (self.progress["sets"][-1].images if self.progress["sets"] else None),
-                    "labels": syn_labels,
+                    "experiment": self.progress["experiment"],
+                    "iteration": saved_state["iteration"] if saved_state else None,
+                    "state": saved_state, "images": images, "labels": syn_labels,
                     "meta": {"classes": self.train.classes, "mean": self.train.mean, "std": self.train.std,
                              "dataset": self.train.name},
-                    "torch_rng_state": torch.get_rng_state()}, self.ckpt_path)
+                    "rng_states": rng_states()}, self.ckpt_path)
+        if saved_state is not None:
+            self.checkpointed_at = (self.progress["experiment"], saved_state["iteration"])
 
-    def _finish(self) -> Dict[str, Any]:
+    def _finish(self) -> dict[str, Any]:
         cfg, progress = self.cfg, self.progress
         accs = progress["accs_all_exps"]
         save_torch(reference_payload(progress["sets"], accs), self.pt_path)
@@ -231,5 +393,5 @@ class Run:
         return results
 
 
-def run(config: RunConfig, resume: bool = False) -> Dict[str, Any]:
+def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     return Run(config).start(resume=resume)
