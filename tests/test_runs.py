@@ -1,0 +1,352 @@
+"""Long runs: checkpoints, exact resume after SIGKILL, refusal to overwrite, the NaN guard, progress
+and the JSON-lines log.  Tiny digits runs (1x8x8, 10 classes), a few seconds each."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradmatch.run as gm_run
+from gradmatch.cli import main
+from gradmatch.errors import GradmatchError
+from gradmatch.results import append_log, atomic_write, load_checkpoint, read_log, save_torch
+from tests import nan_distance
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "intra-class_digits_ConvNetW32_2ipc"
+ITERATIONS = 8
+# Tiny settings; --inner_loop 5 keeps the network training between matching steps (and so the
+# per-iteration generator's use there) while keeping an iteration near 0.1 s.
+TINY = ["--dataset", "digits", "--model", "ConvNetW32", "--ipc", "2", "--batch_real", "16", "--num_exp", "1",
+        "--num_eval", "1", "--epoch_eval_train", "2", "--checkpoint_every", "1", "--inner_loop", "5", "--quiet"]
+
+
+def condense_args(save_path, iterations=ITERATIONS, *extra):
+    return ["condense", *TINY, "--Iteration", str(iterations), "--save_path", str(save_path), *extra]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as the subprocesses get (OMP_NUM_THREADS=1): bit-equal results across
+    processes, and far faster than two threads fighting over a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def final_images(save_path) -> torch.Tensor:
+    return torch.load(Path(save_path) / f"{NAME}.pt", weights_only=False)["data"][0][0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: the result every interrupted one must reproduce exactly."""
+    torch.set_num_threads(1)
+    save = tmp_path_factory.mktemp("reference")
+    assert main(condense_args(save, ITERATIONS, "--eval_iterations", f"4,{ITERATIONS}")) == 0
+    results = json.loads((save / f"{NAME}.json").read_text())
+    return {"save": save, "images": final_images(save), "results": results}
+
+
+def checkpoint_iteration(path) -> int:
+    try:
+        ckpt = load_checkpoint(path)
+    except GradmatchError:
+        return -1
+    return ckpt["state"]["iteration"] if ckpt["state"] is not None else -1
+
+
+def interrupt_at(monkeypatch, iteration: int):
+    """Make the in-process run stop (KeyboardInterrupt, as Ctrl-C) right after logging ``iteration``."""
+    real_append = gm_run.append_log
+
+    def append(path, record):
+        real_append(path, record)
+        if record.get("event") == "iteration" and record["iteration"] == iteration:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(gm_run, "append_log", append)
+
+
+# ---- exact resume --------------------------------------------------------------------------------
+def test_sigkill_then_resume_equals_uninterrupted(reference, tmp_path):
+    save = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "gradmatch.cli",
+           *condense_args(save, ITERATIONS, "--eval_iterations", f"4,{ITERATIONS}")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = save / NAME / "checkpoint.pt"
+    deadline = time.monotonic() + 60
+    try:
+        while checkpoint_iteration(ckpt) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint at iteration 2 within 60 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = checkpoint_iteration(ckpt)
+    assert 2 <= killed_at < ITERATIONS, killed_at
+    print(f"killed after iteration {killed_at}; temporaries: {list((save / NAME).glob('.*.tmp'))}")
+    assert not (save / f"{NAME}.pt").exists()  # it never finished
+
+    # resume with the RUN_DIR form; a second, plain --resume of the finished run only rewrites results
+    assert main(["condense", "--resume", str(save / NAME), "--quiet"]) == 0
+    assert torch.equal(final_images(save), reference["images"])
+    results = json.loads((save / f"{NAME}.json").read_text())
+    assert results["accs_all_exps"] == reference["results"]["accs_all_exps"]
+    assert not list((save / NAME).glob(".*.tmp")) and not list(save.glob(".*.tmp"))
+
+    # the log: raw lines may repeat iterations redone after the kill; read_log keeps one of each
+    records = read_log(save / NAME / "log.jsonl")
+    iters = [r["iteration"] for r in records if r["event"] == "iteration"]
+    evals = [(r["iteration"], r["model"]) for r in records if r["event"] == "eval"]
+    assert sorted(iters) == list(range(1, ITERATIONS + 1))
+    assert sorted(evals) == [(4, "ConvNetW32"), (ITERATIONS, "ConvNetW32")]
+    ref_losses = {r["iteration"]: r["loss"] for r in read_log(reference["save"] / NAME / "log.jsonl")
+                  if r["event"] == "iteration"}
+    assert {r["iteration"]: r["loss"] for r in records if r["event"] == "iteration"} == ref_losses
+    raw = (save / NAME / "log.jsonl").read_text().splitlines()
+    assert len(raw) >= ITERATIONS + 2
+
+
+def test_plain_resume_after_interrupt_equals_uninterrupted(reference, tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, 3)
+    assert main(condense_args(tmp_path, ITERATIONS, "--eval_iterations", f"4,{ITERATIONS}")) == 130
+    assert "resume with --resume" in capsys.readouterr().err
+    assert checkpoint_iteration(tmp_path / NAME / "checkpoint.pt") == 2  # 3 is logged, not yet saved
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    torn = tmp_path / NAME / ".checkpoint.pt.x1y2.tmp"  # as a kill in the middle of a save leaves
+    torn.write_bytes(b"half a checkpoint")
+    # settings given on the command line that differ from the saved ones are named and ignored
+    assert main(condense_args(tmp_path, ITERATIONS, "--eval_iterations", f"4,{ITERATIONS}",
+                              "--resume", "--epoch_eval_train", "3")) == 0
+    err = capsys.readouterr().err
+    assert "note: resuming with the saved settings; ignoring epoch_eval_train 3 (saved: 2)" in err
+    assert torch.equal(final_images(tmp_path), reference["images"])
+    assert not torn.exists()
+
+
+def test_checkpoint_holds_state_and_rng(reference):
+    ckpt = load_checkpoint(reference["save"] / NAME / "checkpoint.pt")
+    assert ckpt["progress"]["experiment"] == 1 and ckpt["state"] is None  # finished
+    assert torch.equal(ckpt["images"], reference["images"])
+    assert set(ckpt["rng_states"]) >= {"torch", "numpy", "python"}
+    assert [e["iteration"] for e in ckpt["progress"]["evaluations"]] == [4, ITERATIONS]
+
+
+def test_checkpoint_mid_run_has_images_optimiser_iteration(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 3)
+    assert main(condense_args(tmp_path, 5)) == 130
+    ckpt = load_checkpoint(tmp_path / NAME / "checkpoint.pt")
+    state = ckpt["state"]
+    assert state["iteration"] == ckpt["iteration"] == 2
+    assert state["images"].shape == (20, 1, 8, 8)
+    assert state["optimizer"]["state"][0]["momentum_buffer"].shape == (20, 1, 8, 8)
+    assert ckpt["progress"]["experiment"] == 0 and ckpt["progress"]["sets"] == []
+
+
+# ---- damaged files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.98])
+def test_truncated_checkpoint_is_detected_and_reported(tmp_path, monkeypatch, capsys, keep):
+    interrupt_at(monkeypatch, 2)
+    assert main(condense_args(tmp_path, 4)) == 130
+    monkeypatch.undo()
+    ckpt = tmp_path / NAME / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(GradmatchError, match="truncated or corrupt"):
+        load_checkpoint(ckpt)
+    capsys.readouterr()
+    assert main(condense_args(tmp_path, 4, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: checkpoint ")
+    assert "truncated or corrupt" in err[0] and "--overwrite" in err[0]
+
+
+def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_torch({"something": 1}, path)
+    with pytest.raises(GradmatchError, match="not a gradmatch checkpoint"):
+        load_checkpoint(path)
+    save_torch({"version": 1, "config": {}}, path)
+    with pytest.raises(GradmatchError, match="incomplete"):
+        load_checkpoint(path)
+
+
+def test_atomic_write_never_damages_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "result.json"
+    atomic_write(path, b"old")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        atomic_write(path, b"new and longer")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary left
+
+
+# ---- refusing to overwrite --------------------------------------------------------------------------
+def test_refuses_to_overwrite_a_finished_result(reference, tmp_path, capsys):
+    shutil.copytree(reference["save"], tmp_path, dirs_exist_ok=True)
+    pt = tmp_path / f"{NAME}.pt"
+    before = pt.read_bytes()
+    assert main(condense_args(tmp_path, ITERATIONS)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a finished result exists" in err[0] and "--overwrite" in err[0]
+    assert pt.read_bytes() == before
+
+    # told to: a fresh run of other length replaces it, and nothing of the old run stays behind
+    (tmp_path / NAME / "grid_exp0_it00099.png").write_bytes(b"stale")
+    assert main(condense_args(tmp_path, 2, "--overwrite")) == 0
+    assert pt.read_bytes() != before
+    grids = sorted(p.name for p in (tmp_path / NAME).glob("grid*.png"))
+    assert grids == ["grid_exp0_it00002.png"]
+    iters = [r["iteration"] for r in read_log(tmp_path / NAME / "log.jsonl") if r["event"] == "iteration"]
+    assert iters == [1, 2]
+
+
+def test_refuses_to_restart_an_unfinished_run(tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, 2)
+    assert main(condense_args(tmp_path, 4)) == 130
+    capsys.readouterr()
+    assert main(condense_args(tmp_path, 4)) == 2
+    err = capsys.readouterr().err
+    assert "an unfinished run exists" in err and "--resume" in err
+
+
+def test_nothing_to_resume(tmp_path, capsys):
+    assert main(condense_args(tmp_path, 4, "--resume")) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["condense", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / NAME
+    run_dir.mkdir()
+    with gm_run.run_lock(run_dir):
+        assert main(condense_args(tmp_path, 2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another gradmatch process is running" in err[0]
+
+
+# ---- the NaN guard ----------------------------------------------------------------------------------
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nan_distance, "POISON", False)
+    real_append = gm_run.append_log
+
+    def append(path, record):  # the distance turns to NaN once iteration 3 is done
+        real_append(path, record)
+        if record.get("event") == "iteration" and record["iteration"] == 3:
+            nan_distance.POISON = True
+
+    monkeypatch.setattr(gm_run, "append_log", append)
+    code = main(condense_args(tmp_path, 6, "--dis_metric", "tests.nan_distance:nan_when_poisoned"))
+    line = one_error_line(capsys)
+    assert code == 2
+    assert "the matching loss became nan in iteration 4 of 6 (experiment 0)" in line
+    assert "last good checkpoint (after iteration 3)" in line and "checkpoint.pt" in line
+    ckpt = load_checkpoint(tmp_path / NAME / "checkpoint.pt")
+    assert ckpt["state"]["iteration"] == 3
+    assert torch.isfinite(ckpt["state"]["images"]).all()
+    assert not (tmp_path / f"{NAME}.pt").exists()
+
+
+def test_nan_from_the_first_iteration(tmp_path, capsys):
+    code = main(condense_args(tmp_path, 3, "--dis_metric", "tests.nan_distance:always_nan"))
+    line = one_error_line(capsys)
+    assert code == 2
+    assert "became nan in iteration 1 of 3" in line and "no checkpoint was written" in line
+    assert not (tmp_path / NAME / "checkpoint.pt").exists()
+
+
+def test_nan_gradient_with_finite_loss_never_reaches_a_checkpoint(tmp_path, capsys):
+    # one matching step per iteration, so the NaN images are first seen by the runner's own check
+    code = main(condense_args(tmp_path, 3, "--dis_metric", "tests.nan_distance:nan_gradient", "--outer_loop", "1"))
+    line = one_error_line(capsys)
+    assert code == 2
+    assert "synthetic images became non-finite" in line and "iteration 1 of 3" in line
+    assert not (tmp_path / NAME / "checkpoint.pt").exists()
+
+
+def test_nan_guard_in_a_subprocess_exits_2_with_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "gradmatch.cli",
+                           *condense_args(tmp_path, 2, "--dis_metric", "tests.nan_distance:always_nan")],
+                          check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "became nan in iteration 1 of 2" in proc.stderr
+
+
+# ---- progress and the log ---------------------------------------------------------------------------
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_shows_loss_and_rate_on_a_terminal(tmp_path, monkeypatch):
+    term = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    args = [a for a in condense_args(tmp_path, 3) if a != "--quiet"]
+    assert main(args) == 0
+    out = term.getvalue()
+    assert "exp 0" in out and "3/3" in out
+    assert re.search(r"loss=\d+\.\d{4}", out), out
+    assert re.search(r"(it/s|s/it)", out), out
+
+    quiet = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main(condense_args(tmp_path / "q", 3)) == 0
+    assert "it/s" not in quiet.getvalue() and "loss=" not in quiet.getvalue()
+
+
+def test_log_has_a_line_per_iteration_and_per_evaluation(reference):
+    lines = (reference["save"] / NAME / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    iters = [r for r in records if r["event"] == "iteration"]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["iteration"] for r in iters] == list(range(1, ITERATIONS + 1))
+    assert all(isinstance(r["loss"], float) and r["seconds"] >= 0 for r in iters)
+    assert [(r["iteration"], r["model"]) for r in evals] == [(4, "ConvNetW32"), (ITERATIONS, "ConvNetW32")]
+    assert all(len(r["accuracies"]) == 1 and 0 <= r["mean"] <= 1 for r in evals)
+    assert len(records) == ITERATIONS + 2
+
+
+def test_read_log_dedupes_and_skips_torn_lines(tmp_path):
+    log = tmp_path / "log.jsonl"
+    for it, loss in [(1, 5.0), (2, 4.0), (2, 3.0), (3, 2.0)]:
+        append_log(log, {"event": "iteration", "experiment": 0, "iteration": it, "loss": loss})
+    with open(log, "a") as f:
+        f.write('{"event": "iteration", "experi')  # a crash mid-line
+    append_log(log, {"event": "eval", "experiment": 0, "iteration": 3, "model": "M", "mean": 0.5})
+    records = read_log(log)
+    assert [(r["event"], r["iteration"]) for r in records] == [
+        ("iteration", 1), ("iteration", 2), ("iteration", 3), ("eval", 3)]
+    assert records[1]["loss"] == 3.0  # the later copy wins
