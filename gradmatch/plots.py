@@ -1,25 +1,44 @@
-"""Pictures: the synthetic images as a grid (one row per class) and the curves of a run."""
+"""Pictures: the synthetic images as a grid (one row per class) and the curves of a run.
+
+``gradmatch plot RUN_DIR`` (``plot_run``) writes into the run folder:
+  curves.png          left: the matching loss per iteration (raw, and a running mean when long);
+                      right: test accuracy (mean +- std over the evaluated networks) at each
+                      evaluation point, one line per model and experiment, chance level dashed.
+  grid.png            the final synthetic set (the last experiment's), de-normalised and clamped to
+                      [0, 1], one row per class labelled with its class name, one column per image.
+  grid_expE.png       the same for every experiment E when the run has more than one.
+Every PNG is written atomically (temporary file, then rename).
+"""
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 
 from .condense import SyntheticSet
-from .results import read_log
+from .errors import GradmatchError
+from .results import atomic_write, read_log
+
+CURVES_SIZE = (10.0, 4.0)   # inches; at DPI this is 1000 x 400 pixels
+DPI = 100
+SEPARATOR = 0.5             # grey level between the images of a grid
 
 
 def image_grid(syn: SyntheticSet, min_cell: int = 32) -> np.ndarray:
     """uint8 H x W x C array: row c holds the ipc images of class c, de-normalised and clamped,
-    each upscaled (nearest) to at least ``min_cell`` pixels so tiny images stay visible."""
+    each upscaled (nearest) to at least ``min_cell`` pixels so tiny images stay visible; 2 pixels of
+    mid grey between images (white or black would hide the edge of a saturated image).
+    Size: (K * (h*z + 2) + 2) x (ipc * (w*z + 2) + 2) for zoom z."""
     images = syn.denormalised().numpy()                    # N, C, h, w in [0, 1]
     n, c, h, w = images.shape
-    ipc = max(n // syn.num_classes, 1)
+    ipc = max(n // max(syn.num_classes, 1), 1)
     zoom = max(1, -(-min_cell // max(h, w)))
     images = images.repeat(zoom, axis=2).repeat(zoom, axis=3)
     h, w, pad = h * zoom, w * zoom, 2
-    grid = np.ones((syn.num_classes * (h + pad) + pad, ipc * (w + pad) + pad, c), dtype=np.float32)
+    rows = max(syn.num_classes, -(-n // ipc))
+    grid = np.full((rows * (h + pad) + pad, ipc * (w + pad) + pad, c), SEPARATOR, dtype=np.float32)
     for i in range(n):
         row, col = divmod(i, ipc)
         grid[pad + row * (h + pad): pad + row * (h + pad) + h,
@@ -28,10 +47,8 @@ def image_grid(syn: SyntheticSet, min_cell: int = 32) -> np.ndarray:
 
 
 def save_image_grid(syn: SyntheticSet, path) -> Path:
+    """The bare grid (no labels) as a PNG of exactly ``image_grid``'s size: grey for one channel."""
     from PIL import Image
-
-    from .results import atomic_write
-    import io
 
     grid = image_grid(syn)
     buffer = io.BytesIO()
@@ -40,7 +57,7 @@ def save_image_grid(syn: SyntheticSet, path) -> Path:
     return Path(path)
 
 
-def _figure():
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,79 +66,176 @@ def _figure():
     return plt
 
 
-def save_labelled_grid(syn: SyntheticSet, path, title: str = "") -> Path:
-    """The grid with class names beside each row (matplotlib)."""
-    plt = _figure()
-    grid = image_grid(syn)
-    rows = syn.num_classes
-    fig_h = max(2.0, 0.45 * rows + 0.8)
-    fig, ax = plt.subplots(figsize=(max(3.0, fig_h * grid.shape[1] / grid.shape[0] + 1.2), fig_h), dpi=100)
-    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    cell = grid.shape[0] / rows
-    ax.set_yticks([cell * (r + 0.5) for r in range(rows)], [str(n) for n in syn.classes])
-    ax.set_xticks([])
-    ax.set_title(title or f"{syn.dataset} synthetic set, {syn.ipc} per class", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
+def _save_figure(plt, fig, path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
     return Path(path)
 
 
-def save_curves(log_path, path) -> Optional[Path]:
-    """Matching loss per iteration and accuracy at each evaluation point, from a run's log."""
+def labelled_grid_size(syn: SyntheticSet) -> tuple[float, float]:
+    """Figure size (inches) of ``save_labelled_grid``: 0.55 in per class row up to 20 classes, 0.3 in
+    beyond (at least 2 in tall), the grid's aspect kept, plus room for the class names and title;
+    at least 4 in wide."""
+    grid_h, grid_w = image_grid(syn).shape[:2]
+    rows = max(syn.num_classes, 1)
+    fig_h = max(2.0, (0.55 if rows <= 20 else 0.3) * rows + 1.0)
+    fig_w = max(4.0, (fig_h - 1.0) * grid_w / grid_h + 1.6)
+    return round(fig_w, 2), round(fig_h, 2)
+
+
+def save_labelled_grid(syn: SyntheticSet, path, title: str = "") -> Path:
+    """The grid with each row's class name on the left, image numbers below, and a title."""
+    plt = _pyplot()
+    grid = image_grid(syn)
+    rows, ipc = syn.num_classes, max(syn.ipc, 1)
+    fig, ax = plt.subplots(figsize=labelled_grid_size(syn), dpi=DPI)
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    cell_h, cell_w = (grid.shape[0] - 2) / rows, (grid.shape[1] - 2) / ipc
+    fontsize = 9 if rows <= 20 else 7
+    ax.set_yticks([1 + cell_h * (r + 0.5) for r in range(rows)], [str(n) for n in syn.classes], fontsize=fontsize)
+    step = 1 if ipc <= 20 else int(np.ceil(ipc / 10))
+    cols = list(range(0, ipc, step))
+    ax.set_xticks([1 + cell_w * (c + 0.5) for c in cols], [str(c + 1) for c in cols], fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xlabel("synthetic image of the class", fontsize=8)
+    ax.set_ylabel("class", fontsize=8)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title or f"{syn.dataset} synthetic set, {syn.ipc} per class", fontsize=9, wrap=True)
+    fig.tight_layout()
+    return _save_figure(plt, fig, path)
+
+
+def _running_mean(values: list[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    out = np.empty_like(v)
+    for i in range(len(v)):  # trailing window, shorter at the start
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def save_curves(log_path, path, title: str = "", iterations: int | None = None,
+                chance: float | None = None) -> Path | None:
+    """Matching loss per iteration and accuracy at each evaluation point, from a run's log.
+
+    ``iterations`` fixes both x axes at [0, iterations]; ``chance`` (a fraction) draws the accuracy
+    of guessing.  Returns None when the log has nothing to draw."""
+    from matplotlib.ticker import MaxNLocator
+
     records = read_log(log_path)
-    losses = sorted((r["experiment"], r["iteration"], r["loss"]) for r in records if r.get("event") == "iteration")
+    losses = sorted((r["experiment"], r["iteration"], r["loss"]) for r in records
+                    if r.get("event") == "iteration" and r.get("loss") is not None)
     evals = sorted((r["experiment"], r["iteration"], r["model"], r["mean"], r["std"])
                    for r in records if r.get("event") == "eval")
     if not losses and not evals:
         return None
-    plt = _figure()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    for exp in sorted({e for e, _, _ in losses}):
-        pts = [(it, loss) for e, it, loss in losses if e == exp]
-        ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], label=f"experiment {exp}", lw=1)
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=CURVES_SIZE, dpi=DPI)
+    experiments = sorted({e for e, _, _ in losses})
+    for exp in experiments:
+        its = [it for e, it, _ in losses if e == exp]
+        vals = [v for e, _, v in losses if e == exp]
+        label = f"experiment {exp}" if len(experiments) > 1 else "loss"
+        if len(vals) > 50:
+            line, = ax_loss.plot(its, vals, lw=0.6, alpha=0.35)
+            window = max(5, len(vals) // 50)
+            ax_loss.plot(its, _running_mean(vals, window), lw=1.5, color=line.get_color(),
+                         label=f"{label}, mean of {window}")
+        else:
+            ax_loss.plot(its, vals, lw=1.2, marker="." if len(vals) <= 20 else None, label=label)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("matching loss (per class and outer step)")
     ax_loss.set_title("matching loss")
     if losses:
         ax_loss.legend(fontsize=8)
-    for key in sorted({(e, m) for e, _, m, _, _ in evals}):
+    else:
+        ax_loss.text(0.5, 0.5, "no iterations logged", ha="center", va="center", transform=ax_loss.transAxes)
+    keys = sorted({(e, m) for e, _, m, _, _ in evals})
+    for key in keys:
         pts = [(it, mu, sd) for e, it, m, mu, sd in evals if (e, m) == key]
+        label = key[1] if len(experiments) <= 1 and len({e for e, _ in keys}) <= 1 else f"{key[1]} (exp {key[0]})"
         ax_acc.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts],
-                        marker="o", capsize=3, label=f"{key[1]} (exp {key[0]})")
+                        marker="o", capsize=3, label=label)
+        last = pts[-1]
+        ax_acc.annotate(f"{100 * last[1]:.1f}%", (last[0], 100 * last[1]), textcoords="offset points",
+                        xytext=(-6, 7), ha="right", fontsize=8)
+    if chance is not None:
+        ax_acc.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.0f}%)")
     ax_acc.set_xlabel("iteration")
     ax_acc.set_ylabel("test accuracy (%)")
     ax_acc.set_title("accuracy at evaluation points")
-    if evals:
-        ax_acc.legend(fontsize=8)
+    ax_acc.set_ylim(0, 100)
+    if evals or chance is not None:
+        ax_acc.legend(fontsize=8, loc="upper left")
+    if not evals:
+        ax_acc.text(0.5, 0.5, "no evaluations yet", ha="center", va="center", transform=ax_acc.transAxes)
+    last_it = iterations if iterations else max([it for _, it, _ in losses] + [it for _, it, *_ in evals] + [1])
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlim(0, last_it + max(1, last_it) * 0.03)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_figure(plt, fig, path)
 
 
-def plot_run(run_dir) -> List[Path]:
-    """Draw curves.png and grid.png (the latest synthetic set, labelled) into ``run_dir``."""
-    from .errors import GradmatchError
-    from .results import load_synthetic
+def _run_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def plot_run(run_dir) -> list[Path]:
+    """Draw curves.png and grid.png (the latest synthetic set, labelled) into ``run_dir``; with more
+    than one finished experiment, grid_expE.png for each as well."""
+    from .results import load_synthetic, load_torch
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GradmatchError(f"run folder not found: {run_dir}")
+    config = _run_config(run_dir)
+    condense = config.get("condense", {})
+    iterations = condense.get("iterations")
     written = []
-    curves = save_curves(run_dir / "log.jsonl", run_dir / "curves.png")
+    final = run_dir.parent / f"{run_dir.name}.pt"
+    ckpt_path = run_dir / "checkpoint.pt"
+    sets: list[tuple[str, SyntheticSet]] = []
+    if final.is_file():
+        payload = load_torch(final, "synthetic-set file")
+        count = len(payload.get("data") or []) if isinstance(payload, dict) else 0
+        for e in range(count):
+            sets.append((f"experiment {e}, after {iterations} iterations" if iterations is not None else f"experiment {e}",
+                         load_synthetic(final, e)))
+    elif ckpt_path.is_file():
+        from .results import load_checkpoint
+        from .run import synthetic_from_checkpoint
+
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["images"] is not None:
+            it = ckpt["state"]["iteration"] if ckpt["state"] else iterations
+            sets.append((f"unfinished run, experiment {ckpt['progress']['experiment']}, iteration {it}",
+                         synthetic_from_checkpoint(ckpt_path)))
+    chance = 1.0 / sets[-1][1].num_classes if sets and sets[-1][1].num_classes else None
+    curves = save_curves(run_dir / "log.jsonl", run_dir / "curves.png", title=run_dir.name,
+                         iterations=iterations, chance=chance)
     if curves:
         written.append(curves)
-    final = run_dir.parent / f"{run_dir.name}.pt"
-    source = final if final.is_file() else run_dir / "checkpoint.pt"
-    if source.is_file():
-        if source.name == "checkpoint.pt":
-            from .run import synthetic_from_checkpoint
-
-            syn = synthetic_from_checkpoint(source)
-        else:
-            syn = load_synthetic(source)
-        written.append(save_labelled_grid(syn, run_dir / "grid.png"))
+    for e, (what, syn) in enumerate(sets):
+        title = f"{syn.dataset or run_dir.name}: {syn.ipc} synthetic images per class\n({what})"
+        if len(sets) > 1:
+            written.append(save_labelled_grid(syn, run_dir / f"grid_exp{e}.png", title))
+    if sets:
+        what, syn = sets[-1]
+        written.append(save_labelled_grid(syn, run_dir / "grid.png",
+                                          f"{syn.dataset or run_dir.name}: {syn.ipc} synthetic images per class\n"
+                                          f"({what})"))
     if not written:
         raise GradmatchError(f"{run_dir} holds no log.jsonl, checkpoint or result to plot")
     return written
