@@ -77,7 +77,8 @@ def _run_config(args):
         try:
             points = [int(x) for x in args.eval_iterations.split(",")]
         except ValueError:
-            raise GradmatchError(f"--eval_iterations takes comma-separated integers, got '{args.eval_iterations}'")
+            raise GradmatchError(
+                f"--eval_iterations takes comma-separated integers, got '{args.eval_iterations}'") from None
     for name in ("num_exp", "num_eval", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise GradmatchError(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -21,7 +21,7 @@ from .data import Dataset
 from .errors import GradmatchError
 from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
 from .models import create_model, has_batchnorm
-from .schedule import OVERFIT_MAX_EPOCHS, inner_epochs, loops_for_ipc, resolve_schedule
+from .schedule import inner_epochs, loops_for_ipc, resolve_schedule
 from .train import mean_loss, train_epoch
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
@@ -249,10 +249,12 @@ class Condenser:
 
 
 class NonFiniteLoss(GradmatchError):
+    """The matching loss of update ``iteration`` (0-based; the log calls it iteration + 1) is nan/inf."""
+
     def __init__(self, iteration: int, experiment: int, value: float):
-        super().__init__(f"matching loss became {value} at iteration {iteration} (experiment {experiment}); "
-                         "lower --lr_img or check the distance (--dis_metric)")
-        self.iteration = iteration
+        super().__init__(f"the matching loss became {value} in iteration {iteration + 1} (experiment "
+                         f"{experiment}); lower --lr_img or check the distance (--dis_metric)")
+        self.iteration, self.experiment, self.value = iteration, experiment, value
 
 
 def freeze_batchnorm(net: torch.nn.Module, real_images: Tensor) -> None:
@@ -273,6 +275,5 @@ def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment:
     """
     config = dataclasses.replace(config or CondenseConfig(), **overrides)
     condenser = Condenser(real, config, experiment, device)
-    for state in condenser.steps():
-        pass
-    return condenser.synthetic_set(state)
+    *_, final = condenser.steps()  # run to the end; the last state holds the finished images
+    return condenser.synthetic_set(final)

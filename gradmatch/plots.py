@@ -211,8 +211,8 @@ def plot_run(run_dir) -> list[Path]:
         payload = load_torch(final, "synthetic-set file")
         count = len(payload.get("data") or []) if isinstance(payload, dict) else 0
         for e in range(count):
-            sets.append((f"experiment {e}, after {iterations} iterations" if iterations is not None else f"experiment {e}",
-                         load_synthetic(final, e)))
+            after = f", after {iterations} iterations" if iterations is not None else ""
+            sets.append((f"experiment {e}{after}", load_synthetic(final, e)))
     elif ckpt_path.is_file():
         from .results import load_checkpoint
         from .run import synthetic_from_checkpoint

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 import sys
 import time
 from contextlib import contextmanager
@@ -322,11 +321,7 @@ class Run:
         if isinstance(err, NonFiniteImages):
             what = "the synthetic images became non-finite (nan or inf)"
         else:
-            value = getattr(err, "value", None)
-            if value is None:
-                found = re.search(r"became (\S+) at", str(err))
-                value = found.group(1) if found else "non-finite"
-            what = f"the matching loss became {value}"
+            what = f"the matching loss became {err.value}"
         if self.checkpointed_at is not None and self.checkpointed_at[0] == exp:
             kept = (f"the last good checkpoint (after iteration {self.checkpointed_at[1]}) is kept at "
                     f"{self.ckpt_path}")
