@@ -72,6 +72,13 @@ def _run_config(args):
                               schedule=schedule, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                               seed=args.seed)
     condense = condense.resolved()  # checks names before any data is read
+    from .evaluate import eval_pool
+    from .models import is_model, list_models
+
+    for model in eval_pool(args.eval_mode, condense.model):
+        if not is_model(model):
+            raise GradmatchError(f"--eval_mode names unknown model '{model}'; choose S, M, W, D, A, P, N or "
+                                 f"names from: {', '.join(list_models())}")
     points = None
     if args.eval_iterations:
         try:

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from .data import Dataset
-from .errors import GradmatchError
+from .errors import GradmatchError, unknown_name
 from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
-from .models import create_model, has_batchnorm
+from .models import create_model, has_batchnorm, is_model, list_models
 from .schedule import inner_epochs, loops_for_ipc, resolve_schedule
 from .train import mean_loss, train_epoch
 
@@ -52,6 +52,8 @@ class CondenseConfig:
         cfg.scheme = resolve_scheme(cfg.scheme)
         cfg.schedule = resolve_schedule(cfg.schedule)
         resolve_metric(cfg.dis_metric)
+        if not is_model(cfg.model):
+            raise unknown_name("model", cfg.model, list_models())
         if cfg.init not in INIT_CHOICES:
             raise GradmatchError(f"unknown init '{cfg.init}'; choose one of: {', '.join(INIT_CHOICES)}")
         if cfg.ipc < 1:
