@@ -20,7 +20,7 @@ demo: setup
 	$(VENV)/bin/gradmatch demo
 
 test: setup
-	$(PY) -m ruff check gradmatch tests benchmarks *.py
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: setup
