@@ -164,3 +164,19 @@ def test_seed_script_writes_the_reference_pt_png_and_json(tmp_path):
     assert results["config"]["condense"]["dis_metric"] == "improved"
     assert list((tmp_path / name).glob("grid_exp*_it*.png"))
     assert "mean = " in out.stdout
+
+
+def test_overfit_schedule_stops_when_the_held_real_loss_rises(digits, monkeypatch):
+    import gradmatch.condense as condense_module
+
+    train, _ = digits
+    c = Condenser(train, CondenseConfig(ipc=2, model="ConvNetD1", schedule="overfit", batch_real=16), device="cpu")
+    losses = iter([5.0, 4.0, 3.0, 3.5, 1.0, 0.5])
+    epochs = []
+    monkeypatch.setattr(condense_module, "mean_loss", lambda net, x, y: next(losses))
+    monkeypatch.setattr(condense_module, "train_epoch", lambda *a, **k: epochs.append(1))
+    net = create_model("ConvNetD1", 1, 10, (8, 8))
+    state = c.initial_state()
+    c.train_network(net, torch.optim.SGD(net.parameters(), lr=0.01), state.images.detach(), 0,
+                    torch.Generator().manual_seed(0))
+    assert len(epochs) == 4  # the fourth epoch raised the held loss (3.0 -> 3.5): stop there
