@@ -20,6 +20,8 @@ from torch import Tensor
 from .data import Dataset
 from .errors import GradmatchError, unknown_name
 from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
+from .matching.fast import PRECISIONS
+from .matching.schemes import METHODS
 from .models import create_model, has_batchnorm, is_model, list_models
 from .schedule import inner_epochs, loops_for_ipc, resolve_schedule
 from .train import mean_loss, train_epoch
@@ -45,6 +47,8 @@ class CondenseConfig:
     outer_loop: Optional[int] = None   # None: by ipc (schedule.loops_for_ipc)
     inner_loop: Optional[int] = None
     seed: int = 0
+    matching: str = "fast"             # fast | loop (the textbook per-class loop): same numbers
+    precision: str = "fp32"            # fp32 | bf16 | bf16-sim: the real gradients' arithmetic
 
     def resolved(self, real: Optional[Dataset] = None) -> "CondenseConfig":
         """A copy with defaults filled in and every value checked (GradmatchError if bad)."""
@@ -52,6 +56,10 @@ class CondenseConfig:
         cfg.scheme = resolve_scheme(cfg.scheme)
         cfg.schedule = resolve_schedule(cfg.schedule)
         resolve_metric(cfg.dis_metric)
+        if cfg.matching not in METHODS:
+            raise GradmatchError(f"unknown matching method '{cfg.matching}'; choose one of: {', '.join(METHODS)}")
+        if cfg.precision not in PRECISIONS:
+            raise GradmatchError(f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
         if not is_model(cfg.model):
             raise unknown_name("model", cfg.model, list_models())
         if cfg.init not in INIT_CHOICES:
@@ -207,7 +215,8 @@ class Condenser:
             else:
                 real = self.real_per_class(cfg.batch_real, gen)
                 syn = (state.images, self.syn_labels)
-            loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes)
+            loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes,
+                                 method=cfg.matching, precision=cfg.precision)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import unknown_name
 from .distances import Metric, gradient_distance, resolve_metric
+from .fast import fast_matching_loss
 from .gradients import batch_gradient, mean_gradient, trainable_parameters
 
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
@@ -55,18 +56,31 @@ def per_class_gradients(net: nn.Module, params: Sequence[Tensor], batch: Batch, 
             for c, x, y in split_by_class(*batch)}
 
 
+METHODS = ("loop", "fast")
+
+
 def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-class",
                   metric: Metric = "baseline", iteration: int = 0,
-                  num_classes: Optional[int] = None) -> Tensor:
+                  num_classes: Optional[int] = None, *, method: str = "loop",
+                  precision: str = "fp32") -> Tensor:
     """The matching loss L of one outer step (SPEC section 5).
 
     ``real`` and ``syn`` are (images, labels).  For intra-class and multi-level both hold every
     class, grouped by label; for inter-class they are mixed batches.  ``iteration`` picks the
     half of the interleaved scheme; ``num_classes`` (K) defaults to the classes in ``syn``.
+
+    ``method``: "loop" is the textbook per-class loop, written plainly below; "fast" computes the
+    same loss and image gradient (up to float rounding) several times faster on CPU (see
+    ``gradmatch.matching.fast``; the condensation loop uses it).  ``precision`` ("fp32", "bf16",
+    "bf16-sim") applies to the real gradients of the fast path only; the synthetic side is fp32.
     """
     metric = resolve_metric(metric)
     scheme = scheme_at(scheme, iteration)
     params = trainable_parameters(net)
+    if method not in METHODS:
+        raise unknown_name("matching method", method, list(METHODS))
+    if method == "fast" or precision != "fp32":
+        return fast_matching_loss(net, real, syn, scheme, metric, params, num_classes, precision)
     if scheme == "inter-class":
         k = num_classes if num_classes is not None else int(torch.unique(syn[1]).numel())
         g_real = batch_gradient(net, params, *real)

@@ -1,0 +1,401 @@
+"""The fast matching step: the same numbers as the textbook per-class loop, up to float rounding.
+
+Profiling the textbook step (SPEC section 5: one forward and backward per class) on the 2-core CPU
+this project runs on showed where its time goes, and this module removes it:
+
+* **Page faults.**  glibc hands every allocation above 32 MB to ``mmap`` and returns it on free, so
+  every 134 MB activation of a 256-image class batch is faulted in afresh (in a VM each fault is
+  expensive): a ReLU over one took 0.13 s instead of 0.02 s.  ``tune_cpu_allocator`` turns that off
+  (``mallopt``), process-wide, once.
+* **Thread contention.**  With the machine shared, a 2-thread OpenMP region waits for a core that
+  another process holds: the synthetic side of an ipc-1 step (hundreds of tiny ops) took 12 s with
+  2 threads and 0.3 s with 1.  Every pass here runs with one intra-op thread; the per-class real
+  passes, which are independent, run either one after the other or on a small pool of worker
+  threads (one class each), whichever has been faster lately (``ClassRunner``).  A class's
+  gradient is computed by one single-threaded pass either way, so the numbers do not depend on
+  the load, the choice or the machine's thread count.
+* **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's pooling) runs 3x faster as one
+  add of row pairs and a small matmul (``AvgPool2x2``), backward 2x faster.
+* **Gradients nobody uses.**  The layer-wise distances give 1-D tensors (biases, norm scales) no
+  weight, so their gradients are not computed.
+* **Small ops.**  The distance over the K classes is computed on K-stacked tensors in one call per
+  parameter tensor, and the multi-level mean term reuses the per-class gradients.
+
+Measured and dropped (see benchmarks/): stacking the classes into one forward (a grouped
+convolution, or ``torch.func.vmap`` over ``grad``) is slower for the 256-image real batches and no
+faster for the synthetic ones once each pass is single-threaded; channels_last makes the
+convolutions faster but GroupNorm much slower, a net loss for ConvNet.
+
+Mixed precision (``precision``): ``"bf16"`` computes the real targets under bf16 autocast (the
+synthetic side stays fp32); ``"bf16-sim"`` rounds every activation, weight and gradient of the real
+pass to bf16 as autocast does but computes in fp32 -- for measuring bf16's accuracy cost on CPUs
+without native bf16 (this one has only AVX2: bf16 autocast runs ~20x slower than fp32 here).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import unknown_name
+from .distances import LAYERWISE, EPS, Metric, gradient_distance
+
+PRECISIONS = ("fp32", "bf16", "bf16-sim")
+
+# ---- process settings -----------------------------------------------------------------------
+_ALLOCATOR_TUNED: Optional[bool] = None
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc ``mallopt``):
+    large tensors are then recycled instead of page-faulted in on every allocation.  Process-wide,
+    done once; set ``GRADMATCH_MALLOC=system`` to leave the allocator alone.  True if in effect."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED is None:
+        _ALLOCATOR_TUNED = False
+        if os.environ.get("GRADMATCH_MALLOC", "").lower() not in ("system", "0", "off", "no"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _ALLOCATOR_TUNED = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+            except (OSError, AttributeError):  # not glibc
+                pass
+    return _ALLOCATOR_TUNED
+
+
+def reset_cpu_allocator() -> None:
+    """Undo ``tune_cpu_allocator`` (glibc defaults), e.g. to time the textbook loop as it runs."""
+    global _ALLOCATOR_TUNED
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_MAX, 65536)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
+    _ALLOCATOR_TUNED = None
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` intra-op threads (this thread), restoring the old number after."""
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class ClassRunner:
+    """Runs independent single-threaded jobs (one class's gradient each) either in this thread or on
+    ``workers`` threads, picking whichever mode has been faster per job lately; it tries the other
+    mode now and then, since the load on a shared machine comes and goes.  The results do not
+    depend on the mode."""
+
+    def __init__(self, workers: Optional[int] = None, explore_every: int = 8):
+        self.workers = workers
+        self.explore_every = explore_every
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._seconds: Dict[Tuple, Dict[int, float]] = {}
+        self._calls: Dict[Tuple, int] = {}
+        self._lock = threading.Lock()
+        self.forced: Optional[int] = None  # 1 or the pool size, to switch adaptivity off
+
+    def _pool_size(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        env = os.environ.get("GRADMATCH_WORKERS")
+        if env:
+            return max(1, int(env))
+        return max(1, min(os.cpu_count() or 1, torch.get_num_threads(), 4))
+
+    def _executor(self, n: int) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool._max_workers != n:  # noqa: SLF001
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(n, thread_name_prefix="gradmatch",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+        return self._pool
+
+    def choose(self, key: Tuple, jobs: int) -> int:
+        n = min(self._pool_size(), jobs)
+        if self.forced is not None:
+            return min(self.forced, n)
+        if n <= 1:
+            return 1
+        seen = self._seconds.setdefault(key, {})
+        calls = self._calls[key] = self._calls.get(key, 0) + 1
+        for mode in (n, 1):  # measure both first
+            if mode not in seen:
+                return mode
+        best = min(seen, key=seen.get)
+        if calls % self.explore_every == 0:
+            return 1 if best != 1 else n
+        return best
+
+    def record(self, key: Tuple, mode: int, seconds_per_job: float) -> None:
+        seen = self._seconds.setdefault(key, {})
+        seen[mode] = seconds_per_job if mode not in seen else 0.5 * seen[mode] + 0.5 * seconds_per_job
+
+    def map(self, fn: Callable, items: Sequence, key: Tuple = ()) -> List:
+        with self._lock:
+            mode = self.choose(key, len(items))
+            start = time.perf_counter()
+            if mode == 1:
+                with torch_threads(1):
+                    out = [fn(item) for item in items]
+            else:
+                out = list(self._executor(mode).map(fn, items))
+            self.record(key, mode, (time.perf_counter() - start) / max(len(items), 1))
+        return out
+
+
+RUNNER = ClassRunner()
+
+
+# ---- faster kernels -------------------------------------------------------------------------
+_POOL_MATRICES: Dict[Tuple, Tensor] = {}
+
+
+def _pool_matrix(w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(w, w/2) with 1/4 where column j averages input columns 2j and 2j+1."""
+    key = (w, dtype, device)
+    m = _POOL_MATRICES.get(key)
+    if m is None:
+        m = torch.zeros(w, w // 2, dtype=dtype, device=device)
+        j = torch.arange(w // 2, device=device)
+        m[2 * j, j] = 0.25
+        m[2 * j + 1, j] = 0.25
+        _POOL_MATRICES[key] = m
+    return m
+
+
+def _avg_pool2x2(x: Tensor) -> Tensor:
+    n, c, h, w = x.shape
+    v = x.view(n, c, h // 2, 2 * w)
+    rows = v[..., :w] + v[..., w:]  # sums of row pairs
+    return (rows.view(-1, w) @ _pool_matrix(w, x.dtype, x.device)).view(n, c, h // 2, w // 2)
+
+
+def _avg_pool2x2_backward(g: Tensor) -> Tensor:
+    """Differentiable (the synthetic side differentiates through it again)."""
+    n, c, h2, w2 = g.shape
+    rows = (g.reshape(-1, w2) @ _pool_matrix(2 * w2, g.dtype, g.device).t()).view(n, c, h2, 1, 2 * w2)
+    return rows.expand(n, c, h2, 2, 2 * w2).reshape(n, c, 2 * h2, 2 * w2)
+
+
+class AvgPool2x2(torch.autograd.Function):
+    """``avg_pool2d(x, 2)`` for an NCHW-contiguous map of even size: same result up to rounding."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _avg_pool2x2(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _avg_pool2x2_backward(g)
+
+
+def _is_pool2x2(args, kwargs) -> bool:
+    names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+    given = dict(zip(names, args))
+    given.update(kwargs)
+    x = given.get("input")
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point() or not x.is_contiguous():
+        return False
+    if x.shape[2] % 2 or x.shape[3] % 2 or x.numel() == 0:
+        return False
+
+    def two(v):
+        return v in (2, (2, 2), [2, 2])
+
+    stride = given.get("stride")
+    return (two(given.get("kernel_size")) and (stride is None or stride == [] or two(stride))
+            and given.get("padding", 0) in (0, (0, 0), [0, 0]) and given.get("divisor_override") is None)
+
+
+class FastKernels(TorchFunctionMode):
+    """Swaps slow kernels for equivalent faster ones inside the block (this thread only)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._C._nn.avg_pool2d and _is_pool2x2(args, kwargs):  # noqa: SLF001
+            return AvgPool2x2.apply(args[0] if args else kwargs["input"])
+        return func(*args, **kwargs)
+
+
+# ---- bf16 ----------------------------------------------------------------------------------
+class _RoundBF16(torch.autograd.Function):
+    """Round to bf16 and back (forward), and the gradient too (backward), as a bf16 tensor would."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.to(torch.bfloat16).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(torch.bfloat16).to(g.dtype)
+
+
+_BF16_OPS = {"conv1d", "conv2d", "conv3d", "linear", "group_norm", "layer_norm", "batch_norm", "instance_norm",
+             "relu", "leaky_relu", "sigmoid", "avg_pool2d", "max_pool2d", "max_pool2d_with_indices", "matmul",
+             "addmm", "mm", "bmm"}
+
+
+def _round_tree(x):
+    if isinstance(x, Tensor) and x.is_floating_point():
+        return _RoundBF16.apply(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_round_tree(v) for v in x)
+    return x
+
+
+class SimulatedBF16(TorchFunctionMode):
+    """Emulates bf16 autocast on CPUs without bf16 arithmetic: the inputs, parameters and outputs of
+    every layer op (and their gradients) are rounded to bf16, the arithmetic stays fp32 (as bf16
+    kernels accumulate in fp32)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _BF16_OPS:
+            return _round_tree(func(*_round_tree(args), **{k: _round_tree(v) for k, v in kwargs.items()}))
+        return func(*args, **kwargs)
+
+
+def precision_context(precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "bf16-sim":
+        return SimulatedBF16()
+    raise unknown_name("precision", precision, PRECISIONS)
+
+
+# ---- gradients -----------------------------------------------------------------------------
+def needed_parameters(params: Sequence[Tensor], metric: Metric) -> List[Tensor]:
+    """The parameters whose gradients the distance reads: all for mse/cos, else those with more
+    than one dimension (the layer-wise distances give 1-D tensors no weight)."""
+    if isinstance(metric, str) and metric in ("mse", "cos"):
+        return list(params)
+    return [p for p in params if p.dim() > 1]
+
+
+def target_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor, labels: Tensor,
+                    precision: str = "fp32", fast_kernels: bool = True) -> List[Tensor]:
+    """A real (constant) gradient: one pass, in this thread."""
+    with FastKernels() if fast_kernels else nullcontext():
+        with precision_context(precision):
+            out = net(images)
+        loss = F.cross_entropy(out.to(images.dtype), labels)  # bf16 logits: the loss in full precision
+        return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
+def synthetic_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor, labels: Tensor,
+                       fast_kernels: bool = True) -> List[Tensor]:
+    """A synthetic gradient, keeping the graph (fp32 always)."""
+    with FastKernels() if fast_kernels else nullcontext():
+        loss = F.cross_entropy(net(images), labels)
+        return list(torch.autograd.grad(loss, params, create_graph=True))
+
+
+def _class_parts(images: Tensor, labels: Tensor) -> List[Tuple[int, Tensor, Tensor]]:
+    from .schemes import split_by_class  # the same grouping as the textbook loop
+    return split_by_class(images, labels)
+
+
+# ---- distances over K-stacked gradients ------------------------------------------------------
+def stacked_distance(g_syn: Sequence[Sequence[Tensor]], g_real: Sequence[Sequence[Tensor]],
+                     metric: Metric) -> Tensor:
+    """sum_c D(g_syn[c], g_real[c]) computed on K-stacked tensors (one call per parameter tensor)."""
+    if not (isinstance(metric, str) and (metric in LAYERWISE or metric in ("mse", "cos"))):
+        return sum(gradient_distance(s, r, metric) for s, r in zip(g_syn, g_real))
+    k = len(g_syn)
+    total = g_syn[0][0].new_zeros(())
+    if metric in LAYERWISE:
+        per_tensor = LAYERWISE[metric]
+        for j, first in enumerate(g_syn[0]):
+            if first.dim() > 1:
+                s = torch.stack([g[j] for g in g_syn]).reshape(k, first.shape[0], -1)
+                r = torch.stack([g[j] for g in g_real]).reshape(k, first.shape[0], -1)
+                total = total + per_tensor(s, r)
+        return total
+    stacks = [(torch.stack([g[j] for g in g_syn]).reshape(k, -1), torch.stack([g[j] for g in g_real]).reshape(k, -1))
+              for j in range(len(g_syn[0]))]
+    if metric == "mse":
+        return sum(((s - r) ** 2).sum() for s, r in stacks)
+    dot = sum((s * r).sum(1) for s, r in stacks)
+    norm_s = torch.sqrt(sum((s * s).sum(1) for s, _ in stacks))
+    norm_r = torch.sqrt(sum((r * r).sum(1) for _, r in stacks))
+    return (1 - dot / (norm_s * norm_r + EPS)).sum()
+
+
+def _mean_over_classes(per_class: Sequence[Sequence[Tensor]]) -> List[Tensor]:
+    return [torch.stack(tensors).mean(0) for tensors in zip(*per_class)]
+
+
+# ---- the matching loss -----------------------------------------------------------------------
+def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, params: Sequence[Tensor],
+                       num_classes: Optional[int] = None, precision: str = "fp32",
+                       runner: Optional[ClassRunner] = None) -> Tensor:
+    """The fast path behind ``matching_loss(method="fast")``; ``scheme`` is concrete (intra-class,
+    inter-class or multi-level) and ``metric`` resolved."""
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS)
+    runner = runner or RUNNER
+    on_cpu = real[0].device.type == "cpu"
+    if on_cpu:
+        tune_cpu_allocator()
+    used = needed_parameters(params, metric)
+    key = (type(net).__name__, tuple(real[0].shape), str(real[0].dtype), precision)
+
+    def real_job(part):
+        x, y = part
+        with torch_threads(1) if on_cpu else nullcontext():
+            return target_gradient(net, used, x, y, precision)
+
+    with torch_threads(1) if on_cpu else nullcontext():
+        if scheme == "inter-class":
+            k = num_classes if num_classes is not None else int(torch.unique(syn[1]).numel())
+            g_real = _chunked_target(runner, real_job, real, key)
+            g_syn = synthetic_gradient(net, used, *syn)
+            return k * stacked_distance([g_syn], [g_real], metric)
+
+        real_parts = {c: (x, y) for c, x, y in _class_parts(*real)}
+        syn_parts = _class_parts(*syn)
+        missing = {c for c, _, _ in syn_parts} - set(real_parts)
+        if missing:
+            raise ValueError(f"real batch lacks classes {sorted(missing)}")
+        classes = [c for c, _, _ in syn_parts]
+        g_real = runner.map(real_job, [real_parts[c] for c in classes], key)
+        g_syn = [synthetic_gradient(net, used, x, y) for _, x, y in syn_parts]
+        loss = stacked_distance(g_syn, g_real, metric)
+        if scheme == "multi-level":
+            k = num_classes if num_classes is not None else len(classes)
+            loss = loss + k * gradient_distance(_mean_over_classes(g_syn), _mean_over_classes(g_real), metric)
+        return loss
+
+
+def _chunked_target(runner: ClassRunner, job: Callable, batch, key, chunk: int = 256) -> List[Tensor]:
+    """The mean-loss gradient of one big mixed batch, from fixed chunks (same numbers in any mode)."""
+    x, y = batch
+    n = len(y)
+    if n <= chunk:
+        return job((x, y))
+    starts = list(range(0, n, chunk))
+    parts = runner.map(job, [(x[s:s + chunk], y[s:s + chunk]) for s in starts], key + ("chunks",))
+    weights = [min(chunk, n - s) / n for s in starts]
+    return [sum(w * g[j] for w, g in zip(weights, parts)) for j in range(len(parts[0]))]
