@@ -114,13 +114,14 @@ class ClassRunner:
         self._lock = threading.Lock()
         self.forced: Optional[int] = None  # 1 or the pool size, to switch adaptivity off
 
-    def _pool_size(self) -> int:
+    def _pool_size(self, threads: Optional[int]) -> int:
         if self.workers is not None:
             return self.workers
         env = os.environ.get("GRADMATCH_WORKERS")
         if env:
             return max(1, int(env))
-        return max(1, min(os.cpu_count() or 1, torch.get_num_threads(), 4))
+        threads = threads if threads is not None else torch.get_num_threads()
+        return max(1, min(os.cpu_count() or 1, threads, 4))
 
     def _executor(self, n: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool._max_workers != n:  # noqa: SLF001
@@ -130,37 +131,50 @@ class ClassRunner:
                                             initializer=torch.set_num_threads, initargs=(1,))
         return self._pool
 
-    def choose(self, key: Tuple, jobs: int) -> int:
-        n = min(self._pool_size(), jobs)
+    def choose(self, key: Tuple, jobs: int, threads: Optional[int] = None) -> Tuple[int, int]:
+        """(mode, the other mode to try on a few jobs of this call, or 0)."""
+        n = min(self._pool_size(threads), jobs)
         if self.forced is not None:
-            return min(self.forced, n)
+            return min(self.forced, n), 0
         if n <= 1:
-            return 1
+            return 1, 0
         seen = self._seconds.setdefault(key, {})
         calls = self._calls[key] = self._calls.get(key, 0) + 1
-        for mode in (n, 1):  # measure both first
-            if mode not in seen:
-                return mode
-        best = min(seen, key=seen.get)
-        if calls % self.explore_every == 0:
-            return 1 if best != 1 else n
-        return best
+        if 1 not in seen:
+            return 1, 0
+        best = min(seen, key=seen.get) if n in seen else 1
+        other = 1 if best != 1 else n
+        if other not in seen or calls % self.explore_every == 0:
+            return best, other
+        return best, 0
 
     def record(self, key: Tuple, mode: int, seconds_per_job: float) -> None:
         seen = self._seconds.setdefault(key, {})
         seen[mode] = seconds_per_job if mode not in seen else 0.5 * seen[mode] + 0.5 * seconds_per_job
 
-    def map(self, fn: Callable, items: Sequence, key: Tuple = ()) -> List:
-        with self._lock:
-            mode = self.choose(key, len(items))
-            start = time.perf_counter()
-            if mode == 1:
-                with torch_threads(1):
-                    out = [fn(item) for item in items]
-            else:
-                out = list(self._executor(mode).map(fn, items))
-            self.record(key, mode, (time.perf_counter() - start) / max(len(items), 1))
+    def _run(self, fn: Callable, items: Sequence, mode: int, key: Tuple) -> List:
+        start = time.perf_counter()
+        if mode == 1:
+            with torch_threads(1):
+                out = [fn(item) for item in items]
+        else:
+            out = list(self._executor(mode).map(fn, items))
+        self.record(key, mode, (time.perf_counter() - start) / max(len(items), 1))
         return out
+
+    def map(self, fn: Callable, items: Sequence, key: Tuple = (), threads: Optional[int] = None) -> List:
+        """``[fn(item) for item in items]``; ``threads``: the intra-op threads the caller may use
+        (default: torch's current number), the most workers to use.  Trying the other mode costs
+        little: it runs only on as many jobs as the pool has workers."""
+        items = list(items)
+        with self._lock:
+            mode, other = self.choose(key, len(items), threads)
+            if not other:
+                return self._run(fn, items, mode, key)
+            trial = max(mode, other)
+            if len(items) <= trial:
+                return self._run(fn, items, other, key)
+            return self._run(fn, items[:trial], other, key) + self._run(fn, items[trial:], mode, key)
 
 
 RUNNER = ClassRunner()
@@ -348,54 +362,104 @@ def _mean_over_classes(per_class: Sequence[Sequence[Tensor]]) -> List[Tensor]:
 
 
 # ---- the matching loss -----------------------------------------------------------------------
+class _ImageGradient(torch.autograd.Function):
+    """The matching loss as seen by the caller: its value, and on backward the image gradient from
+    ``vjp`` (run single-threaded, class by class, whatever the caller's thread setting)."""
+
+    @staticmethod
+    def forward(ctx, images, value, vjp):
+        ctx.vjp = vjp
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        vjp, ctx.vjp = ctx.vjp, None
+        if vjp is None:
+            raise RuntimeError("the fast matching loss can be differentiated once (retain_graph is not supported)")
+        return vjp(grad), None, None
+
+
 def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, params: Sequence[Tensor],
                        num_classes: Optional[int] = None, precision: str = "fp32",
                        runner: Optional[ClassRunner] = None) -> Tensor:
     """The fast path behind ``matching_loss(method="fast")``; ``scheme`` is concrete (intra-class,
-    inter-class or multi-level) and ``metric`` resolved."""
+    inter-class or multi-level) and ``metric`` resolved.
+
+    The returned loss is differentiable with respect to the synthetic images (once, first order);
+    unlike the textbook loop's, its backward does not also fill the network parameters' ``.grad``
+    (the condensation loop never reads them: it zeroes them before training the network).
+    """
     if precision not in PRECISIONS:
         raise unknown_name("precision", precision, PRECISIONS)
     runner = runner or RUNNER
     on_cpu = real[0].device.type == "cpu"
     if on_cpu:
         tune_cpu_allocator()
+    workers = torch.get_num_threads()  # the pool size, read before going single-threaded
+    one_thread = (lambda: torch_threads(1)) if on_cpu else nullcontext
     used = needed_parameters(params, metric)
-    key = (type(net).__name__, tuple(real[0].shape), str(real[0].dtype), precision)
+    key = (type(net).__name__, tuple(real[0].shape), tuple(syn[0].shape), str(real[0].dtype), precision)
 
     def real_job(part):
-        x, y = part
-        with torch_threads(1) if on_cpu else nullcontext():
-            return target_gradient(net, used, x, y, precision)
+        with one_thread():
+            return target_gradient(net, used, *part, precision)
 
-    with torch_threads(1) if on_cpu else nullcontext():
+    def syn_job(part):
+        with one_thread():
+            return synthetic_gradient(net, used, *part)
+
+    with one_thread():
         if scheme == "inter-class":
             k = num_classes if num_classes is not None else int(torch.unique(syn[1]).numel())
-            g_real = _chunked_target(runner, real_job, real, key)
-            g_syn = synthetic_gradient(net, used, *syn)
-            return k * stacked_distance([g_syn], [g_real], metric)
+            g_real = [_chunked_target(runner, real_job, real, key + ("real",), workers)]
+            g_syn = [syn_job(syn)]
+            loss = k * stacked_distance(g_syn, g_real, metric)
+        else:
+            real_parts = {c: (x, y) for c, x, y in _class_parts(*real)}
+            syn_parts = _class_parts(*syn)
+            missing = {c for c, _, _ in syn_parts} - set(real_parts)
+            if missing:
+                raise ValueError(f"real batch lacks classes {sorted(missing)}")
+            classes = [c for c, _, _ in syn_parts]
+            g_real = runner.map(real_job, [real_parts[c] for c in classes], key + ("real",), workers)
+            g_syn = runner.map(syn_job, [(x, y) for _, x, y in syn_parts], key + ("syn",), workers)
+            loss = stacked_distance(g_syn, g_real, metric)
+            if scheme == "multi-level":
+                k = num_classes if num_classes is not None else len(classes)
+                loss = loss + k * gradient_distance(_mean_over_classes(g_syn), _mean_over_classes(g_real), metric)
+        images = syn[0]
+        if not (images.requires_grad and torch.is_grad_enabled()):
+            return loss
+        # dL/dg_syn now (cheap: the distance's graph only); the expensive second-order part, the
+        # image gradient, on backward, one class per job.
+        flat = [g for per_class in g_syn for g in per_class]
+        v = torch.autograd.grad(loss, flat, retain_graph=True, allow_unused=True)
+        n = len(used)
+        cotangents = [[t if t is not None else torch.zeros_like(g) for t, g in zip(v[i * n:(i + 1) * n], g_syn[i])]
+                      for i in range(len(g_syn))]
 
-        real_parts = {c: (x, y) for c, x, y in _class_parts(*real)}
-        syn_parts = _class_parts(*syn)
-        missing = {c for c, _, _ in syn_parts} - set(real_parts)
-        if missing:
-            raise ValueError(f"real batch lacks classes {sorted(missing)}")
-        classes = [c for c, _, _ in syn_parts]
-        g_real = runner.map(real_job, [real_parts[c] for c in classes], key)
-        g_syn = [synthetic_gradient(net, used, x, y) for _, x, y in syn_parts]
-        loss = stacked_distance(g_syn, g_real, metric)
-        if scheme == "multi-level":
-            k = num_classes if num_classes is not None else len(classes)
-            loss = loss + k * gradient_distance(_mean_over_classes(g_syn), _mean_over_classes(g_real), metric)
-        return loss
+    def vjp(grad: Tensor) -> Tensor:
+        def job(i):
+            with one_thread():
+                (gx,) = torch.autograd.grad(g_syn[i], images, cotangents[i], retain_graph=True, allow_unused=True)
+                return gx
+        parts = runner.map(job, list(range(len(g_syn))), key + ("vjp",), workers)
+        with one_thread():
+            total = sum(p for p in parts if p is not None)
+            if not isinstance(total, Tensor):
+                return torch.zeros_like(images)
+            return total * grad
+
+    return _ImageGradient.apply(images, loss.detach(), vjp)
 
 
-def _chunked_target(runner: ClassRunner, job: Callable, batch, key, chunk: int = 256) -> List[Tensor]:
+def _chunked_target(runner: ClassRunner, job: Callable, batch, key, workers: int, chunk: int = 256) -> List[Tensor]:
     """The mean-loss gradient of one big mixed batch, from fixed chunks (same numbers in any mode)."""
     x, y = batch
     n = len(y)
     if n <= chunk:
         return job((x, y))
     starts = list(range(0, n, chunk))
-    parts = runner.map(job, [(x[s:s + chunk], y[s:s + chunk]) for s in starts], key + ("chunks",))
+    parts = runner.map(job, [(x[s:s + chunk], y[s:s + chunk]) for s in starts], key, workers)
     weights = [min(chunk, n - s) / n for s in starts]
     return [sum(w * g[j] for w, g in zip(weights, parts)) for j in range(len(parts[0]))]
