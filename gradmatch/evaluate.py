@@ -1,18 +1,23 @@
 """Evaluation (SPEC section 7): train fresh networks on a synthetic set, test them on real data."""
 from __future__ import annotations
 
+import copy
 import statistics
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .augment import make_augment, strategy_for
 from .condense import SyntheticSet, default_device, derive_seed
 from .data import Dataset
-from .errors import GradmatchError
-from .models import create_model
+from .errors import GradmatchError, unknown_name
+from .matching.fast import RUNNER, job_threads, torch_threads, tune_cpu_allocator
+from .models import create_model, has_batchnorm
 from .train import accuracy, train_epoch
 
 EVAL_POOLS = {
@@ -24,6 +29,12 @@ EVAL_POOLS = {
     "N": ["ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN"],
 }
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000
+# How the num_eval networks are trained: "sequential" one by one; "parallel" one by one on a few
+# worker threads (one network each, single-threaded; the same numbers); "batched" as one stacked
+# ensemble (torch.func: one vmapped forward/backward for all networks, the SGD step on stacked
+# tensors); "auto" parallel (measured fastest on the 2-core CPU, see benchmarks/bench_speed.py).
+EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
+BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
 
 
 def eval_pool(eval_mode: str, model: str) -> List[str]:
@@ -57,44 +68,152 @@ class EvalResult:
                 f"std = {100 * self.std:.2f}")
 
 
-def train_and_test(net, images, labels, test: Dataset, epochs: int, lr: float, batch_size: int,
-                   augment, generator: torch.Generator) -> float:
-    """DC's evaluate_synset: SGD (momentum 0.9, weight decay 5e-4) for epochs + 1 passes, lr x0.1
-    (fresh optimiser) after pass epochs // 2 + 1, then the test accuracy."""
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+def _sgd(net: nn.Module, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def train_net(net, images, labels, epochs: int, lr: float, batch_size: int, augment,
+              generator: torch.Generator) -> None:
+    """DC's evaluate_synset training: SGD (momentum 0.9, weight decay 5e-4) for epochs + 1 passes,
+    lr x0.1 (fresh optimiser) after pass epochs // 2 + 1."""
+    optimizer = _sgd(net, lr)
     for ep in range(epochs + 1):
         train_epoch(net, optimizer, images, labels, batch_size, generator, augment)
         if ep == epochs // 2 + 1:
             lr *= 0.1
-            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+            optimizer = _sgd(net, lr)
+
+
+def train_and_test(net, images, labels, test: Dataset, epochs: int, lr: float, batch_size: int,
+                   augment, generator: torch.Generator) -> float:
+    """``train_net``, then the test accuracy."""
+    train_net(net, images, labels, epochs, lr, batch_size, augment, generator)
     return accuracy(net, test.images, test.labels)
+
+
+def can_batch(net: nn.Module) -> bool:
+    """A stacked ensemble needs networks without batch coupling or running state (no batch norm)."""
+    return not has_batchnorm(net) and not any(True for _ in net.buffers())
+
+
+def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epochs: int, lr: float,
+                  batch_size: int, augments: Sequence[Optional[Callable]],
+                  generators: Sequence[torch.Generator]) -> None:
+    """``train_net`` for every network at once, as one stacked ensemble; the trained weights are
+    written back into ``nets``.
+
+    Each network keeps its own initialisation, its own shuffling and augmentation (its own
+    generator, drawn in the same order as one by one) and its own momentum buffers; the SGD step
+    (weight decay, momentum, fresh buffers at the lr drop) is the element-wise update of
+    torch.optim.SGD applied to the stacked tensors, so every network follows the same trajectory
+    as when trained alone, up to float rounding in the vmapped forward/backward.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    params, _ = stack_module_state(list(nets))
+    names = list(params)
+    stacked = [params[n].detach().requires_grad_(True) for n in names]
+    base = copy.deepcopy(nets[0]).to("meta")
+
+    def loss_one(p, x, y):
+        return F.cross_entropy(functional_call(base, dict(zip(names, p)), (x,)), y)
+
+    losses = vmap(loss_one)
+    n = len(images)
+    buffers: List[Optional[Tensor]] = [None] * len(stacked)
+    momentum, weight_decay = 0.9, 5e-4
+    for ep in range(epochs + 1):
+        for net in nets:
+            net.train()
+        orders = [torch.randperm(n, generator=g).to(images.device) for g in generators]
+        for start in range(0, n, batch_size):
+            idx = torch.stack([o[start:start + batch_size] for o in orders])
+            x, y = images[idx], labels[idx]
+            if any(a is not None for a in augments):
+                x = torch.stack([a(x[k]) if a is not None else x[k] for k, a in enumerate(augments)])
+            grads = torch.autograd.grad(losses(stacked, x, y).sum(), stacked)
+            with torch.no_grad():
+                for i, (p, g) in enumerate(zip(stacked, grads)):  # torch.optim.SGD's single-tensor step
+                    g = g.add(p, alpha=weight_decay)
+                    if buffers[i] is None:
+                        buffers[i] = torch.clone(g).detach()
+                    else:
+                        buffers[i].mul_(momentum).add_(g, alpha=1)
+                    p.add_(buffers[i], alpha=-lr)
+        if ep == epochs // 2 + 1:
+            lr *= 0.1
+            buffers = [None] * len(stacked)
+    with torch.no_grad():
+        for k, net in enumerate(nets):
+            for name, p in net.named_parameters():
+                p.copy_(stacked[names.index(name)][k])
+
+
+def _method_for(method: str, net: nn.Module) -> str:
+    if method not in EVAL_METHODS:
+        raise unknown_name("evaluation method", method, EVAL_METHODS)
+    if method == "auto":
+        return "parallel"
+    if method == "batched" and not can_batch(net):
+        return "parallel"
+    return method
 
 
 def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20,
              epochs: Optional[int] = None, lr: float = 0.01, batch_size: int = 256,
-             augment: Optional[str] = "auto", seed: int = 0, device=None) -> EvalResult:
+             augment: Optional[str] = "auto", seed: int = 0, device=None,
+             method: str = "auto") -> EvalResult:
     """Train ``num_eval`` fresh ``model`` networks on ``syn`` and test each on ``test``.
 
     ``augment``: "auto" (DC's rule), None/"none", "crop_scale_rotate" or "crop_noise".
-    ``epochs`` defaults to 300, or 1000 with augmentation.
+    ``epochs`` defaults to 300, or 1000 with augmentation.  ``method`` (EVAL_METHODS): how the
+    networks are trained; every method gives each network the same initialisation, shuffling and
+    augmentation (from seeds of (seed, model, k)), so the accuracies agree up to float rounding.
     """
     device = torch.device(device) if device is not None else default_device()
     strategy = strategy_for(syn.dataset, model) if augment == "auto" else augment
     if epochs is None:
         epochs = AUGMENTED_EPOCHS if strategy not in (None, "none") else DEFAULT_EPOCHS
+    on_cpu = device.type == "cpu"
+    if on_cpu:
+        tune_cpu_allocator()
     images, labels = syn.images.detach().to(device), syn.labels.to(device)
     test_on_device = Dataset(images=test.images.to(device), labels=test.labels.to(device),
                              classes=test.classes, mean=test.mean, std=test.std, name=test.name)
     model_key = zlib.crc32(model.encode())
-    accs = []
+    gens, nets = [], []
     for k in range(num_eval):
-        gen = torch.Generator().manual_seed(derive_seed(seed, model_key, k, 0))
+        gens.append(torch.Generator().manual_seed(derive_seed(seed, model_key, k, 0)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, model_key, k, 1))
-            net = create_model(model, syn.channel, syn.num_classes, syn.im_size).to(device)
-        accs.append(train_and_test(net, images, labels, test_on_device, epochs, lr, batch_size,
-                                   make_augment(strategy, gen), gen))
-    return EvalResult(model, accs)
+            nets.append(create_model(model, syn.channel, syn.num_classes, syn.im_size).to(device))
+    if not nets:
+        return EvalResult(model, [])
+    method = _method_for(method, nets[0])
+    threads = torch.get_num_threads()
+    key = ("eval", model, tuple(images.shape), epochs)
+
+    def test_job(k: int) -> float:
+        with torch_threads(job_threads()) if on_cpu else nullcontext():
+            return accuracy(nets[k], test_on_device.images, test_on_device.labels)
+
+    if method == "batched":
+        per_group = max(1, BATCHED_IMAGES // max(1, min(batch_size, len(images))))
+        for first in range(0, num_eval, per_group):
+            ks = range(first, min(num_eval, first + per_group))
+            train_batched([nets[k] for k in ks], images, labels, epochs, lr, batch_size,
+                          [make_augment(strategy, gens[k]) for k in ks], [gens[k] for k in ks])
+        accs = RUNNER.map(test_job, list(range(num_eval)), key + ("test",), threads)
+        return EvalResult(model, accs)
+
+    def job(k: int) -> float:
+        with torch_threads(job_threads()) if on_cpu else nullcontext():
+            return train_and_test(nets[k], images, labels, test_on_device, epochs, lr, batch_size,
+                                  make_augment(strategy, gens[k]), gens[k])
+
+    if method == "sequential" or not on_cpu:
+        return EvalResult(model, [job(k) for k in range(num_eval)])
+    return EvalResult(model, RUNNER.map(job, list(range(num_eval)), key, threads))
 
 
 def random_real_subset(real: Dataset, ipc: int, seed: int = 0) -> SyntheticSet:

@@ -85,6 +85,15 @@ def reset_cpu_allocator() -> None:
     _ALLOCATOR_TUNED = None
 
 
+def job_threads() -> int:
+    """Intra-op threads for one job (one class's gradient, one network's training): 1, or
+    ``GRADMATCH_THREADS``.  One thread per job is fastest on a small shared machine (no OpenMP
+    barrier waits for a core another process holds) and makes the numbers independent of the
+    machine's thread count; on an idle many-core machine set GRADMATCH_THREADS higher."""
+    env = os.environ.get("GRADMATCH_THREADS", "")
+    return max(1, int(env)) if env.strip().isdigit() else 1
+
+
 @contextmanager
 def torch_threads(n: int):
     """Run the block with ``n`` intra-op threads (this thread), restoring the old number after."""
@@ -121,14 +130,14 @@ class ClassRunner:
         if env:
             return max(1, int(env))
         threads = threads if threads is not None else torch.get_num_threads()
-        return max(1, min(os.cpu_count() or 1, threads, 4))
+        return max(1, min(os.cpu_count() or 1, threads, 4) // job_threads())
 
     def _executor(self, n: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool._max_workers != n:  # noqa: SLF001
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._pool = ThreadPoolExecutor(n, thread_name_prefix="gradmatch",
-                                            initializer=torch.set_num_threads, initargs=(1,))
+                                            initializer=torch.set_num_threads, initargs=(job_threads(),))
         return self._pool
 
     def choose(self, key: Tuple, jobs: int, threads: Optional[int] = None) -> Tuple[int, int]:
@@ -155,7 +164,7 @@ class ClassRunner:
     def _run(self, fn: Callable, items: Sequence, mode: int, key: Tuple) -> List:
         start = time.perf_counter()
         if mode == 1:
-            with torch_threads(1):
+            with torch_threads(job_threads()):
                 out = [fn(item) for item in items]
         else:
             out = list(self._executor(mode).map(fn, items))
@@ -396,7 +405,7 @@ def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, p
     if on_cpu:
         tune_cpu_allocator()
     workers = torch.get_num_threads()  # the pool size, read before going single-threaded
-    one_thread = (lambda: torch_threads(1)) if on_cpu else nullcontext
+    one_thread = (lambda: torch_threads(job_threads())) if on_cpu else nullcontext
     used = needed_parameters(params, metric)
     key = (type(net).__name__, tuple(real[0].shape), tuple(syn[0].shape), str(real[0].dtype), precision)
 
@@ -408,7 +417,8 @@ def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, p
         with one_thread():
             return synthetic_gradient(net, used, *part)
 
-    with one_thread():
+    grad_wanted = torch.is_grad_enabled()
+    with one_thread(), torch.enable_grad():  # gradients are what is matched, even under no_grad
         if scheme == "inter-class":
             k = num_classes if num_classes is not None else int(torch.unique(syn[1]).numel())
             g_real = [_chunked_target(runner, real_job, real, key + ("real",), workers)]
@@ -428,7 +438,9 @@ def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, p
                 k = num_classes if num_classes is not None else len(classes)
                 loss = loss + k * gradient_distance(_mean_over_classes(g_syn), _mean_over_classes(g_real), metric)
         images = syn[0]
-        if not (images.requires_grad and torch.is_grad_enabled()):
+        if not grad_wanted:
+            return loss.detach()
+        if not images.requires_grad:
             return loss
         # dL/dg_syn now (cheap: the distance's graph only); the expensive second-order part, the
         # image gradient, on backward, one class per job.

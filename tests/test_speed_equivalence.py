@@ -1,0 +1,269 @@
+"""The fast paths give the same numbers as the plain ones.
+
+* matching: ``matching_loss(method="fast")`` (gradmatch.matching.fast) against the textbook per-class
+  loop (``method="loop"``): loss and image gradient, in float64 so that rounding does not hide a
+  real difference, for every scheme, the built-in distances and the models of the issue;
+* its pieces: the 2x2 pooling kernel (with its double backward), the class runner's modes;
+* evaluation: the stacked ensemble (``train_batched``) and the parallel mode against training the
+  networks one by one with the same seeds.
+Small shapes throughout: the whole file runs in well under a minute.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradmatch.condense import CondenseConfig, Condenser, SyntheticSet, freeze_batchnorm
+from gradmatch.data import Dataset
+from gradmatch.errors import GradmatchError
+from gradmatch.evaluate import evaluate, train_batched, train_net
+from gradmatch.matching import matching_loss
+from gradmatch.matching.fast import AvgPool2x2, ClassRunner, fast_matching_loss, stacked_distance
+from gradmatch.matching.gradients import trainable_parameters
+from gradmatch.augment import make_augment
+from gradmatch.models import create_model
+
+K = 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # the plain loops at 2 threads crawl on a loaded 2-core machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def batches(shape=(1, 8, 8), per_class=6, ipc=2, k=K, seed=0, dtype=None, shuffled=False):
+    g = torch.Generator().manual_seed(seed)
+    real_x = torch.randn(k * per_class, *shape, generator=g, dtype=dtype)
+    real_y = torch.arange(k).repeat_interleave(per_class)
+    syn_x = torch.randn(k * ipc, *shape, generator=g, dtype=dtype)
+    syn_y = torch.arange(k).repeat_interleave(ipc)
+    if shuffled:
+        p, q = torch.randperm(len(real_y), generator=g), torch.randperm(len(syn_y), generator=g)
+        real_x, real_y, syn_x, syn_y = real_x[p], real_y[p], syn_x[q], syn_y[q]
+    return (real_x, real_y), (syn_x.requires_grad_(True), syn_y)
+
+
+def network(model, shape=(1, 8, 8), seed=1, real=None):
+    torch.manual_seed(seed)
+    net = create_model(model, shape[0], K, shape[1:])
+    if model.endswith("BN"):
+        freeze_batchnorm(net, real)  # as the condensation loop does: statistics fixed
+    return net
+
+
+def loss_and_grad(net, real, syn, scheme, metric, method, **kw):
+    loss = matching_loss(net, real, syn, scheme, metric, method=method, **kw)
+    (grad,) = torch.autograd.grad(loss, syn[0])
+    return loss.detach(), grad
+
+
+def assert_rel(a, b, rel):
+    scale = b.abs().max().clamp_min(1e-30)
+    assert float((a - b).abs().max() / scale) <= rel, (a, b)
+
+
+MODELS = ["ConvNet", "ConvNetBN", "ConvNetLN", "MLP", "LeNet"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme", ["intra-class", "multi-level", "inter-class"])
+def test_fast_path_equals_per_class_loop(float64, model, scheme):
+    shape = (3, 16, 16) if model == "LeNet" else (1, 8, 8)  # LeNet's two 5x5 convs need 16x16
+    real, syn = batches(shape)
+    net = network(model, shape, real=real[0])
+    for metric in ("baseline", "improved", "mse", "cos"):
+        loss, grad = loss_and_grad(net, real, syn, scheme, metric, "fast")
+        loss_ref, grad_ref = loss_and_grad(net, real, syn, scheme, metric, "loop")
+        assert_rel(loss, loss_ref, 1e-5)
+        assert_rel(grad, grad_ref, 1e-5)
+        assert float((loss - loss_ref).abs() / loss_ref.abs()) < 1e-10  # float64: rounding only
+
+
+def test_fast_path_in_float32_is_close_to_the_loop():
+    real, syn = batches()
+    net = network("ConvNet")
+    loss, grad = loss_and_grad(net, real, syn, "multi-level", "improved", "fast")
+    loss_ref, grad_ref = loss_and_grad(net, real, syn, "multi-level", "improved", "loop")
+    assert_rel(loss, loss_ref, 1e-5)
+    assert_rel(grad, grad_ref, 1e-3)
+
+
+def test_fast_path_with_unsorted_labels_a_user_distance_and_a_non_leaf_image_tensor(float64):
+    real, syn = batches(shuffled=True)
+    net = network("ConvNet")
+    leaf = syn[0].detach().clone().requires_grad_(True)
+    pick = torch.tensor([4, 0, 2, 5, 1, 3])
+
+    def user(a, b):  # a per-tensor distance on rows, as a user passes one
+        return ((a - b) ** 2).sum(-1).sqrt().sum()
+
+    for scheme in ("intra-class", "multi-level", "inter-class"):
+        # a non-leaf image tensor, as the inter-class scheme's state.images[pick]
+        got = matching_loss(net, real, ((leaf * 1.0)[pick], syn[1][pick]), scheme, user, method="fast")
+        (g_got,) = torch.autograd.grad(got, leaf)
+        ref = matching_loss(net, real, ((leaf * 1.0)[pick], syn[1][pick]), scheme, user, method="loop")
+        (g_ref,) = torch.autograd.grad(ref, leaf)
+        assert_rel(got.detach(), ref.detach(), 1e-10)
+        assert_rel(g_got, g_ref, 1e-8)
+
+
+def test_fast_loss_backward_fills_the_image_gradient_once():
+    real, syn = batches()
+    net = network("ConvNet")
+    loss = matching_loss(net, real, syn, "intra-class", method="fast")
+    loss.backward()
+    assert syn[0].grad is not None and syn[0].grad.abs().sum() > 0
+    with pytest.raises(RuntimeError):
+        loss.backward()
+    # without gradients wanted, it is just the value
+    with torch.no_grad():
+        value = matching_loss(net, real, syn, "intra-class", method="fast")
+    assert value.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_unknown_method_and_precision_are_named():
+    real, syn = batches()
+    net = network("ConvNet")
+    with pytest.raises(GradmatchError, match="loop"):
+        matching_loss(net, real, syn, method="vectorised")
+    with pytest.raises(GradmatchError, match="bf16"):
+        matching_loss(net, real, syn, precision="fp8")
+    with pytest.raises(GradmatchError, match="precision"):
+        CondenseConfig(precision="fp16").resolved()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-sim"])
+def test_bf16_targets_are_close_and_the_synthetic_side_stays_fp32(precision):
+    real, syn = batches(per_class=4, ipc=1)
+    net = network("ConvNet")
+    loss, grad = loss_and_grad(net, real, syn, "intra-class", "baseline", "fast", precision=precision)
+    loss_ref, grad_ref = loss_and_grad(net, real, syn, "intra-class", "baseline", "fast")
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    assert abs(loss.item() - loss_ref.item()) < 0.05 * loss_ref.item()
+    # tiny batches are noisy: at 3x32x32 and 32 images per class the cosine is 0.998 for both
+    assert F.cosine_similarity(grad.flatten(), grad_ref.flatten(), 0) > 0.8
+
+
+def test_the_worker_mode_does_not_change_the_numbers():
+    real, syn = batches(per_class=8)
+    net = network("ConvNet")
+    params = trainable_parameters(net)
+    results = []
+    for mode in (1, 2):
+        runner = ClassRunner(workers=2)
+        runner.forced = mode
+        loss = fast_matching_loss(net, real, syn, "multi-level", "improved", params, runner=runner)
+        (grad,) = torch.autograd.grad(loss, syn[0])
+        results.append((loss.detach(), grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_runner_tries_both_modes_then_keeps_the_faster():
+    runner = ClassRunner(workers=2, explore_every=4)
+    for _ in range(6):
+        assert runner.map(lambda v: v * v, [1, 2, 3, 4, 5], key=("k",)) == [1, 4, 9, 16, 25]
+    assert set(runner._seconds[("k",)]) == {1, 2}
+
+
+def test_pool_kernel_matches_avg_pool_with_its_double_backward(float64):
+    x = torch.randn(2, 3, 6, 8, requires_grad=True)
+    torch.testing.assert_close(AvgPool2x2.apply(x), F.avg_pool2d(x, 2))
+    assert torch.autograd.gradcheck(AvgPool2x2.apply, (x,))
+    assert torch.autograd.gradgradcheck(AvgPool2x2.apply, (x,))
+
+
+def test_stacked_distance_is_the_sum_of_per_class_distances(float64):
+    from gradmatch.matching.distances import gradient_distance
+
+    g = torch.Generator().manual_seed(5)
+    shapes = [(4, 3, 3, 3), (4,), (5, 4)]
+    syn = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    real = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    for metric in ("baseline", "improved", "mse", "cos"):
+        expected = sum(gradient_distance(s, r, metric) for s, r in zip(syn, real))
+        torch.testing.assert_close(stacked_distance(syn, real, metric), expected)
+
+
+def test_condensation_with_the_fast_path_follows_the_loop():
+    g = torch.Generator().manual_seed(0)
+    real = Dataset(images=torch.randn(40, 1, 12, 12, generator=g), labels=torch.arange(4).repeat_interleave(10),
+                   classes=list("abcd"), mean=(0.0,), std=(1.0,), name="tiny")
+    runs = {}
+    for method in ("fast", "loop"):
+        cfg = CondenseConfig(ipc=2, model="ConvNetD1", scheme="multi-level", dis_metric="improved", iterations=2,
+                             batch_real=8, batch_train=4, matching=method)
+        condenser = Condenser(real, cfg, device="cpu")
+        for state in condenser.steps():
+            images = state.images
+        runs[method] = images.detach()
+    torch.testing.assert_close(runs["fast"], runs["loop"], rtol=1e-4, atol=1e-5)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+def tiny_set(shape=(1, 8, 8), ipc=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(K * ipc, *shape, generator=g)
+    return images, torch.arange(K).repeat_interleave(ipc)
+
+
+@pytest.mark.parametrize("model", ["ConvNet", "MLP", "LeNet", "ConvNetLN"])
+def test_batched_training_equals_one_by_one(float64, model):
+    shape = (3, 16, 16) if model == "LeNet" else (1, 8, 8)
+    images, labels = tiny_set(shape)
+    alone, together, gens_a, gens_b = [], [], [], []
+    for k in range(3):
+        for nets, gens in ((alone, gens_a), (together, gens_b)):
+            torch.manual_seed(100 + k)  # each network its own initialisation
+            nets.append(create_model(model, *shape[:1], K, shape[1:]))
+            gens.append(torch.Generator().manual_seed(k))  # and its own shuffling
+    # 4 epochs in batches of 4 of 9 images: uneven last batches, the lr drop and its fresh momentum
+    for net, gen in zip(alone, gens_a):
+        train_net(net, images, labels, 4, 0.05, 4, None, gen)
+    train_batched(together, images, labels, 4, 0.05, 4, [None] * 3, gens_b)
+    for a, b in zip(alone, together):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12, msg=name)
+    assert not torch.equal(alone[0].classifier.weight, alone[1].classifier.weight)
+
+
+def test_batched_training_with_augmentation_draws_each_networks_own_stream():  # float32: augment's dtype
+    images, labels = tiny_set(shape=(1, 12, 12))
+    alone, together = [], []
+    for nets in (alone, together):
+        for k in range(2):
+            torch.manual_seed(7 + k)
+            nets.append(create_model("ConvNetD1", 1, K, (12, 12)))
+    gens_a = [torch.Generator().manual_seed(k) for k in range(2)]
+    gens_b = [torch.Generator().manual_seed(k) for k in range(2)]
+    for net, gen in zip(alone, gens_a):
+        train_net(net, images, labels, 2, 0.05, 5, make_augment("crop_scale_rotate", gen), gen)
+    train_batched(together, images, labels, 2, 0.05, 5, [make_augment("crop_scale_rotate", g) for g in gens_b],
+                  gens_b)
+    for a, b in zip(alone, together):
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+
+
+def test_every_evaluation_method_gives_the_same_accuracies():
+    images, labels = tiny_set()
+    syn = SyntheticSet(images=images, labels=labels, classes=list("abc"), mean=(0,), std=(1,),
+                       dataset="tiny")
+    g = torch.Generator().manual_seed(9)
+    test = Dataset(images=torch.randn(60, 1, 8, 8, generator=g), labels=torch.randint(0, K, (60,), generator=g),
+                   classes=list("abc"), mean=(0,), std=(1,), name="tiny")
+    got = {m: evaluate(syn, "MLP", test, num_eval=3, epochs=3, batch_size=4, method=m, device="cpu").accuracies
+           for m in ("sequential", "parallel", "batched", "auto")}
+    assert got["parallel"] == got["sequential"] == got["auto"]
+    assert got["batched"] == pytest.approx(got["sequential"], abs=1 / 60 + 1e-9)  # rounding may flip one image
+    with pytest.raises(GradmatchError, match="batched"):
+        evaluate(syn, "MLP", test, num_eval=1, epochs=1, method="stacked", device="cpu")
