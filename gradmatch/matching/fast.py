@@ -253,9 +253,11 @@ def _is_pool2x2(args, kwargs) -> bool:
 class FastKernels(TorchFunctionMode):
     """Swaps slow kernels for equivalent faster ones inside the block (this thread only)."""
 
+    enabled = True  # False: the stock kernels (e.g. to count FLOPs without the pooling matmul)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch._C._nn.avg_pool2d and _is_pool2x2(args, kwargs):  # noqa: SLF001
+        if self.enabled and func is torch._C._nn.avg_pool2d and _is_pool2x2(args, kwargs):  # noqa: SLF001
             return AvgPool2x2.apply(args[0] if args else kwargs["input"])
         return func(*args, **kwargs)
 
