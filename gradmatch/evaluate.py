@@ -201,8 +201,9 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
         per_group = max(1, BATCHED_IMAGES // max(1, min(batch_size, len(images))))
         for first in range(0, num_eval, per_group):
             ks = range(first, min(num_eval, first + per_group))
-            train_batched([nets[k] for k in ks], images, labels, epochs, lr, batch_size,
-                          [make_augment(strategy, gens[k]) for k in ks], [gens[k] for k in ks])
+            with torch_threads(job_threads()) if on_cpu else nullcontext():
+                train_batched([nets[k] for k in ks], images, labels, epochs, lr, batch_size,
+                              [make_augment(strategy, gens[k]) for k in ks], [gens[k] for k in ks])
         accs = RUNNER.map(test_job, list(range(num_eval)), key + ("test",), threads)
         return EvalResult(model, accs)
 

@@ -2,14 +2,24 @@
 loop (the inner loop) and the evaluation."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .matching.fast import job_threads, torch_threads
+from .matching.fast import FastKernels, job_threads, torch_threads
+
+
+def _cpu_context(device: torch.device):
+    """On CPU: ``job_threads()`` intra-op threads and the faster kernels of gradmatch.matching.fast."""
+    if device.type != "cpu":
+        return nullcontext()
+    stack = ExitStack()
+    stack.enter_context(torch_threads(job_threads()))
+    stack.enter_context(FastKernels())
+    return stack
 
 
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
@@ -18,12 +28,12 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor
     """One shuffled epoch of cross-entropy SGD (DC's ``epoch('train', ...)``).
 
     On CPU it runs with ``job_threads()`` intra-op threads (1 unless GRADMATCH_THREADS says
-    otherwise): the synthetic sets are small, and on a shared 2-core machine one thread trains them
-    about twice as fast as two.
+    otherwise: the synthetic sets are small, and on a shared 2-core machine one thread trains them
+    about twice as fast as two) and the faster 2x2 pooling kernel.
     """
     net.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)
-    with torch_threads(job_threads()) if images.device.type == "cpu" else nullcontext():
+    with _cpu_context(images.device):
         for start in range(0, len(images), batch_size):
             idx = order[start:start + batch_size]
             x, y = images[idx], labels[idx]
@@ -51,8 +61,9 @@ def accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 5
     net.eval()
     device = next(net.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True)
-        y = labels[start:start + batch_size].to(device, non_blocking=True)
-        correct += (net(x).argmax(1) == y).sum()
+    with FastKernels() if device.type == "cpu" else nullcontext():
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device, non_blocking=True)
+            y = labels[start:start + batch_size].to(device, non_blocking=True)
+            correct += (net(x).argmax(1) == y).sum()
     return correct.item() / max(len(images), 1)
