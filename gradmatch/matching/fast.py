@@ -1,35 +1,42 @@
 """The fast matching step: the same numbers as the textbook per-class loop, up to float rounding.
 
-Profiling the textbook step (SPEC section 5: one forward and backward per class) on the 2-core CPU
-this project runs on showed where its time goes, and this module removes it:
+``matching_loss(..., method="fast")`` (the condensation loop's default) lands here.  Profiling the
+textbook step (SPEC section 5: one forward and backward per class) on the 2-core CPU this project
+runs on showed where its time goes; this module removes it:
 
 * **Page faults.**  glibc hands every allocation above 32 MB to ``mmap`` and returns it on free, so
   every 134 MB activation of a 256-image class batch is faulted in afresh (in a VM each fault is
   expensive): a ReLU over one took 0.13 s instead of 0.02 s.  ``tune_cpu_allocator`` turns that off
-  (``mallopt``), process-wide, once.
+  (``mallopt``), process-wide, once (``GRADMATCH_MALLOC=system`` leaves glibc alone).
 * **Thread contention.**  With the machine shared, a 2-thread OpenMP region waits for a core that
-  another process holds: the synthetic side of an ipc-1 step (hundreds of tiny ops) took 12 s with
-  2 threads and 0.3 s with 1.  Every pass here runs with one intra-op thread; the per-class real
-  passes, which are independent, run either one after the other or on a small pool of worker
-  threads (one class each), whichever has been faster lately (``ClassRunner``).  A class's
-  gradient is computed by one single-threaded pass either way, so the numbers do not depend on
-  the load, the choice or the machine's thread count.
-* **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's pooling) runs 3x faster as one
-  add of row pairs and a small matmul (``AvgPool2x2``), backward 2x faster.
-* **Gradients nobody uses.**  The layer-wise distances give 1-D tensors (biases, norm scales) no
-  weight, so their gradients are not computed.
-* **Small ops.**  The distance over the K classes is computed on K-stacked tensors in one call per
-  parameter tensor, and the multi-level mean term reuses the per-class gradients.
+  another process holds: the synthetic side of an ipc-1 step (hundreds of small ops) took 12 s with
+  2 threads and 0.3 s with 1.  Every pass here runs with ``job_threads()`` (1) intra-op threads;
+  the independent per-class passes run one after the other or on a few worker threads (one class
+  each), whichever has been faster lately (``ClassRunner``).  Each class's gradient comes from one
+  single-threaded pass either way, so the numbers depend neither on the load nor on the choice.
+  This covers the backward too: the returned loss carries the image gradient as a per-class
+  vector-Jacobian product run the same way, whatever threads the caller's ``backward`` has.
+* **Work nobody uses.**  The layer-wise distances give 1-D tensors (biases, norm scales) no
+  weight, so their gradients are not computed; the backward computes the image gradient only (the
+  textbook's ``loss.backward()`` also pushes the second-order graph into the network's ``.grad``,
+  which the condensation loop discards).
+* **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's) runs 3x faster as one add of
+  row pairs and a small matmul (``AvgPool2x2``), its backward 2x faster.
+* **Small ops.**  The distance over the K classes is computed on K-stacked tensors, one call per
+  parameter tensor; the multi-level mean term reuses the per-class gradients.
 
-Measured and dropped (see benchmarks/): stacking the classes into one forward (a grouped
-convolution, or ``torch.func.vmap`` over ``grad``) is slower for the 256-image real batches and no
-faster for the synthetic ones once each pass is single-threaded; channels_last makes the
-convolutions faster but GroupNorm much slower, a net loss for ConvNet.
+Measured and dropped (see benchmarks/bench_speed.py and the notes there): stacking the classes into
+one forward (a grouped convolution, or ``torch.func.vmap`` over ``grad``) is slower for the 256-image
+real batches and no faster for the synthetic ones once each pass is single-threaded;
+channels_last makes the convolutions faster but GroupNorm much slower, a net loss for ConvNet;
+``torch.compile`` of the real pass gained ~10% after a ~30 s compile.  The convolutions themselves
+run at 65-85 GFLOP/s per core, close to this CPU's matmul peak.
 
 Mixed precision (``precision``): ``"bf16"`` computes the real targets under bf16 autocast (the
-synthetic side stays fp32); ``"bf16-sim"`` rounds every activation, weight and gradient of the real
-pass to bf16 as autocast does but computes in fp32 -- for measuring bf16's accuracy cost on CPUs
-without native bf16 (this one has only AVX2: bf16 autocast runs ~20x slower than fp32 here).
+synthetic side stays fp32); ``"bf16-sim"`` rounds every layer's inputs, weights, outputs and
+gradients of the real pass to bf16 as autocast does but computes in fp32 -- for measuring bf16's
+accuracy cost on CPUs without bf16 arithmetic (this one has AVX2 only: bf16 autocast runs ~20x
+slower than fp32 here, so "bf16" is for machines with AVX512-BF16/AMX or a GPU).
 """
 from __future__ import annotations
 
