@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) benchmarks/matching_step.py
+	$(PY) benchmarks/bench_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
