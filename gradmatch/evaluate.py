@@ -190,7 +190,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
     if not nets:
         return EvalResult(model, [])
     method = _method_for(method, nets[0])
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if on_cpu else 1
     key = ("eval", model, tuple(images.shape), epochs)
 
     def test_job(k: int) -> float:

@@ -413,7 +413,7 @@ def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, p
     on_cpu = real[0].device.type == "cpu"
     if on_cpu:
         tune_cpu_allocator()
-    workers = torch.get_num_threads()  # the pool size, read before going single-threaded
+    workers = torch.get_num_threads() if on_cpu else 1  # the pool size, read before going single-threaded
     one_thread = (lambda: torch_threads(job_threads())) if on_cpu else nullcontext
     used = needed_parameters(params, metric)
     key = (type(net).__name__, tuple(real[0].shape), tuple(syn[0].shape), str(real[0].dtype), precision)
