@@ -51,6 +51,9 @@ def _add_condense_flags(p: argparse.ArgumentParser, scheme_default: Optional[str
     _flag(p, "outer_loop", type=int, default=None)
     _flag(p, "inner_loop", type=int, default=None)
     _flag(p, "seed", type=int, default=0)
+    _flag(p, "precision", default="fp32", help="fp32 (default), bf16 (real-gradient targets under bf16 autocast; "
+          "for CPUs with bf16 arithmetic or a GPU), bf16-sim (bf16 rounding computed in fp32)")
+    _flag(p, "matching", default="fast", help="fast (default) or loop (the textbook per-class loop)")
     _flag(p, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     _flag(p, "eval_iterations", default=None, help="comma-separated iterations to evaluate at")
     _flag(p, "checkpoint_every", type=int, default=10, help="iterations between checkpoints")
@@ -70,7 +73,7 @@ def _run_config(args):
                               iterations=args.Iteration, lr_img=args.lr_img, lr_net=args.lr_net,
                               batch_real=args.batch_real, batch_train=args.batch_train, init=args.init,
                               schedule=schedule, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
-                              seed=args.seed)
+                              seed=args.seed, precision=args.precision, matching=args.matching)
     condense = condense.resolved()  # checks names before any data is read
     from .evaluate import eval_pool
     from .models import is_model, list_models
