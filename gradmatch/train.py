@@ -27,9 +27,8 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor
                 augment: Optional[Callable[[Tensor], Tensor]] = None) -> None:
     """One shuffled epoch of cross-entropy SGD (DC's ``epoch('train', ...)``).
 
-    On CPU it runs with ``job_threads()`` intra-op threads (1 unless GRADMATCH_THREADS says
-    otherwise: the synthetic sets are small, and on a shared 2-core machine one thread trains them
-    about twice as fast as two) and the faster 2x2 pooling kernel.
+    On CPU it runs with ``job_threads()`` intra-op threads (torch's, unless GRADMATCH_THREADS says
+    otherwise) and the faster 2x2 pooling kernel.
     """
     net.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)

@@ -8,12 +8,15 @@ runs on showed where its time goes; this module removes it:
   every 134 MB activation of a 256-image class batch is faulted in afresh (in a VM each fault is
   expensive): a ReLU over one took 0.13 s instead of 0.02 s.  ``tune_cpu_allocator`` turns that off
   (``mallopt``), process-wide, once (``GRADMATCH_MALLOC=system`` leaves glibc alone).
-* **Thread contention.**  With the machine shared, a 2-thread OpenMP region waits for a core that
-  another process holds: the synthetic side of an ipc-1 step (hundreds of small ops) took 12 s with
-  2 threads and 0.3 s with 1.  Every pass here runs with ``job_threads()`` (1) intra-op threads;
-  the independent per-class passes run one after the other or on a few worker threads (one class
-  each), whichever has been faster lately (``ClassRunner``).  Each class's gradient comes from one
-  single-threaded pass either way, so the numbers depend neither on the load nor on the choice.
+* **Threads.**  Each class's gradient is one pass with ``job_threads()`` intra-op threads: by
+  default all of torch's threads, classes one after the other, which on this 2-core machine, idle,
+  runs a 256-image class pass in 0.46-0.60 s against 0.86 s single-threaded (two single-threaded
+  classes side by side on two Python threads were no faster than one after the other: 0.92-1.08 s
+  per class).  On a machine shared with other work, a multi-threaded OpenMP region waits for a core
+  another process holds; there ``GRADMATCH_THREADS=1`` runs every pass single-threaded and lets
+  ``ClassRunner`` spread the classes over worker threads when that is faster.  The thread count of
+  a pass is fixed before the pass, so the numbers never depend on the load or on the runner's choice
+  (they do depend on the thread count, as any reduction's rounding does).
   This covers the backward too: the returned loss carries the image gradient as a per-class
   vector-Jacobian product run the same way, whatever threads the caller's ``backward`` has.
 * **Work nobody uses.**  The layer-wise distances give 1-D tensors (biases, norm scales) no
@@ -93,12 +96,12 @@ def reset_cpu_allocator() -> None:
 
 
 def job_threads() -> int:
-    """Intra-op threads for one job (one class's gradient, one network's training): 1, or
-    ``GRADMATCH_THREADS``.  One thread per job is fastest on a small shared machine (no OpenMP
-    barrier waits for a core another process holds) and makes the numbers independent of the
-    machine's thread count; on an idle many-core machine set GRADMATCH_THREADS higher."""
+    """Intra-op threads for one job (one class's gradient, one network's training):
+    ``GRADMATCH_THREADS`` if set, else torch's current number (``torch.get_num_threads()``).
+    ``GRADMATCH_THREADS=1`` suits a machine shared with other work (no OpenMP barrier waits for a
+    core another process holds); jobs then also run side by side on worker threads where faster."""
     env = os.environ.get("GRADMATCH_THREADS", "")
-    return max(1, int(env)) if env.strip().isdigit() else 1
+    return max(1, int(env)) if env.strip().isdigit() else torch.get_num_threads()
 
 
 @contextmanager
