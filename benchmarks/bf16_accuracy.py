@@ -6,7 +6,7 @@ targets -- then trains the same evaluation networks on each set and prints the t
     python benchmarks/bf16_accuracy.py --data /tmp/cifar --ipc 1 --iterations 100 --num_eval 5
 
 ``--bf16 sim`` (the default) rounds the real pass to bf16 as autocast does but computes in fp32:
-on CPUs without bf16 arithmetic (this project's has AVX2 only) native bf16 autocast runs ~20x slower
+on CPUs without bf16 arithmetic (AVX2 only) native bf16 autocast runs ~20x slower
 than fp32, too slow for a run of this length.  The script first checks, on one small batch, that
 the simulation and native bf16 autocast give the same gradient (much closer to each other than
 either is to fp32).  ``--bf16 native`` uses autocast itself.

@@ -120,7 +120,7 @@ def cmd_condense(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import data
+    from . import data, distributed
     from .evaluate import eval_pool, evaluate
     from .results import load_synthetic
 
@@ -137,7 +137,8 @@ def cmd_evaluate(args) -> int:
     for model in eval_pool(args.eval_mode, args.model):
         result = evaluate(syn, model, test, num_eval=args.num_eval, epochs=args.epoch_eval_train,
                           lr=args.lr_net, batch_size=args.batch_train, seed=args.seed, device=args.device)
-        print(result.line())
+        if distributed.current().is_main:
+            print(result.line())
     return 0
 
 
@@ -202,15 +203,23 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
 
 
 def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
+    from . import distributed
+
     try:
         args = build_parser(scheme).parse_args(argv)
+        if args.func in (cmd_condense, cmd_evaluate):  # under torchrun: join the job, one device each
+            _, args.device = distributed.init(args.device)
         return args.func(args)
     except GradmatchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        group = distributed.current()
+        where = f"process {group.rank} of {group.world}: " if group.active else ""
+        print(f"error: {where}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 def seed_script(scheme: str) -> None:

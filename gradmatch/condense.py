@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed
 from .data import Dataset
+from .distributed import Group
 from .errors import GradmatchError, unknown_name
 from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
 from .matching.fast import PRECISIONS
@@ -149,8 +151,9 @@ class Condenser:
     """Holds the real data (resident on the device, indexed by class) and runs matching iterations."""
 
     def __init__(self, real: Dataset, config: CondenseConfig, experiment: int = 0,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, group: Optional[Group] = None):
         self.cfg = config.resolved(real)
+        self.group = group or distributed.current()  # several processes (torchrun) share the classes
         self.real = real
         self.experiment = experiment
         self.device = torch.device(device) if device is not None else default_device()
@@ -216,14 +219,23 @@ class Condenser:
                 real = self.real_per_class(cfg.batch_real, gen)
                 syn = (state.images, self.syn_labels)
             loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes,
-                                 method=cfg.matching, precision=cfg.precision)
+                                 method=cfg.matching, precision=cfg.precision, group=self.group)
             state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:  # False for a process that has no classes of its own
+                loss.backward()
+            if self.group.active:  # each process's share -> the whole gradient, on every process
+                if state.images.grad is None:
+                    state.images.grad = torch.zeros_like(state.images)
+                self.group.sum_([state.images.grad])
             state.optimizer.step()
             total += loss.detach()
             if outer_step == cfg.outer_loop - 1:
                 break
             self.train_network(net, net_optimizer, state.images.detach().clone(), outer_step, gen)
+            # every process trains the same network; process 0's copy is made everyone's, in case
+            # nondeterministic kernels (GPU atomics) let the copies drift apart
+            self.group.broadcast_([*net.parameters(), *net.buffers()])
+        self.group.sum_([total])
         loss = total.item() / (self.num_classes * cfg.outer_loop)
         if not math.isfinite(loss):
             raise NonFiniteLoss(it, self.experiment, loss)

@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .augment import make_augment, strategy_for
 from .condense import SyntheticSet, default_device, derive_seed
 from .data import Dataset
+from .distributed import Group
 from .errors import GradmatchError, unknown_name
 from .matching.fast import RUNNER, job_threads, torch_threads, tune_cpu_allocator
 from .models import create_model, has_batchnorm
@@ -162,13 +164,15 @@ def _method_for(method: str, net: nn.Module) -> str:
 def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20,
              epochs: Optional[int] = None, lr: float = 0.01, batch_size: int = 256,
              augment: Optional[str] = "auto", seed: int = 0, device=None,
-             method: str = "auto") -> EvalResult:
+             method: str = "auto", group: Optional[Group] = None) -> EvalResult:
     """Train ``num_eval`` fresh ``model`` networks on ``syn`` and test each on ``test``.
 
     ``augment``: "auto" (DC's rule), None/"none", "crop_scale_rotate" or "crop_noise".
     ``epochs`` defaults to 300, or 1000 with augmentation.  ``method`` (EVAL_METHODS): how the
     networks are trained; every method gives each network the same initialisation, shuffling and
     augmentation (from seeds of (seed, model, k)), so the accuracies agree up to float rounding.
+    With several processes (``group``, default: torch.distributed's if initialised) network k is
+    trained by process ``k % world``; every process returns all the accuracies.
     """
     device = torch.device(device) if device is not None else default_device()
     strategy = strategy_for(syn.dataset, model) if augment == "auto" else augment
@@ -181,40 +185,49 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
     test_on_device = Dataset(images=test.images.to(device), labels=test.labels.to(device),
                              classes=test.classes, mean=test.mean, std=test.std, name=test.name)
     model_key = zlib.crc32(model.encode())
+    group = group or distributed.current()
+    mine = [k for k in range(num_eval) if group.owns(k)]  # with several processes, a share each
     gens, nets = [], []
-    for k in range(num_eval):
+    for k in mine:
         gens.append(torch.Generator().manual_seed(derive_seed(seed, model_key, k, 0)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, model_key, k, 1))
             nets.append(create_model(model, syn.channel, syn.num_classes, syn.im_size).to(device))
+    accs = _train_and_test(nets, gens, images, labels, test_on_device, epochs, lr, batch_size, strategy,
+                           method, on_cpu, ("eval", model, tuple(images.shape), epochs))
+    return EvalResult(model, group.gather(accs, [k % group.world for k in range(num_eval)]))
+
+
+def _train_and_test(nets, gens, images, labels, test: Dataset, epochs, lr, batch_size, strategy, method,
+                    on_cpu: bool, key) -> List[float]:
+    """Train each network on (images, labels) with its own generator, then test it; ``method`` as in
+    ``evaluate``."""
     if not nets:
-        return EvalResult(model, [])
+        return []
     method = _method_for(method, nets[0])
     threads = torch.get_num_threads() if on_cpu else 1
-    key = ("eval", model, tuple(images.shape), epochs)
 
     def test_job(k: int) -> float:
         with torch_threads(job_threads()) if on_cpu else nullcontext():
-            return accuracy(nets[k], test_on_device.images, test_on_device.labels)
+            return accuracy(nets[k], test.images, test.labels)
 
     if method == "batched":
         per_group = max(1, BATCHED_IMAGES // max(1, min(batch_size, len(images))))
-        for first in range(0, num_eval, per_group):
-            ks = range(first, min(num_eval, first + per_group))
+        for first in range(0, len(nets), per_group):
+            ks = range(first, min(len(nets), first + per_group))
             with torch_threads(job_threads()) if on_cpu else nullcontext():
                 train_batched([nets[k] for k in ks], images, labels, epochs, lr, batch_size,
                               [make_augment(strategy, gens[k]) for k in ks], [gens[k] for k in ks])
-        accs = RUNNER.map(test_job, list(range(num_eval)), key + ("test",), threads)
-        return EvalResult(model, accs)
+        return RUNNER.map(test_job, list(range(len(nets))), key + ("test",), threads)
 
     def job(k: int) -> float:
         with torch_threads(job_threads()) if on_cpu else nullcontext():
-            return train_and_test(nets[k], images, labels, test_on_device, epochs, lr, batch_size,
+            return train_and_test(nets[k], images, labels, test, epochs, lr, batch_size,
                                   make_augment(strategy, gens[k]), gens[k])
 
     if method == "sequential" or not on_cpu:
-        return EvalResult(model, [job(k) for k in range(num_eval)])
-    return EvalResult(model, RUNNER.map(job, list(range(num_eval)), key, threads))
+        return [job(k) for k in range(len(nets))]
+    return RUNNER.map(job, list(range(len(nets))), key, threads)
 
 
 def random_real_subset(real: Dataset, ipc: int, seed: int = 0) -> SyntheticSet:

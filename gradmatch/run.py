@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as gm_data
+from . import distributed
 from .condense import CondenseConfig, Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
 from .errors import GradmatchError
 from .evaluate import eval_pool, evaluate
@@ -170,6 +171,8 @@ class Run:
         self.ckpt_path = self.dir / "checkpoint.pt"
         self.log_path = self.dir / "log.jsonl"
         self.checkpointed_at: tuple[int, int] | None = None  # (experiment, iteration) on disk
+        self.group = distributed.current()  # under torchrun: every process runs, process 0 writes
+        self.writes = self.group.is_main
 
     # ---- set-up ----------------------------------------------------------------------------
     def _check_outputs(self, resume: bool) -> dict[str, Any] | None:
@@ -218,6 +221,8 @@ class Run:
         self.cfg = saved
 
     def start(self, resume: bool = False) -> dict[str, Any]:
+        if not self.writes:
+            return self._start(resume)
         created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -238,7 +243,8 @@ class Run:
             path.unlink(missing_ok=True)
 
     def _start(self, resume: bool) -> dict[str, Any]:
-        self._remove_temporaries()
+        if self.writes:
+            self._remove_temporaries()
         ckpt = self._check_outputs(resume)
         if ckpt is not None:
             self._adopt_saved_config(ckpt)
@@ -249,14 +255,15 @@ class Run:
         self.models = eval_pool(cfg.eval_mode, cfg.condense.model)
         self.train, self.test = train, test
         if ckpt is None:
-            self._clear_outputs()
-            save_json(cfg.to_dict(), self.dir / "config.json")
+            if self.writes:
+                self._clear_outputs()
+                save_json(cfg.to_dict(), self.dir / "config.json")
             self.progress = {"experiment": 0, "sets": [], "accs_all_exps": {m: [] for m in self.models},
                              "evaluations": []}
         else:
             self.progress = ckpt["progress"]
             set_rng_states(ckpt.get("rng_states"))
-            if self.progress["experiment"] >= cfg.num_exp:
+            if self.progress["experiment"] >= cfg.num_exp and self.writes:
                 print(f"note: {self.dir} had finished all {cfg.num_exp} experiments; writing its results again",
                       file=sys.stderr)
         for exp in range(self.progress["experiment"], cfg.num_exp):
@@ -287,7 +294,7 @@ class Run:
         done = {(e["experiment"], e["iteration"]) for e in self.progress["evaluations"]}
         first = state.iteration if state is not None else 0
         bar = tqdm(total=cfg.condense.iterations, initial=first, desc=f"exp {exp}", unit="it",
-                   disable=True if cfg.quiet else None, dynamic_ncols=True)
+                   disable=True if cfg.quiet or not self.writes else None, dynamic_ncols=True)
         tick = time.perf_counter()
         current = state
         try:
@@ -295,8 +302,8 @@ class Run:
                 it = current.iteration
                 if it > first:
                     now = time.perf_counter()
-                    append_log(self.log_path, {"event": "iteration", "experiment": exp, "iteration": it,
-                                               "loss": current.last_loss, "seconds": round(now - tick, 4)})
+                    self._log({"event": "iteration", "experiment": exp, "iteration": it,
+                               "loss": current.last_loss, "seconds": round(now - tick, 4)})
                     bar.update(1)
                     bar.set_postfix(loss=f"{current.last_loss:.4f}")
                     if not bool(torch.isfinite(current.images).all()):
@@ -314,6 +321,10 @@ class Run:
         self.progress["sets"].append(condenser.synthetic_set(current))
         self.progress["experiment"] = exp + 1
         self._checkpoint(None, None)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.writes:
+            append_log(self.log_path, record)
 
     def _non_finite_error(self, err: NonFiniteLoss | NonFiniteImages, exp: int) -> GradmatchError:
         """One line: which iteration (numbered as in the log), what is kept, what to do."""
@@ -336,7 +347,8 @@ class Run:
     def _evaluate(self, condenser: Condenser, state: CondenseState, bar) -> None:
         cfg, exp, it = self.cfg, condenser.experiment, state.iteration
         syn = condenser.synthetic_set(state)
-        save_image_grid(syn, self.dir / f"grid_exp{exp}_it{it:05d}.png")
+        if self.writes:
+            save_image_grid(syn, self.dir / f"grid_exp{exp}_it{it:05d}.png")
         for model in self.models:
             result = evaluate(syn, model, self.test, num_eval=cfg.num_eval, epochs=cfg.epoch_eval_train,
                               lr=cfg.condense.lr_net, batch_size=cfg.condense.batch_train,
@@ -344,10 +356,11 @@ class Run:
             record = {"event": "eval", "experiment": exp, "iteration": it, "model": model,
                       "accuracies": result.accuracies, "mean": result.mean, "std": result.std}
             self.progress["evaluations"].append(record)
-            append_log(self.log_path, record)
+            self._log(record)
             if it == cfg.condense.iterations:
                 self.progress["accs_all_exps"][model] += result.accuracies
-            bar.write(f"[exp {exp} it {it}] {result.line()}")
+            if self.writes:
+                bar.write(f"[exp {exp} it {it}] {result.line()}")
 
     def _checkpoint(self, condenser: Condenser | None, state: CondenseState | None) -> None:
         saved_state = None
@@ -362,6 +375,8 @@ class Run:
             images = saved_state["images"]
         else:
             images = self.progress["sets"][-1].images if self.progress["sets"] else None
+        if not self.writes:
+            return
         save_torch({"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "progress": self.progress,
                     "experiment": self.progress["experiment"],
                     "iteration": saved_state["iteration"] if saved_state else None,
@@ -375,11 +390,13 @@ class Run:
     def _finish(self) -> dict[str, Any]:
         cfg, progress = self.cfg, self.progress
         accs = progress["accs_all_exps"]
-        save_torch(reference_payload(progress["sets"], accs), self.pt_path)
         summary = summarise(accs)
         results = {"name": cfg.name, "config": cfg.to_dict(), "summary": summary,
                    "accs_all_exps": accs, "evaluations": progress["evaluations"],
                    "files": {"pt": str(self.pt_path), "run_dir": str(self.dir)}}
+        if not self.writes:
+            return results
+        save_torch(reference_payload(progress["sets"], accs), self.pt_path)
         save_json(results, self.json_path)
         for model, s in summary.items():
             if s is not None:

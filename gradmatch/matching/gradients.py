@@ -24,7 +24,3 @@ def batch_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor, lab
     grads = torch.autograd.grad(loss, params, create_graph=create_graph)
     return list(grads) if create_graph else [g.detach() for g in grads]
 
-
-def mean_gradient(per_class: Sequence[Sequence[Tensor]]) -> List[Tensor]:
-    """Mean over classes, tensor by tensor (the multi-level scheme's second term)."""
-    return [torch.stack(tensors).mean(0) for tensors in zip(*per_class)]

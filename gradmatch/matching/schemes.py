@@ -10,10 +10,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..distributed import SINGLE, Group
 from ..errors import unknown_name
 from .distances import Metric, gradient_distance, resolve_metric
 from .fast import fast_matching_loss
-from .gradients import batch_gradient, mean_gradient, trainable_parameters
+from .gradients import batch_gradient, trainable_parameters
 
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 # The seed's script names and a few short forms.
@@ -56,13 +57,40 @@ def per_class_gradients(net: nn.Module, params: Sequence[Tensor], batch: Batch, 
             for c, x, y in split_by_class(*batch)}
 
 
+def own_classes(batch: Batch, group: Group) -> Batch:
+    """The images of the classes this process matches (all of them in a single process)."""
+    if not group.active:
+        return batch
+    keep = (batch[1] % group.world) == group.rank
+    return batch[0][keep], batch[1][keep]
+
+
+def own_chunk(batch: Batch, group: Group) -> Tuple[Batch, float]:
+    """This process's chunk of a mixed batch, and its weight in the batch's mean loss."""
+    if not group.active:
+        return batch, 1.0
+    part = group.chunk(len(batch[1]))
+    return (batch[0][part], batch[1][part]), (part.stop - part.start) / max(len(batch[1]), 1)
+
+
+def class_count(labels: Tensor) -> int:
+    return int(torch.unique(labels).numel())
+
+
+def summed(grads: Sequence[Sequence[Tensor]], like: Sequence[Tensor]) -> List[Tensor]:
+    """Tensor-by-tensor sum of gradient lists (zeros shaped ``like`` if there are none)."""
+    if not grads:
+        return [torch.zeros_like(p) for p in like]
+    return [sum(tensors) for tensors in zip(*grads)]
+
+
 METHODS = ("loop", "fast")
 
 
 def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-class",
                   metric: Metric = "baseline", iteration: int = 0,
                   num_classes: Optional[int] = None, *, method: str = "loop",
-                  precision: str = "fp32") -> Tensor:
+                  precision: str = "fp32", group: Optional[Group] = None) -> Tensor:
     """The matching loss L of one outer step (SPEC section 5).
 
     ``real`` and ``syn`` are (images, labels).  For intra-class and multi-level both hold every
@@ -73,29 +101,39 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
     same loss and image gradient (up to float rounding) several times faster on CPU (see
     ``gradmatch.matching.fast``; the condensation loop uses it).  ``precision`` ("fp32", "bf16",
     "bf16-sim") applies to the real gradients of the fast path only; the synthetic side is fp32.
+
+    ``group`` (``gradmatch.distributed``): with several processes, each is given the same whole
+    batches and returns its share: the terms of its classes (its chunk of the mixed batches for
+    inter-class).  The shares' values and image gradients, summed over processes, are the loss and
+    image gradient of one process.
     """
     metric = resolve_metric(metric)
     scheme = scheme_at(scheme, iteration)
     params = trainable_parameters(net)
+    group = group or SINGLE
     if method not in METHODS:
         raise unknown_name("matching method", method, list(METHODS))
+    k = num_classes if num_classes is not None else class_count(syn[1])
     if method == "fast" or precision != "fp32":
-        return fast_matching_loss(net, real, syn, scheme, metric, params, num_classes, precision)
+        return fast_matching_loss(net, real, syn, scheme, metric, params, k, precision, group=group)
     if scheme == "inter-class":
-        k = num_classes if num_classes is not None else int(torch.unique(syn[1]).numel())
-        g_real = batch_gradient(net, params, *real)
-        g_syn = batch_gradient(net, params, *syn, create_graph=True)
-        return k * gradient_distance(g_syn, g_real, metric)
+        (real, real_weight), (syn, syn_weight) = own_chunk(real, group), own_chunk(syn, group)
+        g_real = [real_weight * g for g in batch_gradient(net, params, *real)] if len(real[1]) else None
+        g_syn = [syn_weight * g for g in batch_gradient(net, params, *syn, create_graph=True)] if len(syn[1]) else None
+        g_real = group.global_sum(summed([g_real] if g_real else [], params))
+        g_syn = group.global_sum(summed([g_syn] if g_syn else [], params))
+        return group.share(k * gradient_distance(g_syn, g_real, metric))
 
-    g_real = per_class_gradients(net, params, real, create_graph=False)
-    g_syn = per_class_gradients(net, params, syn, create_graph=True)
+    present = class_count(syn[1])
+    g_real = per_class_gradients(net, params, own_classes(real, group), create_graph=False)
+    g_syn = per_class_gradients(net, params, own_classes(syn, group), create_graph=True)
     missing = set(g_syn) - set(g_real)
     if missing:
         raise ValueError(f"real batch lacks classes {sorted(missing)}")
-    loss = sum(gradient_distance(g_syn[c], g_real[c], metric) for c in g_syn)
-    if scheme == "multi-level":
-        k = num_classes if num_classes is not None else len(g_syn)
+    loss = sum((gradient_distance(g_syn[c], g_real[c], metric) for c in g_syn), params[0].new_zeros(()))
+    if scheme == "multi-level":  # + K x D of the gradients' means over (all processes') classes
         classes = sorted(g_syn)
-        loss = loss + k * gradient_distance(mean_gradient([g_syn[c] for c in classes]),
-                                            mean_gradient([g_real[c] for c in classes]), metric)
+        mean_syn = [s / present for s in group.global_sum(summed([g_syn[c] for c in classes], params))]
+        mean_real = [s / present for s in group.global_sum(summed([g_real[c] for c in classes], params))]
+        loss = loss + group.share(k * gradient_distance(mean_syn, mean_real, metric))
     return loss
