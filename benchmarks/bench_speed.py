@@ -3,6 +3,7 @@
     python benchmarks/bench_speed.py                  # matching: ipc 1, 10, 50 x intra-class, multi-level
     python benchmarks/bench_speed.py --part eval      # evaluation: 20 networks, ipc 10
     python benchmarks/bench_speed.py --ipcs 1 --schemes intra-class --steps 1    # a quick look
+    python benchmarks/bench_speed.py --device cuda --vmap --part all             # on a GPU, torch.func too
 
 CIFAR10-shaped random data (3x32x32, 10 classes, batch_real 256), ConvNet, baseline distance.
 "textbook" is the per-class loop of SPEC section 5 written out plainly below, run the way anyone
@@ -82,9 +83,9 @@ def textbook_train_epoch(net, opt, images, labels, gen):
 
 
 # ---- gradmatch's --------------------------------------------------------------------------------
-def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme):
+def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, method="fast"):
     from gradmatch.matching import matching_loss
-    loss = matching_loss(net, (real_x, real_y), (syn_x, syn_y), scheme, "baseline", num_classes=K, method="fast")
+    loss = matching_loss(net, (real_x, real_y), (syn_x, syn_y), scheme, "baseline", num_classes=K, method=method)
     opt_img.zero_grad()
     loss.backward()
     opt_img.step()
@@ -102,44 +103,65 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def setup(ipc: int, seed: int = 0):
+def setup(ipc: int, seed: int = 0, device: str = "cpu"):
     from gradmatch.models import create_model
     g = torch.Generator().manual_seed(seed)
-    real_x = torch.randn(K * BATCH_REAL, C, H, H, generator=g)
-    real_y = torch.arange(K).repeat_interleave(BATCH_REAL)
-    syn_x = torch.randn(K * ipc, C, H, H, generator=g).requires_grad_(True)
-    syn_y = torch.arange(K).repeat_interleave(ipc)
+    real_x = torch.randn(K * BATCH_REAL, C, H, H, generator=g).to(device)
+    real_y = torch.arange(K).repeat_interleave(BATCH_REAL).to(device)
+    syn_x = torch.randn(K * ipc, C, H, H, generator=g).to(device).requires_grad_(True)
+    syn_y = torch.arange(K).repeat_interleave(ipc).to(device)
     torch.manual_seed(seed + 1)
-    net = create_model("ConvNet", C, K, (H, H))
+    net = create_model("ConvNet", C, K, (H, H)).to(device)
     return net, real_x, real_y, syn_x, syn_y
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def peak_mb(device: str, base: float) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
 
 
 def worker(job: dict) -> dict:
     """Time ``steps`` matching steps and ``epochs`` inner epochs of one method at one setting."""
-    textbook = job["method"] == "textbook"
+    textbook, device = job["method"] == "textbook", job.get("device", "cpu")
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     if job.get("tuned_allocator"):
         from gradmatch.matching.fast import tune_cpu_allocator
         tune_cpu_allocator()
-    net, real_x, real_y, syn_x, syn_y = setup(job["ipc"])
+    net, real_x, real_y, syn_x, syn_y = setup(job["ipc"], device=device)
     opt_img = torch.optim.SGD([syn_x], lr=0.1, momentum=0.5)
-    step = textbook_matching_step if textbook else gradmatch_matching_step
+    if textbook:
+        step = textbook_matching_step
+    else:
+        def step(*a):
+            return gradmatch_matching_step(*a, method="vmap" if job["method"] == "vmap" else "fast")
     train = textbook_train_epoch if textbook else gradmatch_train_epoch
     base = rss_mb()
     out = {"losses": [], "step_s": [], "epoch_s": []}
+    if device != "cpu":  # one untimed step: CUDA context, kernels, allocator
+        step(*setup(job["ipc"], seed=1, device=device)[:5], torch.optim.SGD([syn_x], lr=0.0), job["scheme"])
     for _ in range(job["steps"]):
+        sync(device)
         start = time.perf_counter()
         out["losses"].append(float(step(net, real_x, real_y, syn_x, syn_y, opt_img, job["scheme"])))
+        sync(device)
         out["step_s"].append(time.perf_counter() - start)
     if job.get("epochs"):
         opt_net = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.5)
         images, gen = syn_x.detach().clone(), torch.Generator().manual_seed(0)
         for _ in range(job["epochs"]):
+            sync(device)
             start = time.perf_counter()
             train(net, opt_net, images, syn_y, gen)
+            sync(device)
             out["epoch_s"].append(time.perf_counter() - start)
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    out["peak_mb"] = peak_mb(device, base)
     return out
 
 
@@ -174,8 +196,12 @@ def count_flops(job: dict) -> dict:
     return res
 
 
-def matmul_peak() -> dict:
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+def matmul_peak(device: str = "cpu") -> dict:
+    """GFLOP/s of a 4096^2 fp32 torch.mm: {threads: value} on the CPU, {"gpu": value} on a GPU."""
+    a, b = torch.randn(4096, 4096, device=device), torch.randn(4096, 4096, device=device)
+    if device != "cpu":
+        torch.mm(a, b)
+        return {"gpu": 2 * 4096**3 / min(_timed(lambda: torch.mm(a, b), device) for _ in range(5)) / 1e9}
     out = {}
     for threads in (torch.get_num_threads(), 1):
         old = torch.get_num_threads()
@@ -187,9 +213,11 @@ def matmul_peak() -> dict:
     return out
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    sync(device)
     start = time.perf_counter()
     fn()
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -202,18 +230,21 @@ def eval_worker(job: dict) -> dict:
     from gradmatch.models import create_model
     from gradmatch.train import accuracy
     g = torch.Generator().manual_seed(0)
-    n, ipc = job["num_eval"], job["ipc"]
-    images = torch.randn(K * ipc, C, H, H, generator=g)
-    labels = torch.arange(K).repeat_interleave(ipc)
-    test_x = torch.randn(job["test"], C, H, H, generator=g)
-    test_y = torch.randint(0, K, (job["test"],), generator=g)
+    n, ipc, device = job["num_eval"], job["ipc"], job.get("device", "cpu")
+    images = torch.randn(K * ipc, C, H, H, generator=g).to(device)
+    labels = torch.arange(K).repeat_interleave(ipc).to(device)
+    test_x = torch.randn(job["test"], C, H, H, generator=g).to(device)
+    test_y = torch.randint(0, K, (job["test"],), generator=g).to(device)
     base = rss_mb()
+    if device != "cpu":  # CUDA context and kernels before the clock starts
+        create_model("ConvNet", C, K, (H, H)).to(device)(images).sum().backward()
+    sync(device)
     start = time.perf_counter()
     if job["method"] == "textbook":  # one network after another, as DC's evaluate_synset
         accs = []
         for k in range(n):
             torch.manual_seed(k)
-            net = create_model("ConvNet", C, K, (H, H))
+            net = create_model("ConvNet", C, K, (H, H)).to(device)
             lr = 0.01
             opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
             gen = torch.Generator().manual_seed(k)
@@ -227,11 +258,11 @@ def eval_worker(job: dict) -> dict:
         syn = SyntheticSet(images=images, labels=labels, classes=[str(c) for c in range(K)],
                            mean=(0.0,) * C, std=(1.0,) * C, dataset="CIFAR10-shaped")
         test = Dataset(images=test_x, labels=test_y, classes=syn.classes, mean=syn.mean, std=syn.std, name="t")
-        accs = evaluate(syn, "ConvNet", test, num_eval=n, epochs=job["epochs"], augment=None, device="cpu",
+        accs = evaluate(syn, "ConvNet", test, num_eval=n, epochs=job["epochs"], augment=None, device=device,
                         method=job["method"]).accuracies
+    sync(device)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "accs": accs,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base}
+    return {"seconds": seconds, "accs": accs, "peak_mb": peak_mb(device, base)}
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -251,12 +282,16 @@ def mean(xs):
 
 
 def bench_matching(args) -> None:
-    peak = matmul_peak()
+    peak = matmul_peak(args.device)
     threads = torch.get_num_threads()
-    print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; "
-          f"load average {os.getloadavg()[0]:.1f} at start")
-    print("matmul peak (4096^2 torch.mm): " + ", ".join(f"{v:.0f} GFLOP/s with {t} thread{'s' * (t > 1)}"
-                                                       for t, v in peak.items()))
+    if args.device == "cpu":
+        print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; "
+              f"load average {os.getloadavg()[0]:.1f} at start")
+        print("matmul peak (4096^2 torch.mm): " + ", ".join(f"{v:.0f} GFLOP/s with {t} thread{'s' * (t > 1)}"
+                                                           for t, v in peak.items()))
+    else:
+        print(f"GPU: {torch.cuda.get_device_name(args.device)}, torch {torch.__version__}; "
+              f"matmul peak (4096^2 fp32 torch.mm): {peak['gpu']:.0f} GFLOP/s")
     top = max(peak.values())
     header = (f"{'setting':24s} {'method':10s} {'s/match step':>12s} {'ratio':>6s} {'s/epoch':>8s} "
               f"{'s/iteration*':>12s} {'peak MB':>8s} {'GFLOP/s':>8s} {'% peak':>6s}")
@@ -271,12 +306,13 @@ def bench_matching(args) -> None:
             if ipc not in flops:
                 flops[ipc] = run_job({"count": True, "ipc": ipc, "scheme": scheme})
             results = {}
-            for method in ("textbook", "gradmatch"):
+            for method in ["textbook", "gradmatch"] + (["vmap"] if args.vmap else []):
                 results[method] = run_job({"method": method, "ipc": ipc, "scheme": scheme, "steps": steps,
-                                           "epochs": epochs if scheme == args.schemes[0] else 0})
+                                           "epochs": epochs if scheme == args.schemes[0] else 0,
+                                           "device": args.device})
             if args.attribution and scheme == args.schemes[0]:  # the textbook loop in gradmatch's settings
                 results["tb-tuned"] = run_job(
-                    {"method": "textbook", "ipc": ipc, "scheme": scheme, "steps": steps, "threads": 1,
+                    {"method": "textbook", "ipc": ipc, "scheme": scheme, "steps": steps,
                      "tuned_allocator": True, "epochs": epochs})
             if epochs and scheme == args.schemes[0]:
                 flops[ipc]["train_s"] = {m: mean(r["epoch_s"]) for m, r in results.items()}
@@ -297,8 +333,8 @@ def bench_matching(args) -> None:
                   f"{flops[ipc]['textbook'] / 1e9:.0f}), {flops[ipc]['epoch'] / 1e9:.1f} GFLOP/epoch", flush=True)
     print("* s/iteration: outer_loop matching steps + (outer_loop - 1) x inner_loop epochs of the published "
           "schedule, from the measured means; ratio: textbook s / this row's s per matching step"
-          + ("; tb-tuned: the textbook loop with one thread and gradmatch's allocator setting" if args.attribution
-             else ""))
+          + ("; tb-tuned: the textbook loop with gradmatch's allocator setting" if args.attribution
+             else "") + ("; vmap: gradmatch's torch.func path (method='vmap')" if args.vmap else ""))
 
 
 def bench_eval(args) -> None:
@@ -311,7 +347,7 @@ def bench_eval(args) -> None:
     accs = {}
     for method in args.eval_methods:
         r = run_job({"eval": True, "method": method, "num_eval": args.num_eval, "ipc": args.eval_ipc,
-                     "epochs": args.eval_epochs, "test": args.test})
+                     "epochs": args.eval_epochs, "test": args.test, "device": args.device})
         base = base or r["seconds"]
         accs[method] = r["accs"]
         print(f"{method:12s} {r['seconds']:8.1f} {base / r['seconds']:6.2f} {r['peak_mb']:8.0f}  "
@@ -332,8 +368,10 @@ def main(argv=None) -> None:
                     help="matching steps timed per setting (default: 2 at ipc 1, else 1, to stay under ~10 min)")
     ap.add_argument("--epochs", type=int, default=3, help="inner epochs timed per ipc (ipc > 1)")
     ap.add_argument("--attribution", action="store_true",
-                    help="also time the textbook loop with one thread and the tuned allocator (first scheme): how "
+                    help="also time the textbook loop with the tuned allocator (first scheme): how "
                          "much of the gain is settings, how much the fast path's own work")
+    ap.add_argument("--vmap", action="store_true", help="also time matching_loss(method='vmap') (torch.func)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the matching and evaluation run")
     ap.add_argument("--num_eval", type=int, default=20)
     ap.add_argument("--eval_ipc", type=int, default=10)
     ap.add_argument("--eval_epochs", type=int, default=4)

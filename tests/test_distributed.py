@@ -1,7 +1,7 @@
 """Multi-process runs (torch.distributed, gloo on 127.0.0.1): N processes compute what one does.
 
 * the matching shares: summed over processes, each scheme's loss and image gradient equal one
-  process's (float64, both methods), also with more processes than classes;
+  process's (float64, every method), also with more processes than classes;
 * evaluation: the networks shared out give the same accuracies as one process training them all;
 * the CLI under torchrun: one set of files, the same images as a single-process run.
 """
@@ -45,7 +45,7 @@ def shares(group: Group) -> dict:
     net = create_model("ConvNet", 1, K, (8, 8)).double()
     real, syn = batches()
     out = {}
-    for method in ("loop", "fast"):
+    for method in ("loop", "fast", "vmap"):
         for scheme in SCHEMES:
             images = syn[0].clone().requires_grad_(True)
             loss = matching_loss(net, real, (images, syn[1]), scheme, "improved", method=method, group=group)

@@ -89,6 +89,35 @@ def test_fast_path_equals_per_class_loop(float64, model, scheme):
         assert float((loss - loss_ref).abs() / loss_ref.abs()) < 1e-10  # float64: rounding only
 
 
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme", ["intra-class", "multi-level"])
+def test_vmapped_per_class_gradients_equal_the_loop(float64, model, scheme):
+    shape = (3, 16, 16) if model == "LeNet" else (1, 8, 8)
+    real, syn = batches(shape, shuffled=True)
+    net = network(model, shape, real=real[0])
+
+    def user(a, b):
+        return (a - b).abs().sum()
+
+    for metric in ("baseline", "improved", "mse", "cos", user):
+        loss, grad = loss_and_grad(net, real, syn, scheme, metric, "vmap")
+        loss_ref, grad_ref = loss_and_grad(net, real, syn, scheme, metric, "loop")
+        assert_rel(loss, loss_ref, 1e-10)
+        assert_rel(grad, grad_ref, 1e-9)
+
+
+def test_vmap_falls_back_where_it_cannot_stack():
+    real, syn = batches()
+    uneven = (real[0][1:], real[1][1:])  # class 0 has one image fewer
+    net = network("ConvNet")
+    from gradmatch.matching.vmapped import vmap_matching_loss
+    assert vmap_matching_loss(net, uneven, syn, "intra-class", "baseline", ["classifier.weight"], K) is None
+    loss, grad = loss_and_grad(net, uneven, syn, "intra-class", "baseline", "vmap")
+    loss_ref, grad_ref = loss_and_grad(net, uneven, syn, "intra-class", "baseline", "loop")
+    assert_rel(loss, loss_ref, 1e-5)
+    assert_rel(grad, grad_ref, 1e-3)
+
+
 def test_fast_path_in_float32_is_close_to_the_loop():
     real, syn = batches()
     net = network("ConvNet")

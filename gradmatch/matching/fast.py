@@ -59,7 +59,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..distributed import SINGLE, Group
 from ..errors import unknown_name
-from .distances import LAYERWISE, EPS, Metric, gradient_distance
+from .distances import Metric, gradient_distance, summed_distance
 
 PRECISIONS = ("fp32", "bf16", "bf16-sim")
 
@@ -353,26 +353,7 @@ def synthetic_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor,
 def stacked_distance(g_syn: Sequence[Sequence[Tensor]], g_real: Sequence[Sequence[Tensor]],
                      metric: Metric) -> Tensor:
     """sum_c D(g_syn[c], g_real[c]) computed on K-stacked tensors (one call per parameter tensor)."""
-    if not (isinstance(metric, str) and (metric in LAYERWISE or metric in ("mse", "cos"))):
-        return sum(gradient_distance(s, r, metric) for s, r in zip(g_syn, g_real))
-    k = len(g_syn)
-    total = g_syn[0][0].new_zeros(())
-    if metric in LAYERWISE:
-        per_tensor = LAYERWISE[metric]
-        for j, first in enumerate(g_syn[0]):
-            if first.dim() > 1:
-                s = torch.stack([g[j] for g in g_syn]).reshape(k, first.shape[0], -1)
-                r = torch.stack([g[j] for g in g_real]).reshape(k, first.shape[0], -1)
-                total = total + per_tensor(s, r)
-        return total
-    stacks = [(torch.stack([g[j] for g in g_syn]).reshape(k, -1), torch.stack([g[j] for g in g_real]).reshape(k, -1))
-              for j in range(len(g_syn[0]))]
-    if metric == "mse":
-        return sum(((s - r) ** 2).sum() for s, r in stacks)
-    dot = sum((s * r).sum(1) for s, r in stacks)
-    norm_s = torch.sqrt(sum((s * s).sum(1) for s, _ in stacks))
-    norm_r = torch.sqrt(sum((r * r).sum(1) for _, r in stacks))
-    return (1 - dot / (norm_s * norm_r + EPS)).sum()
+    return summed_distance([torch.stack(t) for t in zip(*g_syn)], [torch.stack(t) for t in zip(*g_real)], metric)
 
 
 # ---- the matching loss -----------------------------------------------------------------------

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from ..distributed import SINGLE, Group
 from ..errors import unknown_name
 from .distances import Metric, gradient_distance, resolve_metric
-from .fast import fast_matching_loss
+from .fast import fast_matching_loss, needed_parameters
 from .gradients import batch_gradient, trainable_parameters
+from .vmapped import vmap_matching_loss
 
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 # The seed's script names and a few short forms.
@@ -84,7 +85,7 @@ def summed(grads: Sequence[Sequence[Tensor]], like: Sequence[Tensor]) -> List[Te
     return [sum(tensors) for tensors in zip(*grads)]
 
 
-METHODS = ("loop", "fast")
+METHODS = ("loop", "fast", "vmap")
 
 
 def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-class",
@@ -98,8 +99,9 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
     half of the interleaved scheme; ``num_classes`` (K) defaults to the classes in ``syn``.
 
     ``method``: "loop" is the textbook per-class loop, written plainly below; "fast" computes the
-    same loss and image gradient (up to float rounding) several times faster on CPU (see
-    ``gradmatch.matching.fast``; the condensation loop uses it).  ``precision`` ("fp32", "bf16",
+    same loss and image gradient (up to float rounding) faster (see ``gradmatch.matching.fast``;
+    the condensation loop's default); "vmap" computes all classes' gradients in one
+    ``torch.func`` pass (``gradmatch.matching.vmapped``; meant for GPUs).  ``precision`` ("fp32", "bf16",
     "bf16-sim") applies to the real gradients of the fast path only; the synthetic side is fp32.
 
     ``group`` (``gradmatch.distributed``): with several processes, each is given the same whole
@@ -114,7 +116,12 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
     if method not in METHODS:
         raise unknown_name("matching method", method, list(METHODS))
     k = num_classes if num_classes is not None else class_count(syn[1])
-    if method == "fast" or precision != "fp32":
+    if method == "vmap" and scheme != "inter-class" and precision == "fp32":
+        names = [n for n, p in net.named_parameters() if any(p is q for q in needed_parameters(params, metric))]
+        loss = vmap_matching_loss(net, real, syn, scheme, metric, names, k, group)
+        if loss is not None:
+            return loss
+    if method != "loop" or precision != "fp32":
         return fast_matching_loss(net, real, syn, scheme, metric, params, k, precision, group=group)
     if scheme == "inter-class":
         (real, real_weight), (syn, syn_weight) = own_chunk(real, group), own_chunk(syn, group)
