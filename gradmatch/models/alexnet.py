@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from gradmatch.models.layers import feature_dim, is_mnist_size, norm2d
+from gradmatch.models.layers import FeaturesThenLinear, is_mnist_size, norm2d
 from gradmatch.models.registry import register_model
 
 
-class AlexNet(nn.Module):
+class AlexNet(FeaturesThenLinear):
     """conv5(128) pool conv5(192) pool conv3(256) conv3(192) conv3(192) pool -> classifier.
 
     ``norm="batchnorm"`` puts a BatchNorm2d after every conv (AlexNetBN); default ``"none"``.
@@ -37,15 +36,8 @@ class AlexNet(nn.Module):
             layers.append(nn.ReLU())
             if pool:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        self.features = nn.Sequential(*layers)
         # 192*4*4 for 32x32 (and 28x28) inputs
-        self.classifier = nn.Linear(feature_dim(self.embed, self, channel, im_size, name), num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.features(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self.finish(layers, channel, num_classes, im_size, name)
 
 
 @register_model(name="AlexNet")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from gradmatch.errors import GradmatchError, unknown_name
-from gradmatch.models.layers import feature_dim, is_mnist_size, norm2d
+from gradmatch.models.layers import FeaturesThenLinear, is_mnist_size, norm2d
 from gradmatch.models.registry import register_model
 
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
@@ -36,7 +35,7 @@ def _pooling(pooling: str) -> nn.Module:
     raise unknown_name("pooling", pooling, POOLINGS)
 
 
-class ConvNet(nn.Module):
+class ConvNet(FeaturesThenLinear):
     """``depth`` x [conv3x3 -> norm -> act -> pool 2x2], then ``classifier = Linear(width*h*w, K)``.
 
     For 28x28 inputs the first conv pads by 3, so the maps are those of a 32x32 input.
@@ -72,14 +71,7 @@ class ConvNet(nn.Module):
                 layers.append(_pooling(pooling))
                 h, w = h // 2, w // 2
             in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(feature_dim(self.embed, self, channel, im_size, name), num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.features(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self.finish(layers, channel, num_classes, im_size, name)
 
 
 # name -> ConvNet keyword arguments (everything else at its default)

@@ -73,3 +73,19 @@ def feature_dim(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, c
                 im_size: Sequence[int], model_name: str) -> int:
     """Number of features ``fn`` gives per image (the classifier's ``in_features``)."""
     return int(torch.Size(probe_features(fn, module, channel, im_size, model_name)).numel())
+
+
+class FeaturesThenLinear(nn.Module):
+    """``features`` (a stack of layers), flattened, then one linear ``classifier``: the shape of DC's
+    ConvNet, AlexNet and VGG.  Subclasses build their layers, then call ``finish``."""
+
+    def finish(self, layers: Sequence[nn.Module], channel: int, num_classes: int, im_size: Sequence[int],
+               name: str) -> None:
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(feature_dim(self.embed, self, channel, im_size, name), num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.features(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from gradmatch.models.layers import feature_dim, is_mnist_size, norm2d
+from gradmatch.models.layers import FeaturesThenLinear, is_mnist_size, norm2d
 from gradmatch.models.registry import register_model
 
 CFGS = {
@@ -15,7 +14,7 @@ CFGS = {
 }
 
 
-class VGG(nn.Module):
+class VGG(FeaturesThenLinear):
     def __init__(self, cfg: Sequence[int | str], channel: int, num_classes: int,
                  im_size: Sequence[int] = (32, 32), norm: str = "instancenorm", name: str = "VGG"):
         super().__init__()
@@ -28,15 +27,8 @@ class VGG(nn.Module):
             pad = 3 if i == 0 and is_mnist_size(im_size) else 1
             layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=pad), norm2d(norm, v), nn.ReLU()]
             in_ch = v
-        self.features = nn.Sequential(*layers)
         # 512*1*1 for 32x32 (and 28x28) inputs
-        self.classifier = nn.Linear(feature_dim(self.embed, self, channel, im_size, name), num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.features(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self.finish(layers, channel, num_classes, im_size, name)
 
 
 @register_model(name="VGG11")
