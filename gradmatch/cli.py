@@ -53,7 +53,9 @@ def _add_condense_flags(p: argparse.ArgumentParser, scheme_default: Optional[str
     _flag(p, "seed", type=int, default=0)
     _flag(p, "precision", default="fp32", help="fp32 (default), bf16 (real-gradient targets under bf16 autocast; "
           "for CPUs with bf16 arithmetic or a GPU), bf16-sim (bf16 rounding computed in fp32)")
-    _flag(p, "matching", default="fast", help="fast (default) or loop (the textbook per-class loop)")
+    _flag(p, "matching", default="fast", help="fast (default), loop (the textbook per-class loop) or vmap (all "
+          "classes in one torch.func pass; for GPUs)")
+    _eval_method_flag(p)
     _flag(p, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     _flag(p, "eval_iterations", default=None, help="comma-separated iterations to evaluate at")
     _flag(p, "checkpoint_every", type=int, default=10, help="iterations between checkpoints")
@@ -62,6 +64,11 @@ def _add_condense_flags(p: argparse.ArgumentParser, scheme_default: Optional[str
     _flag(p, "overwrite", action="store_true", help="replace a finished or unfinished run of the same name")
     _flag(p, "download", action="store_true", help="fetch missing dataset files (checksummed)")
     _flag(p, "quiet", action="store_true", help="no progress bar")
+
+
+def _eval_method_flag(parser) -> None:
+    _flag(parser, "eval_method", default="auto", help="how the num_eval networks are trained: auto, sequential, "
+          "parallel (worker threads) or batched (one torch.func ensemble; for GPUs): same accuracies")
 
 
 def _run_config(args):
@@ -75,8 +82,10 @@ def _run_config(args):
                               schedule=schedule, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                               seed=args.seed, precision=args.precision, matching=args.matching)
     condense = condense.resolved()  # checks names before any data is read
-    from .evaluate import eval_pool
+    from .evaluate import check_eval_method, eval_pool
     from .models import is_model, list_models
+
+    check_eval_method(args.eval_method)
 
     for model in eval_pool(args.eval_mode, condense.model):
         if not is_model(model):
@@ -96,6 +105,7 @@ def _run_config(args):
                      eval_mode=args.eval_mode, num_exp=args.num_exp, num_eval=args.num_eval,
                      epoch_eval_train=args.epoch_eval_train, eval_iterations=points,
                      checkpoint_every=args.checkpoint_every, device=args.device, download=args.download,
+                     eval_method=args.eval_method,
                      overwrite=args.overwrite, quiet=args.quiet)
 
 
@@ -110,7 +120,7 @@ def cmd_condense(args) -> int:
             raise GradmatchError(f"--resume {args.resume}: no config.json there; point at a run folder")
         config = RunConfig.from_dict(json.loads(config_file.read_text()))
         config.save_path = str(Path(args.resume).parent)
-        config.device, config.quiet = args.device, args.quiet
+        config.device, config.quiet, config.eval_method = args.device, args.quiet, args.eval_method
         if args.data_path != "data":
             config.data_path = args.data_path
     else:
@@ -121,9 +131,10 @@ def cmd_condense(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import data, distributed
-    from .evaluate import eval_pool, evaluate
+    from .evaluate import check_eval_method, eval_pool, evaluate
     from .results import load_synthetic
 
+    check_eval_method(args.eval_method)
     syn = load_synthetic(args.file, args.experiment)
     dataset = args.dataset or syn.dataset
     if not dataset:
@@ -136,7 +147,8 @@ def cmd_evaluate(args) -> int:
         syn.dataset, syn.mean, syn.std = test.name, test.mean, test.std
     for model in eval_pool(args.eval_mode, args.model):
         result = evaluate(syn, model, test, num_eval=args.num_eval, epochs=args.epoch_eval_train,
-                          lr=args.lr_net, batch_size=args.batch_train, seed=args.seed, device=args.device)
+                          lr=args.lr_net, batch_size=args.batch_train, seed=args.seed, device=args.device,
+                          method=args.eval_method)
         if distributed.current().is_main:
             print(result.line())
     return 0
@@ -188,6 +200,7 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     _flag(e, "batch_train", type=int, default=256)
     _flag(e, "seed", type=int, default=0)
     _flag(e, "device", default=None)
+    _eval_method_flag(e)
     _flag(e, "download", action="store_true")
     e.set_defaults(func=cmd_evaluate)
     pl = sub.add_parser("plot", help="draw a run's curves and image grid")

@@ -151,9 +151,14 @@ def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epo
                 p.copy_(stacked[names.index(name)][k])
 
 
-def _method_for(method: str, net: nn.Module) -> str:
+def check_eval_method(method: str) -> str:
     if method not in EVAL_METHODS:
-        raise unknown_name("evaluation method", method, EVAL_METHODS)
+        raise unknown_name("evaluation method (--eval_method)", method, EVAL_METHODS)
+    return method
+
+
+def _method_for(method: str, net: nn.Module) -> str:
+    check_eval_method(method)
     if method == "auto":
         return "parallel"
     if method == "batched" and not can_batch(net):

@@ -66,6 +66,7 @@ class RunConfig:
     eval_iterations: list[int] | None = None  # None: 500, 1000, ... and the last in mode S
     checkpoint_every: int = 10
     device: str | None = None
+    eval_method: str = "auto"                 # how the evaluation networks are trained (same numbers)
     download: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -100,7 +101,7 @@ class RunConfig:
 
 
 # Settings that a resumed run takes from the command line rather than from its checkpoint.
-RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite")
+RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method")
 
 
 def synthetic_from_checkpoint(path) -> SyntheticSet:
@@ -352,7 +353,8 @@ class Run:
         for model in self.models:
             result = evaluate(syn, model, self.test, num_eval=cfg.num_eval, epochs=cfg.epoch_eval_train,
                               lr=cfg.condense.lr_net, batch_size=cfg.condense.batch_train,
-                              seed=derive_seed(cfg.condense.seed, exp, it, 7), device=condenser.device)
+                              seed=derive_seed(cfg.condense.seed, exp, it, 7), device=condenser.device,
+                              method=cfg.eval_method)
             record = {"event": "eval", "experiment": exp, "iteration": it, "model": model,
                       "accuracies": result.accuracies, "mean": result.mean, "std": result.std}
             self.progress["evaluations"].append(record)

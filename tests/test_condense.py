@@ -134,6 +134,8 @@ def test_augmentation_rules_and_ops():
     (["--dataset", "CIFAR10", "--data_path", "/nonexistent"], "cifar-10-batches-py"),
     (["--ipc", "ten"], "invalid int value"),
     (["--init", "zeros"], "unknown init"),
+    (["--eval_method", "fast"], "unknown evaluation method"),
+    (["--matching", "vectorised"], "unknown matching method"),
 ])
 def test_bad_flags_end_with_one_line_and_exit_code_2(flags, words, tmp_path, capsys):
     code = main(["condense", "--save_path", str(tmp_path), "--Iteration", "1", "--quiet", *flags])
