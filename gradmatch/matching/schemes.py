@@ -85,6 +85,14 @@ def summed(grads: Sequence[Sequence[Tensor]], like: Sequence[Tensor]) -> List[Te
     return [sum(tensors) for tensors in zip(*grads)]
 
 
+def weighted_gradient(net: nn.Module, params: Sequence[Tensor], batch: Batch, weight: float,
+                      create_graph: bool = False) -> List[Tensor]:
+    """``weight`` x the batch's gradient (zeros for an empty batch: a process with nothing to do)."""
+    if not len(batch[1]):
+        return [torch.zeros_like(p) for p in params]
+    return [weight * g for g in batch_gradient(net, params, *batch, create_graph)]
+
+
 METHODS = ("loop", "fast", "vmap")
 
 
@@ -125,10 +133,8 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
         return fast_matching_loss(net, real, syn, scheme, metric, params, k, precision, group=group)
     if scheme == "inter-class":
         (real, real_weight), (syn, syn_weight) = own_chunk(real, group), own_chunk(syn, group)
-        g_real = [real_weight * g for g in batch_gradient(net, params, *real)] if len(real[1]) else None
-        g_syn = [syn_weight * g for g in batch_gradient(net, params, *syn, create_graph=True)] if len(syn[1]) else None
-        g_real = group.global_sum(summed([g_real] if g_real else [], params))
-        g_syn = group.global_sum(summed([g_syn] if g_syn else [], params))
+        g_real = group.global_sum(weighted_gradient(net, params, real, real_weight))
+        g_syn = group.global_sum(weighted_gradient(net, params, syn, syn_weight, create_graph=True))
         return group.share(k * gradient_distance(g_syn, g_real, metric))
 
     present = class_count(syn[1])
