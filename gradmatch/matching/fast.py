@@ -59,6 +59,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..distributed import SINGLE, Group
 from ..errors import unknown_name
+from .batches import class_count, own_chunk, own_classes, split_by_class, summed
 from .distances import Metric, gradient_distance, summed_distance
 
 PRECISIONS = ("fp32", "bf16", "bf16-sim")
@@ -384,8 +385,6 @@ def fast_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, p
     unlike the textbook loop's, its backward does not also fill the network parameters' ``.grad``
     (the condensation loop never reads them: it zeroes them before training the network).
     """
-    from .schemes import class_count, own_chunk, own_classes, split_by_class, summed
-
     if precision not in PRECISIONS:
         raise unknown_name("precision", precision, PRECISIONS)
     runner = runner or RUNNER

@@ -5,13 +5,14 @@ returns the scalar loss, differentiable with respect to the synthetic images.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..distributed import SINGLE, Group
 from ..errors import unknown_name
+from .batches import Batch, class_count, own_chunk, own_classes, split_by_class, summed
 from .distances import Metric, gradient_distance, resolve_metric
 from .fast import fast_matching_loss, needed_parameters
 from .gradients import batch_gradient, trainable_parameters
@@ -22,9 +23,6 @@ SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
            "multi": "multi-level", "multilevel": "multi-level", "intraclass": "intra-class",
            "interclass": "inter-class"}
-
-Batch = Tuple[Tensor, Tensor]  # (images, labels)
-
 
 def resolve_scheme(name: str) -> str:
     canonical = ALIASES.get(name.lower().replace("_", "-"), name.lower().replace("_", "-"))
@@ -42,47 +40,10 @@ def scheme_at(scheme: str, iteration: int) -> str:
     return scheme
 
 
-def split_by_class(images: Tensor, labels: Tensor) -> List[Tuple[int, Tensor, Tensor]]:
-    """[(class, images, labels), ...] for a batch whose labels are grouped by class."""
-    if labels.numel() > 1 and not bool((labels[1:] >= labels[:-1]).all()):
-        order = torch.argsort(labels, stable=True)
-        images, labels = images[order], labels[order]
-    classes, counts = torch.unique_consecutive(labels, return_counts=True)
-    counts = counts.tolist()
-    return list(zip(classes.tolist(), images.split(counts), labels.split(counts)))
-
-
 def per_class_gradients(net: nn.Module, params: Sequence[Tensor], batch: Batch, create_graph: bool):
     """{class: gradient list} from one gradient pass per class (the textbook loop)."""
     return {c: batch_gradient(net, params, x, y, create_graph)
             for c, x, y in split_by_class(*batch)}
-
-
-def own_classes(batch: Batch, group: Group) -> Batch:
-    """The images of the classes this process matches (all of them in a single process)."""
-    if not group.active:
-        return batch
-    keep = (batch[1] % group.world) == group.rank
-    return batch[0][keep], batch[1][keep]
-
-
-def own_chunk(batch: Batch, group: Group) -> Tuple[Batch, float]:
-    """This process's chunk of a mixed batch, and its weight in the batch's mean loss."""
-    if not group.active:
-        return batch, 1.0
-    part = group.chunk(len(batch[1]))
-    return (batch[0][part], batch[1][part]), (part.stop - part.start) / max(len(batch[1]), 1)
-
-
-def class_count(labels: Tensor) -> int:
-    return int(torch.unique(labels).numel())
-
-
-def summed(grads: Sequence[Sequence[Tensor]], like: Sequence[Tensor]) -> List[Tensor]:
-    """Tensor-by-tensor sum of gradient lists (zeros shaped ``like`` if there are none)."""
-    if not grads:
-        return [torch.zeros_like(p) for p in like]
-    return [sum(tensors) for tensors in zip(*grads)]
 
 
 def weighted_gradient(net: nn.Module, params: Sequence[Tensor], batch: Batch, weight: float,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..distributed import SINGLE, Group
+from .batches import class_count, own_classes
 from .distances import Metric, gradient_distance, summed_distance
 
 
@@ -60,8 +61,6 @@ def vmap_matching_loss(net: nn.Module, real, syn, scheme: str, metric: Metric, n
                        num_classes: int, group: Optional[Group] = None) -> Optional[Tensor]:
     """The intra-class or multi-level loss (this process's share), or None where this path does not
     apply (unequal class sizes, batch norm in training mode): the caller then takes the fast path."""
-    from .schemes import class_count, own_classes
-
     group = group or SINGLE
     if not can_vmap(net):
         return None
