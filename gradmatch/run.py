@@ -73,8 +73,17 @@ class RunConfig:
 
     @property
     def name(self) -> str:
+        """``<scheme>_<dataset>_<model>_<ipc>ipc`` as the reference names its files, followed by the
+        settings that change the method where they are not the reference's defaults (distance,
+        schedule, precision), so that the paper's Table 3 runs (M, MD, MDA) keep one file each."""
         c = self.condense
-        return f"{c.scheme}_{Path(self.dataset).name}_{c.model}_{c.ipc}ipc"
+        name = f"{c.scheme}_{Path(self.dataset).name}_{c.model}_{c.ipc}ipc"
+        metric = c.dis_metric if isinstance(c.dis_metric, str) else getattr(c.dis_metric, "__name__", "custom")
+        metric = metric.rpartition(":")[2]  # package.module:function -> function
+        for value, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32")):
+            if value not in (default, "ours", "dc"):
+                name += f"_{value}"
+        return name
 
     @property
     def run_dir(self) -> Path:

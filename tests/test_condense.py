@@ -152,7 +152,7 @@ def test_seed_script_writes_the_reference_pt_png_and_json(tmp_path):
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    name = "multi-level_digits_ConvNetD1_2ipc"
+    name = "multi-level_digits_ConvNetD1_2ipc_improved_adaptive"
     payload = torch.load(tmp_path / f"{name}.pt", weights_only=False)
     assert len(payload["data"]) == 2
     images, labels = payload["data"][0]

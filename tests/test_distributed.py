@@ -119,7 +119,7 @@ def test_torchrun_cli_writes_one_result_with_the_images_of_a_single_process(tmp_
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("Run 1 experiments") == 1  # only process 0 speaks
-    name = "multi-level_digits_ConvNetD1_2ipc"
+    name = "multi-level_digits_ConvNetD1_2ipc_improved"
     a, b = (torch.load(tmp_path / d / f"{name}.pt") for d in ("one", "two"))
     x, y = a["data"][0][0], b["data"][0][0]
     assert float((x - y).abs().max() / x.abs().max()) < 1e-5  # float32 rounding of the summed gradient

@@ -297,10 +297,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert code == 2
     assert "the matching loss became nan in iteration 4 of 6 (experiment 0)" in line
     assert "last good checkpoint (after iteration 3)" in line and "checkpoint.pt" in line
-    ckpt = load_checkpoint(tmp_path / NAME / "checkpoint.pt")
+    name = f"{NAME}_nan_when_poisoned"  # a user's distance is named in the run's name
+    ckpt = load_checkpoint(tmp_path / name / "checkpoint.pt")
     assert ckpt["state"]["iteration"] == 3
     assert torch.isfinite(ckpt["state"]["images"]).all()
-    assert not (tmp_path / f"{NAME}.pt").exists()
+    assert not (tmp_path / f"{name}.pt").exists()
 
 
 def test_nan_from_the_first_iteration(tmp_path, capsys):
@@ -308,7 +309,8 @@ def test_nan_from_the_first_iteration(tmp_path, capsys):
     line = one_error_line(capsys)
     assert code == 2
     assert "became nan in iteration 1 of 3" in line and "no checkpoint was written" in line
-    assert not (tmp_path / NAME / "checkpoint.pt").exists()
+    assert (tmp_path / f"{NAME}_always_nan" / "config.json").exists()
+    assert not (tmp_path / f"{NAME}_always_nan" / "checkpoint.pt").exists()
 
 
 def test_nan_gradient_with_finite_loss_never_reaches_a_checkpoint(tmp_path, capsys):
@@ -317,7 +319,8 @@ def test_nan_gradient_with_finite_loss_never_reaches_a_checkpoint(tmp_path, caps
     line = one_error_line(capsys)
     assert code == 2
     assert "synthetic images became non-finite" in line and "iteration 1 of 3" in line
-    assert not (tmp_path / NAME / "checkpoint.pt").exists()
+    assert (tmp_path / f"{NAME}_nan_gradient" / "config.json").exists()
+    assert not (tmp_path / f"{NAME}_nan_gradient" / "checkpoint.pt").exists()
 
 
 
@@ -367,3 +370,19 @@ def test_read_log_dedupes_and_skips_torn_lines(tmp_path):
     assert [(r["event"], r["iteration"]) for r in records] == [
         ("iteration", 1), ("iteration", 2), ("iteration", 3), ("eval", 3)]
     assert records[1]["loss"] == 3.0  # the later copy wins
+
+
+def test_run_names_keep_the_reference_pattern_and_tell_the_table_3_settings_apart():
+    from gradmatch.condense import CondenseConfig
+    from gradmatch.run import RunConfig
+
+    def name(**kw):
+        return RunConfig(condense=CondenseConfig(scheme="multi-level", ipc=10, **kw), dataset="CIFAR10").name
+
+    assert name() == "multi-level_CIFAR10_ConvNet_10ipc"  # Ours-M: the reference's own name
+    assert name(dis_metric="ours") == name()
+    assert name(dis_metric="improved") == "multi-level_CIFAR10_ConvNet_10ipc_improved"  # Ours-MD
+    assert name(dis_metric="improved", schedule="adaptive") == "multi-level_CIFAR10_ConvNet_10ipc_improved_adaptive"
+    user = name(dis_metric="tests.user_distances:l1_rows", precision="bf16")
+    assert user == "multi-level_CIFAR10_ConvNet_10ipc_l1_rows_bf16"
+    assert len({name(), name(dis_metric="improved"), name(dis_metric="improved", schedule="adaptive")}) == 3
