@@ -83,9 +83,10 @@ def textbook_train_epoch(net, opt, images, labels, gen):
 
 
 # ---- gradmatch's --------------------------------------------------------------------------------
-def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, method="fast"):
+def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, method="fast", precision="fp32"):
     from gradmatch.matching import matching_loss
-    loss = matching_loss(net, (real_x, real_y), (syn_x, syn_y), scheme, "baseline", num_classes=K, method=method)
+    loss = matching_loss(net, (real_x, real_y), (syn_x, syn_y), scheme, "baseline", num_classes=K, method=method,
+                         precision=precision)
     opt_img.zero_grad()
     loss.backward()
     opt_img.step()
@@ -140,7 +141,8 @@ def worker(job: dict) -> dict:
         step = textbook_matching_step
     else:
         def step(*a):
-            return gradmatch_matching_step(*a, method="vmap" if job["method"] == "vmap" else "fast")
+            return gradmatch_matching_step(*a, method="vmap" if job["method"] == "vmap" else "fast",
+                                           precision="bf16" if job["method"] == "bf16" else "fp32")
     train = textbook_train_epoch if textbook else gradmatch_train_epoch
     base = rss_mb()
     out = {"losses": [], "step_s": [], "epoch_s": []}
@@ -306,7 +308,7 @@ def bench_matching(args) -> None:
             if ipc not in flops:
                 flops[ipc] = run_job({"count": True, "ipc": ipc, "scheme": scheme})
             results = {}
-            for method in ["textbook", "gradmatch"] + (["vmap"] if args.vmap else []):
+            for method in ["textbook", "gradmatch"] + (["vmap"] if args.vmap else []) + (["bf16"] if args.bf16 else []):
                 results[method] = run_job({"method": method, "ipc": ipc, "scheme": scheme, "steps": steps,
                                            "epochs": epochs if scheme == args.schemes[0] else 0,
                                            "device": args.device})
@@ -334,7 +336,8 @@ def bench_matching(args) -> None:
     print("* s/iteration: outer_loop matching steps + (outer_loop - 1) x inner_loop epochs of the published "
           "schedule, from the measured means; ratio: textbook s / this row's s per matching step"
           + ("; tb-tuned: the textbook loop with gradmatch's allocator setting" if args.attribution
-             else "") + ("; vmap: gradmatch's torch.func path (method='vmap')" if args.vmap else ""))
+             else "") + ("; vmap: gradmatch's torch.func path (method='vmap')" if args.vmap else "")
+          + ("; bf16: gradmatch with bf16 real-gradient targets (precision='bf16')" if args.bf16 else ""))
 
 
 def bench_eval(args) -> None:
@@ -371,6 +374,7 @@ def main(argv=None) -> None:
                     help="also time the textbook loop with the tuned allocator (first scheme): how "
                          "much of the gain is settings, how much the fast path's own work")
     ap.add_argument("--vmap", action="store_true", help="also time matching_loss(method='vmap') (torch.func)")
+    ap.add_argument("--bf16", action="store_true", help="also time gradmatch with bf16 real targets")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the matching and evaluation run")
     ap.add_argument("--num_eval", type=int, default=20)
     ap.add_argument("--eval_ipc", type=int, default=10)
