@@ -89,22 +89,8 @@ class Group:
         streams = [iter(v) for v in out]
         return [next(streams[o]) for o in owners]
 
-    def agree(self, flag: bool) -> bool:
-        """True on every process if ``flag`` is true on any (e.g. one process hit an error)."""
-        if not self.active:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-        dist.all_reduce(t)
-        return bool(t.item() > 0)
-
 
 SINGLE = Group()
-
-
-def _collective_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def current() -> Group:
