@@ -6,7 +6,6 @@
 * the CLI under torchrun: one set of files, the same images as a single-process run.
 """
 import os
-import socket
 import subprocess
 import sys
 
@@ -24,12 +23,6 @@ from gradmatch.models import create_model
 
 K = 3
 SCHEMES = ("intra-class", "multi-level", "inter-class")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def batches():
@@ -67,10 +60,9 @@ def tiny_sets():
     return syn, test
 
 
-def worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, folder: str) -> None:
+    torch.set_num_threads(1)  # a file store: no TCP port to pick, none to collide
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
     try:
         out = {"shares": shares(Group(rank, world))}
         syn, test = tiny_sets()  # evaluation picks the group up from torch.distributed
@@ -87,7 +79,7 @@ def test_shares_over_processes_sum_to_one_process(tmp_path, world):
         expected = shares(SINGLE)
         syn, test = tiny_sets()
         expected_accs = evaluate(syn, "ConvNetD1", test, num_eval=5, epochs=3, device="cpu").accuracies
-    mp.start_processes(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
+    mp.start_processes(worker, args=(world, str(tmp_path)), nprocs=world, start_method="spawn")
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for key, (value, grad) in expected.items():
@@ -113,9 +105,8 @@ def test_torchrun_cli_writes_one_result_with_the_images_of_a_single_process(tmp_
     one = subprocess.run([sys.executable, "-m", "gradmatch", *args, "--save_path", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "gradmatch",
-                          *args, "--save_path", str(tmp_path / "two")],
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "gradmatch", *args, "--save_path", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("Run 1 experiments") == 1  # only process 0 speaks
