@@ -1,6 +1,6 @@
 """Multi-process runs on ``torch.distributed``, as launched by ``torchrun``.
 
-    torchrun --nproc_per_node 4 multi-level.py --dataset CIFAR10 --ipc 10 --data_path ~/data
+    torchrun --standalone --nproc_per_node 4 multi-level.py --dataset CIFAR10 --ipc 10 --data_path ~/data
     torchrun --nproc_per_node 4 -m gradmatch condense --scheme multi-level ...
 
 Every process holds the whole synthetic set, the same network and the same random draws (they come
