@@ -218,11 +218,14 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
 def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
     from . import distributed
 
+    clean = False
     try:
         args = build_parser(scheme).parse_args(argv)
         if args.func in (cmd_condense, cmd_evaluate):  # under torchrun: join the job, one device each
             _, args.device = distributed.init(args.device)
-        return args.func(args)
+        code = args.func(args)
+        clean = True
+        return code
     except GradmatchError as err:
         group = distributed.current()
         where = f"process {group.rank} of {group.world}: " if group.active else ""
@@ -232,7 +235,7 @@ def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait_for_others=clean)  # after an error, others may never reach a barrier
 
 
 def seed_script(scheme: str) -> None:

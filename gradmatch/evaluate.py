@@ -200,7 +200,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
             nets.append(create_model(model, syn.channel, syn.num_classes, syn.im_size).to(device))
     accs = _train_and_test(nets, gens, images, labels, test_on_device, epochs, lr, batch_size, strategy,
                            method, on_cpu, ("eval", model, tuple(images.shape), epochs))
-    return EvalResult(model, group.gather(accs, [k % group.world for k in range(num_eval)]))
+    return EvalResult(model, group.gather(accs, num_eval))
 
 
 def _train_and_test(nets, gens, images, labels, test: Dataset, epochs, lr, batch_size, strategy, method,

@@ -40,6 +40,7 @@ from . import data as gm_data
 from . import distributed
 from .condense import CondenseConfig, Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
 from .errors import GradmatchError
+from .matching.distances import ALIASES as METRIC_ALIASES
 from .evaluate import eval_pool, evaluate
 from .plots import save_image_grid
 from .results import (
@@ -79,9 +80,9 @@ class RunConfig:
         c = self.condense
         name = f"{c.scheme}_{Path(self.dataset).name}_{c.model}_{c.ipc}ipc"
         metric = c.dis_metric if isinstance(c.dis_metric, str) else getattr(c.dis_metric, "__name__", "custom")
-        metric = metric.rpartition(":")[2]  # package.module:function -> function
+        metric = METRIC_ALIASES.get(metric, metric).rpartition(":")[2]  # package.module:function -> function
         for value, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32")):
-            if value not in (default, "ours", "dc"):
+            if value != default:
                 name += f"_{value}"
         return name
 

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from gradmatch.condense import SyntheticSet
 from gradmatch.data import Dataset
-from gradmatch.distributed import SINGLE, Group
+from gradmatch.distributed import SINGLE, Group, shutdown
 from gradmatch.evaluate import evaluate
 from gradmatch.matching import matching_loss
 from gradmatch.models import create_model
@@ -69,7 +69,7 @@ def worker(rank: int, world: int, folder: str) -> None:
         out["accuracies"] = evaluate(syn, "ConvNetD1", test, num_eval=5, epochs=3, device="cpu").accuracies
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 @pytest.mark.parametrize("world", [2, 4])  # 4 processes, 3 classes: one process has no class of its own
