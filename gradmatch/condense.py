@@ -22,11 +22,13 @@ from .data import Dataset
 from .distributed import Group
 from .errors import GradmatchError, unknown_name
 from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
-from .matching.fast import PRECISIONS
-from .matching.schemes import METHODS
+from .matching.engines import CHOICES as METHODS
+from .matching.engines import can_vmap, fallback_note, resolve_engine
 from .models import create_model, has_batchnorm, is_model, list_models
+from .precision import PRECISIONS, run_context
+from .runtime import cpu_context, resolve_device
 from .schedule import inner_epochs, loops_for_ipc, resolve_schedule
-from .train import mean_loss, train_epoch
+from .train import Trainer, mean_loss, reset_network
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
 INIT_CHOICES = ("noise", "real")
@@ -49,8 +51,8 @@ class CondenseConfig:
     outer_loop: Optional[int] = None   # None: by ipc (schedule.loops_for_ipc)
     inner_loop: Optional[int] = None
     seed: int = 0
-    matching: str = "fast"             # fast | loop (the textbook per-class loop): same numbers
-    precision: str = "fp32"            # fp32 | bf16 | bf16-sim: the real gradients' arithmetic
+    matching: str = "auto"             # auto | fast | loop | batched: the engine; same numbers
+    precision: str = "fp32"            # fp32 | tf32 | bf16 | bf16-sim (gradmatch.precision)
 
     def resolved(self, real: Optional[Dataset] = None) -> "CondenseConfig":
         """A copy with defaults filled in and every value checked (GradmatchError if bad)."""
@@ -143,10 +145,6 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Condenser:
     """Holds the real data (resident on the device, indexed by class) and runs matching iterations."""
 
@@ -156,12 +154,35 @@ class Condenser:
         self.group = group or distributed.current()  # several processes (torchrun) share the classes
         self.real = real
         self.experiment = experiment
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.images = real.images.to(self.device)
         self.labels = real.labels.to(self.device)
         self.by_class = [torch.nonzero(real.labels == c).flatten() for c in range(real.num_classes)]
         self.num_classes = real.num_classes
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.cfg.ipc)
+        self.engine, self.engine_note = self._choose_engine()
+        self._net: Optional[torch.nn.Module] = None  # on CUDA: one network (and training graph) per run
+        self._trainer: Optional[Trainer] = None
+
+    def _choose_engine(self):
+        """The matching engine that will run, and why another one did not (or None)."""
+        engine = resolve_engine(self.cfg.matching, self.device)
+        if engine != "batched":
+            return engine, None
+        probe = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
+        if has_batchnorm(probe):  # matching runs with frozen (eval-mode) batch norm
+            probe.eval()
+        smallest = min(len(idx) for idx in self.by_class)
+        why = None
+        if not can_vmap(probe):
+            why = f"{self.cfg.model} (layer norm)"
+        elif smallest < self.cfg.batch_real and resolve_scheme(self.cfg.scheme) != "inter-class":
+            why = f"classes with fewer than --batch_real {self.cfg.batch_real} images (the smallest has {smallest})"
+        if why is None:
+            return engine, None
+        note = f"matching engine 'batched' cannot serve {why}; 'fast' runs instead (same numbers)"
+        fallback_note(note)
+        return "fast", note
 
     # ---- sampling: every draw takes the iteration's generator -------------------------------
     def real_of_class(self, c: int, n: int, gen: torch.Generator) -> Tensor:
@@ -203,8 +224,7 @@ class Condenser:
         and outer step, as DC reports it."""
         cfg, it = self.cfg, state.iteration
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.experiment, it, 0))
-        net = self.fresh_network(derive_seed(cfg.seed, self.experiment, it, 1))
-        net_optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.5)
+        net, trainer = self.network_and_trainer(derive_seed(cfg.seed, self.experiment, it, 1))
         scheme = scheme_at(cfg.scheme, it)
         freeze_bn = has_batchnorm(net)
         total = torch.zeros((), device=self.device)
@@ -219,19 +239,14 @@ class Condenser:
                 real = self.real_per_class(cfg.batch_real, gen)
                 syn = (state.images, self.syn_labels)
             loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes,
-                                 method=cfg.matching, precision=cfg.precision, group=self.group)
+                                 engine=self.engine, precision=cfg.precision, group=self.group)
             state.optimizer.zero_grad(set_to_none=True)
-            if loss.requires_grad:  # False for a process that has no classes of its own
-                loss.backward()
-            if self.group.active:  # each process's share -> the whole gradient, on every process
-                if state.images.grad is None:
-                    state.images.grad = torch.zeros_like(state.images)
-                self.group.sum_([state.images.grad])
+            state.images.grad = self.image_gradient(loss, state.images)
             state.optimizer.step()
             total += loss.detach()
             if outer_step == cfg.outer_loop - 1:
                 break
-            self.train_network(net, net_optimizer, state.images.detach().clone(), outer_step, gen)
+            self.train_network(net, trainer, state.images.detach().clone(), outer_step, gen)
             # every process trains the same network; process 0's copy is made everyone's, in case
             # nondeterministic kernels (GPU atomics) let the copies drift apart
             self.group.broadcast_([*net.parameters(), *net.buffers()])
@@ -241,13 +256,37 @@ class Condenser:
             raise NonFiniteLoss(it, self.experiment, loss)
         return loss
 
-    def train_network(self, net, optimizer, images: Tensor, outer_step: int, gen: torch.Generator):
+    def network_and_trainer(self, seed: int):
+        """A freshly initialised network and its inner-loop trainer (SGD, momentum 0.5).  On CUDA the
+        same network object is re-initialised in place every iteration, so that its training step,
+        captured once as a CUDA graph, stays valid for the whole run."""
+        net = self.fresh_network(seed)
+        if self.device.type != "cuda":
+            return net, Trainer(net, self.cfg.lr_net, momentum=0.5)
+        if self._net is None:
+            self._net, self._trainer = net, Trainer(net, self.cfg.lr_net, momentum=0.5)
+        else:
+            reset_network(self._net, net)
+            self._trainer.set_lr(self.cfg.lr_net)
+        return self._net, self._trainer
+
+    def image_gradient(self, loss: Tensor, images: Tensor) -> Tensor:
+        """d loss / d images only (not the network's parameters), summed over processes."""
+        if loss.requires_grad:  # False for a process that has no classes of its own
+            with cpu_context(self.device):
+                (grad,) = torch.autograd.grad(loss, [images])
+        else:
+            grad = torch.zeros_like(images)
+        self.group.sum_([grad])  # each process's share -> the whole gradient, on every process
+        return grad
+
+    def train_network(self, net, trainer: Trainer, images: Tensor, outer_step: int, gen: torch.Generator):
         cfg = self.cfg
         epochs = inner_epochs(cfg.schedule, outer_step, cfg.scheme, cfg.inner_loop)
         held = self.real_mixed(cfg.batch_real, gen) if cfg.schedule == "overfit" else None
         previous = math.inf
         for _ in range(epochs):
-            train_epoch(net, optimizer, images, self.syn_labels, cfg.batch_train, gen)
+            trainer.epoch(images, self.syn_labels, cfg.batch_train, gen)
             if held is not None:  # overfitting-aware: stop once the held real loss rises
                 current = mean_loss(net, *held)
                 if current > previous:
@@ -267,7 +306,8 @@ class Condenser:
             yield state
             if state.iteration >= self.cfg.iterations:
                 return
-            state.last_loss = self.update(state)
+            with run_context(self.cfg.precision):
+                state.last_loss = self.update(state)
             state.iteration += 1
 
 

@@ -14,13 +14,13 @@ from torch import Tensor, nn
 
 from . import distributed
 from .augment import make_augment, strategy_for
-from .condense import SyntheticSet, default_device, derive_seed
+from .condense import SyntheticSet, derive_seed
 from .data import Dataset
 from .distributed import Group
 from .errors import GradmatchError, unknown_name
-from .matching.fast import RUNNER, job_threads, torch_threads, tune_cpu_allocator
 from .models import create_model, has_batchnorm
-from .train import accuracy, train_epoch
+from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator
+from .train import Trainer, accuracy
 
 EVAL_POOLS = {
     "M": ["MLP", "ConvNet", "LeNet", "AlexNet", "VGG11", "ResNet18"],
@@ -34,7 +34,8 @@ DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000
 # How the num_eval networks are trained: "sequential" one by one; "parallel" one by one on a few
 # worker threads (one network each, single-threaded; the same numbers); "batched" as one stacked
 # ensemble (torch.func: one vmapped forward/backward for all networks, the SGD step on stacked
-# tensors); "auto" parallel (measured fastest on the 2-core CPU, see benchmarks/bench_speed.py).
+# tensors); "auto": batched on a GPU (one stacked pass fills it), parallel on CPU (measured fastest
+# on the 2-core CPU, see benchmarks/bench_speed.py).
 EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
 
@@ -70,20 +71,20 @@ class EvalResult:
                 f"std = {100 * self.std:.2f}")
 
 
-def _sgd(net: nn.Module, lr: float) -> torch.optim.SGD:
-    return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-
-
 def train_net(net, images, labels, epochs: int, lr: float, batch_size: int, augment,
               generator: torch.Generator) -> None:
-    """DC's evaluate_synset training: SGD (momentum 0.9, weight decay 5e-4) for epochs + 1 passes,
-    lr x0.1 (fresh optimiser) after pass epochs // 2 + 1."""
-    optimizer = _sgd(net, lr)
-    for ep in range(epochs + 1):
-        train_epoch(net, optimizer, images, labels, batch_size, generator, augment)
-        if ep == epochs // 2 + 1:
-            lr *= 0.1
-            optimizer = _sgd(net, lr)
+    """The seed's evaluate_synset training: ``epochs`` passes of SGD (momentum 0.9, weight decay
+    5e-4), the learning rate x0.1 from pass ``epochs // 2`` on (its MultiStepLR, momentum kept)."""
+    trainer = Trainer(net, lr * lr_factor(0, epochs), momentum=0.9, weight_decay=5e-4)
+    for ep in range(epochs):
+        trainer.epoch(images, labels, batch_size, generator, augment)
+        if lr_factor(ep + 1, epochs) != lr_factor(ep, epochs):
+            trainer.set_lr(lr * lr_factor(ep + 1, epochs), fresh=False)
+
+
+def lr_factor(passes_done: int, epochs: int) -> float:
+    """The seed's MultiStepLR(milestones=[epochs // 2], gamma=0.1) after ``passes_done`` passes."""
+    return 0.1 if passes_done >= epochs // 2 else 1.0
 
 
 def train_and_test(net, images, labels, test: Dataset, epochs: int, lr: float, batch_size: int,
@@ -106,7 +107,7 @@ def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epo
 
     Each network keeps its own initialisation, its own shuffling and augmentation (its own
     generator, drawn in the same order as one by one) and its own momentum buffers; the SGD step
-    (weight decay, momentum, fresh buffers at the lr drop) is the element-wise update of
+    (weight decay, momentum, the learning rate of ``lr_factor``) is the element-wise update of
     torch.optim.SGD applied to the stacked tensors, so every network follows the same trajectory
     as when trained alone, up to float rounding in the vmapped forward/backward.
     """
@@ -124,12 +125,13 @@ def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epo
     n = len(images)
     buffers: List[Optional[Tensor]] = [None] * len(stacked)
     momentum, weight_decay = 0.9, 5e-4
-    for ep in range(epochs + 1):
+    for ep in range(epochs):
+        rate = lr * lr_factor(ep, epochs)
         for net in nets:
             net.train()
-        orders = [torch.randperm(n, generator=g).to(images.device) for g in generators]
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(images.device)
         for start in range(0, n, batch_size):
-            idx = torch.stack([o[start:start + batch_size] for o in orders])
+            idx = orders[:, start:start + batch_size]
             x, y = images[idx], labels[idx]
             if any(a is not None for a in augments):
                 x = torch.stack([a(x[k]) if a is not None else x[k] for k, a in enumerate(augments)])
@@ -141,10 +143,7 @@ def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epo
                         buffers[i] = torch.clone(g).detach()
                     else:
                         buffers[i].mul_(momentum).add_(g, alpha=1)
-                    p.add_(buffers[i], alpha=-lr)
-        if ep == epochs // 2 + 1:
-            lr *= 0.1
-            buffers = [None] * len(stacked)
+                    p.add_(buffers[i], alpha=-rate)
     with torch.no_grad():
         for k, net in enumerate(nets):
             for name, p in net.named_parameters():
@@ -157,10 +156,10 @@ def check_eval_method(method: str) -> str:
     return method
 
 
-def _method_for(method: str, net: nn.Module) -> str:
+def _method_for(method: str, net: nn.Module, on_cpu: bool) -> str:
     check_eval_method(method)
     if method == "auto":
-        return "parallel"
+        method = "parallel" if on_cpu else "batched"
     if method == "batched" and not can_batch(net):
         return "parallel"
     return method
@@ -179,7 +178,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
     With several processes (``group``, default: torch.distributed's if initialised) network k is
     trained by process ``k % world``; every process returns all the accuracies.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     strategy = strategy_for(syn.dataset, model) if augment == "auto" else augment
     if epochs is None:
         epochs = AUGMENTED_EPOCHS if strategy not in (None, "none") else DEFAULT_EPOCHS
@@ -209,7 +208,7 @@ def _train_and_test(nets, gens, images, labels, test: Dataset, epochs, lr, batch
     ``evaluate``."""
     if not nets:
         return []
-    method = _method_for(method, nets[0])
+    method = _method_for(method, nets[0], on_cpu)
     threads = torch.get_num_threads() if on_cpu else 1
 
     def test_job(k: int) -> float:

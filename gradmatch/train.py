@@ -1,47 +1,167 @@
 """Training a network on a (small) labelled tensor set, and testing it: shared by the condensation
-loop (the inner loop) and the evaluation."""
+loop (the inner loop) and the evaluation.
+
+``Trainer`` runs DC's ``epoch('train', ...)``: shuffled mini-batches of cross-entropy SGD.  On a GPU
+the networks train on a handful of images, so a step is a few dozen tiny kernels and the time goes
+to launching them: there, when the set fits one batch and nothing is augmented, the whole step
+(gather of the shuffled batch, forward, backward, SGD update) is captured once as a CUDA graph and
+replayed (``StaticStep``).  Elsewhere the same ``StaticStep`` runs eagerly (its non-CUDA twin,
+which the tests exercise) or, on CPU, ``torch.optim.SGD`` does as it always did.
+"""
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
-from typing import Callable, Optional
+from contextlib import nullcontext
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .matching.fast import FastKernels, job_threads, torch_threads
+from .runtime import FastKernels, cpu_context
+
+Augment = Optional[Callable[[Tensor], Tensor]]
 
 
-def _cpu_context(device: torch.device):
-    """On CPU: ``job_threads()`` intra-op threads and the faster kernels of gradmatch.matching.fast."""
-    if device.type != "cpu":
-        return nullcontext()
-    stack = ExitStack()
-    stack.enter_context(torch_threads(job_threads()))
-    stack.enter_context(FastKernels())
-    return stack
+class StaticStep:
+    """One SGD step on a fixed-size batch drawn from fixed storage, every tensor allocated once:
+    ``images``/``labels`` hold the set, ``order`` the batch's indices, ``lr`` the learning rate.  The
+    update is torch.optim.SGD's (weight decay, then momentum, dampening 0; zeroed buffers at the
+    start equal SGD's lazily created ones), so the numbers equal ``torch.optim.SGD`` up to rounding."""
+
+    def __init__(self, net: nn.Module, images: Tensor, labels: Tensor, lr: float, momentum: float,
+                 weight_decay: float):
+        self.net = net
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.images, self.labels = images.detach().clone(), labels.clone()
+        self.order = torch.arange(len(labels), device=labels.device)
+        self.lr = torch.tensor(lr, device=images.device, dtype=images.dtype)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.buffers = [torch.zeros_like(p) for p in self.params]
+        self.graph: Optional["torch.cuda.CUDAGraph"] = None
+
+    def run(self) -> None:
+        x, y = self.images[self.order], self.labels[self.order]
+        loss = F.cross_entropy(self.net(x), y)
+        grads = torch.autograd.grad(loss, self.params)
+        with torch.no_grad():
+            for p, g, buf in zip(self.params, grads, self.buffers):
+                if self.weight_decay:
+                    g = g.add(p, alpha=self.weight_decay)
+                buf.mul_(self.momentum).add_(g)
+                p.sub_(buf * self.lr)
+
+    def capture(self) -> bool:
+        """Record ``run`` as a CUDA graph (after a warm-up whose effects are undone); False where
+        capture is impossible, and the step then runs eagerly."""
+        state = [t.detach().clone() for t in (*self.params, *self.net.buffers(), *self.buffers)]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.run()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.run()
+            self.graph = graph
+        except RuntimeError:
+            self.graph = None
+        with torch.no_grad():
+            for t, saved in zip((*self.params, *self.net.buffers(), *self.buffers), state):
+                t.copy_(saved)
+        return self.graph is not None
+
+    def step(self, order: Tensor) -> None:
+        self.order.copy_(order)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.run()
+
+    def load(self, images: Tensor) -> None:
+        """New images of the same shape (the synthetic set after an image update)."""
+        self.images.copy_(images)
+
+    def set_lr(self, lr: float, fresh: bool) -> None:
+        """A new learning rate; ``fresh``: zero momentum too (a new optimiser)."""
+        if fresh:
+            for buf in self.buffers:
+                buf.zero_()
+        self.lr.fill_(lr)
 
 
-def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-                batch_size: int, generator: torch.Generator,
-                augment: Optional[Callable[[Tensor], Tensor]] = None) -> None:
-    """One shuffled epoch of cross-entropy SGD (DC's ``epoch('train', ...)``).
+class Trainer:
+    """Cross-entropy SGD of ``net`` with torch.optim.SGD's settings, one ``epoch`` at a time.
 
-    On CPU it runs with ``job_threads()`` intra-op threads (torch's, unless GRADMATCH_THREADS says
-    otherwise) and the faster 2x2 pooling kernel.
+    ``graph``: None = capture a CUDA graph where it applies (CUDA, the set in one batch, no
+    augmentation); True = use ``StaticStep`` even off CUDA (eagerly: the tests' twin of the graph
+    path); False = torch.optim.SGD, batch by batch, always.
     """
-    net.train()
-    order = torch.randperm(len(images), generator=generator).to(images.device)
-    with _cpu_context(images.device):
-        for start in range(0, len(images), batch_size):
-            idx = order[start:start + batch_size]
-            x, y = images[idx], labels[idx]
-            if augment is not None:
-                x = augment(x)
-            loss = F.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+
+    def __init__(self, net: nn.Module, lr: float, momentum: float, weight_decay: float = 0.0,
+                 graph: Optional[bool] = None):
+        self.net, self.lr, self.momentum, self.weight_decay = net, lr, momentum, weight_decay
+        self.graph = graph
+        self.static: Optional[StaticStep] = None
+        self.optimizer = self._sgd()
+
+    def _sgd(self) -> torch.optim.SGD:
+        return torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+    def set_lr(self, lr: float, fresh: bool = True) -> None:
+        """Learning rate ``lr`` from now on: with a fresh optimiser (zero momentum), or, with
+        ``fresh=False``, keeping the momentum as a learning-rate scheduler does."""
+        self.lr = lr
+        if fresh:
+            self.optimizer = self._sgd()
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        if self.static is not None:
+            self.static.set_lr(lr, fresh)
+
+    def _static_for(self, images: Tensor, labels: Tensor, batch_size: int, augment: Augment) -> Optional[StaticStep]:
+        on_cuda = images.device.type == "cuda"
+        wanted = self.graph if self.graph is not None else on_cuda
+        if not wanted or augment is not None or len(images) > batch_size or len(images) == 0:
+            return None
+        if self.static is None or self.static.images.shape != images.shape:
+            self.static = StaticStep(self.net, images, labels, self.lr, self.momentum, self.weight_decay)
+            if on_cuda:
+                self.static.capture()
+        else:
+            self.static.load(images)
+        return self.static
+
+    def epoch(self, images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
+              augment: Augment = None) -> None:
+        """One shuffled epoch (DC's ``epoch('train', ...)``); the shuffle is drawn from ``generator``."""
+        self.net.train()
+        order = torch.randperm(len(images), generator=generator).to(images.device)
+        static = self._static_for(images, labels, batch_size, augment)
+        if static is not None:
+            static.step(order)
+            return
+        with cpu_context(images.device):
+            for start in range(0, len(images), batch_size):
+                idx = order[start:start + batch_size]
+                x, y = images[idx], labels[idx]
+                if augment is not None:
+                    x = augment(x)
+                loss = F.cross_entropy(self.net(x), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+
+
+def reset_network(net: nn.Module, source: nn.Module) -> None:
+    """Copy ``source``'s parameters and buffers into ``net`` in place (same storage: a captured
+    graph that reads ``net`` stays valid)."""
+    with torch.no_grad():
+        for dst, src in zip([*net.parameters(), *net.buffers()], [*source.parameters(), *source.buffers()]):
+            dst.copy_(src)
 
 
 @torch.no_grad()
@@ -66,3 +186,6 @@ def accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 5
             y = labels[start:start + batch_size].to(device, non_blocking=True)
             correct += (net(x).argmax(1) == y).sum()
     return correct.item() / max(len(images), 1)
+
+
+__all__: List[str] = ["StaticStep", "Trainer", "accuracy", "mean_loss", "reset_network"]

@@ -15,6 +15,7 @@ from gradmatch.errors import GradmatchError
 from gradmatch.evaluate import eval_pool
 from gradmatch.matching import matching_loss
 from gradmatch.models import create_model
+from gradmatch.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,9 +177,9 @@ def test_overfit_schedule_stops_when_the_held_real_loss_rises(digits, monkeypatc
     losses = iter([5.0, 4.0, 3.0, 3.5, 1.0, 0.5])
     epochs = []
     monkeypatch.setattr(condense_module, "mean_loss", lambda net, x, y: next(losses))
-    monkeypatch.setattr(condense_module, "train_epoch", lambda *a, **k: epochs.append(1))
     net = create_model("ConvNetD1", 1, 10, (8, 8))
+    trainer = Trainer(net, 0.01, 0.5)
+    monkeypatch.setattr(trainer, "epoch", lambda *a, **k: epochs.append(1))
     state = c.initial_state()
-    c.train_network(net, torch.optim.SGD(net.parameters(), lr=0.01), state.images.detach(), 0,
-                    torch.Generator().manual_seed(0))
+    c.train_network(net, trainer, state.images.detach(), 0, torch.Generator().manual_seed(0))
     assert len(epochs) == 4  # the fourth epoch raised the held loss (3.0 -> 3.5): stop there

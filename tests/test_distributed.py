@@ -38,10 +38,10 @@ def shares(group: Group) -> dict:
     net = create_model("ConvNet", 1, K, (8, 8)).double()
     real, syn = batches()
     out = {}
-    for method in ("loop", "fast", "vmap"):
+    for method in ("loop", "fast", "batched"):
         for scheme in SCHEMES:
             images = syn[0].clone().requires_grad_(True)
-            loss = matching_loss(net, real, (images, syn[1]), scheme, "improved", method=method, group=group)
+            loss = matching_loss(net, real, (images, syn[1]), scheme, "improved", engine=method, group=group)
             if loss.requires_grad:
                 loss.backward()
             grad = images.grad if images.grad is not None else torch.zeros_like(images)

@@ -26,21 +26,56 @@ B = [torch.tensor([[4.0, 3.0], [0.0, 2.0]], dtype=torch.float64), torch.tensor([
 
 def test_baseline_distance_by_hand():
     # row 1: cos = (12 + 12) / 25 = 0.96; row 2: orthogonal, cos = 0; the bias counts nothing
-    expected = (1 - 24 / (25 + 1e-6)) + (1 - 0.0)
-    assert gradient_distance(A, B, "baseline").item() == pytest.approx(expected, rel=1e-12)
+    assert gradient_distance(A, B, "baseline").item() == pytest.approx((1 - 0.96) + 1, rel=1e-12)
 
 
 def test_improved_distance_adds_row_norms_of_the_difference():
-    expected = (1 - 24 / (25 + 1e-6)) + 1 + math.sqrt(1 + 1) + math.sqrt(1 + 4)
+    expected = (1 - 0.96) + 1 + math.sqrt(1 + 1) + math.sqrt(1 + 4)
     assert gradient_distance(A, B, "improved").item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_dc_distance_adds_its_epsilon_to_the_product_of_norms():  # VICO's distance_wb
+    expected = (1 - 24 / (25 + 1e-6)) + (1 - 0.0)
+    assert gradient_distance(A, B, "dc").item() == pytest.approx(expected, rel=1e-12)
+    assert gradient_distance(A, B, "ours").item() == gradient_distance(A, B, "dc").item()
 
 
 def test_mse_and_cos_use_whole_flattened_vectors_including_biases():
     a = torch.tensor([3.0, 4.0, 1.0, 0.0, 5.0, 7.0])
     b = torch.tensor([4.0, 3.0, 0.0, 2.0, 1.0, 1.0])
     assert gradient_distance(A, B, "mse").item() == pytest.approx(((a - b) ** 2).sum().item())
-    cos = (a @ b) / (a.norm() * b.norm() + 1e-6)
-    assert gradient_distance(A, B, "cos").item() == pytest.approx(1 - cos.item())
+    assert gradient_distance(A, B, "cos").item() == pytest.approx(1 - ((a @ b) / (a.norm() * b.norm())).item())
+
+
+def seed_rows_distance(real, syn, improved):
+    """The seed's distance_baseline / distance_improved, written again from its definition:
+    rows = one per output unit, torch's cosine_similarity, 1-D tensors skipped."""
+    if real.dim() == 1:
+        return 0
+    real, syn = real.reshape(real.shape[0], -1), syn.reshape(syn.shape[0], -1)
+    dis = 1 - F.cosine_similarity(real, syn, dim=-1)
+    if improved:
+        dis = dis + torch.norm(real - syn, dim=-1)
+    return torch.sum(dis)
+
+
+@pytest.mark.parametrize("metric", ["baseline", "improved"])
+def test_seed_distances_on_ordinary_tiny_and_zero_rows(metric):
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)
+    syn = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)
+    real[1] *= 1e-5  # tiny norms: where torch's epsilon (1e-8) and DC's (1e-6) differ most
+    syn[2] *= 1e-5
+    real[3] = 0.0  # zero norms
+    syn[4] = 0.0
+    real[5] = syn[5] = 0.0
+    bias_r, bias_s = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    improved = metric == "improved"
+    expected = 0.0 + seed_rows_distance(real, syn, improved) + seed_rows_distance(bias_r, bias_s, improved)
+    got = gradient_distance([syn, bias_s], [real, bias_r], metric)
+    assert abs(got.item() - expected.item()) <= 1e-12 * abs(expected.item())
+    # DC's rule gives a visibly different number on the tiny rows (its 1e-6 against norms of ~1e-5)
+    assert abs(gradient_distance([syn, bias_s], [real, bias_r], "dc").item() - expected.item()) > 1e-4
 
 
 def test_conv_and_norm_weights_are_viewed_as_rows_per_output_unit():
@@ -85,13 +120,10 @@ def plain_grad(net, x, y, create_graph):
     return [t if create_graph else t.detach() for t in g]
 
 
-def plain_layerwise(gs, gr):  # DC's distance_wb, written out again
-    total = 0
+def plain_layerwise(gs, gr, improved=False):  # the seed's match_loss, written out again
+    total = 0.0
     for s, r in zip(gs, gr):
-        if s.dim() == 1:
-            continue
-        s, r = s.reshape(s.shape[0], -1), r.reshape(r.shape[0], -1)
-        total = total + torch.sum(1 - torch.sum(s * r, -1) / (s.norm(dim=-1) * r.norm(dim=-1) + 1e-6))
+        total = total + seed_rows_distance(r, s, improved)
     return total
 
 
@@ -106,29 +138,32 @@ def make_batches(k=3, per_class=5, ipc=2, shape=(3, 16, 16), seed=0):
 
 @pytest.mark.parametrize("model", ["ConvNet", "ConvNetLN", "MLP", "LeNet"])
 @pytest.mark.parametrize("scheme", ["intra-class", "multi-level"])
-def test_matching_loss_equals_plain_per_class_loop(model, scheme):
+@pytest.mark.parametrize("metric", ["baseline", "improved"])
+@pytest.mark.parametrize("engine", ["loop", "fast"])
+def test_matching_loss_equals_plain_per_class_loop(model, scheme, metric, engine):
     torch.manual_seed(1)
     net = create_model(model, 3, 3, (16, 16) if model != "LeNet" else (32, 32))
     shape = (3, 32, 32) if model == "LeNet" else (3, 16, 16)
     real, syn = make_batches(shape=shape)
-    loss = matching_loss(net, real, syn, scheme, "baseline")
+    loss = matching_loss(net, real, syn, scheme, metric, engine=engine)
     (grad,) = torch.autograd.grad(loss, syn[0])
 
+    improved = metric == "improved"
     expected = 0
     gs_all, gr_all = [], []
     for c in range(3):
         gr = plain_grad(net, real[0][real[1] == c], real[1][real[1] == c], False)
         gs = plain_grad(net, syn[0][syn[1] == c], syn[1][syn[1] == c], True)
-        expected = expected + plain_layerwise(gs, gr)
+        expected = expected + plain_layerwise(gs, gr, improved)
         gs_all.append(gs)
         gr_all.append(gr)
     if scheme == "multi-level":
         mean_s = [sum(t) / 3 for t in zip(*gs_all)]
         mean_r = [sum(t) / 3 for t in zip(*gr_all)]
-        expected = expected + 3 * plain_layerwise(mean_s, mean_r)
+        expected = expected + 3 * plain_layerwise(mean_s, mean_r, improved)
     (expected_grad,) = torch.autograd.grad(expected, syn[0])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-8)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-7, atol=1e-10)
+    assert abs(loss.item() - expected.item()) <= 1e-12 * abs(expected.item())
+    assert float((grad - expected_grad).abs().max()) <= 1e-12 * float(expected_grad.abs().max())
 
 
 def test_inter_class_is_k_times_distance_of_mixed_batches():

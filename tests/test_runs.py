@@ -380,7 +380,7 @@ def test_run_names_keep_the_reference_pattern_and_tell_the_table_3_settings_apar
         return RunConfig(condense=CondenseConfig(scheme="multi-level", ipc=10, **kw), dataset="CIFAR10").name
 
     assert name() == "multi-level_CIFAR10_ConvNet_10ipc"  # Ours-M: the reference's own name
-    assert name(dis_metric="ours") == name()
+    assert name(dis_metric="ours") == name(dis_metric="dc") == "multi-level_CIFAR10_ConvNet_10ipc_dc"  # VICO's rule
     assert name(dis_metric="improved") == "multi-level_CIFAR10_ConvNet_10ipc_improved"  # Ours-MD
     assert name(dis_metric="improved", schedule="adaptive") == "multi-level_CIFAR10_ConvNet_10ipc_improved_adaptive"
     user = name(dis_metric="tests.user_distances:l1_rows", precision="bf16")

@@ -1,7 +1,7 @@
 """How a batch is cut up: by class (the per-class terms), and by process (multi-process runs)."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
@@ -39,10 +39,3 @@ def own_chunk(batch: Batch, group: Group) -> Tuple[Batch, float]:
 
 def class_count(labels: Tensor) -> int:
     return int(torch.unique(labels).numel())
-
-
-def summed(grads: Sequence[Sequence[Tensor]], like: Sequence[Tensor]) -> List[Tensor]:
-    """Tensor-by-tensor sum of gradient lists (zeros shaped ``like`` if there are none)."""
-    if not grads:
-        return [torch.zeros_like(p) for p in like]
-    return [sum(tensors) for tensors in zip(*grads)]

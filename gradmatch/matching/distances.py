@@ -1,9 +1,16 @@
-"""How to compare two gradients: the distances of SPEC section 6.
+"""How to compare two gradients: the distances of SPEC section 6, as the seed's code computes them.
 
-Every distance works on lists of per-parameter gradient tensors.  The layer-wise ones (``baseline``,
-``improved``, a user's own) view each tensor as rows, one per output unit, and skip 1-D tensors
-(biases and norm scales), exactly as DC's ``distance_wb``; ``mse`` and ``cos`` compare the whole
-flattened gradient vectors.
+Every distance works on lists of per-parameter gradient tensors.  The layer-wise ones view each
+tensor as rows, one per output unit, and skip 1-D tensors (biases and norm scales):
+
+* ``baseline``: sum over rows of 1 - cos, the cosine as the seed's ``distance_baseline`` computes it,
+  ``torch.nn.functional.cosine_similarity`` (its epsilon, 1e-8, bounds each norm);
+* ``improved``: the seed's ``distance_improved``: the same cosine term plus each row's Euclidean distance;
+* ``dc`` (also ``ours``, DC's own name): DC's original ``distance_wb`` (VICO-UoE/DatasetCondensation),
+  1e-6 added to the product of the two row norms; for reproducing VICO's code;
+* a user's own per-tensor function of (syn_rows, real_rows).
+
+``mse`` and ``cos`` compare the whole flattened gradient vectors, biases included, as the seed does.
 """
 from __future__ import annotations
 
@@ -11,12 +18,12 @@ import importlib
 from typing import Callable, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import GradmatchError, unknown_name
 
-# DC adds this to the product of the row norms so an all-zero row does not divide by zero.
-EPS = 1e-6
+DC_EPS = 1e-6  # DC's distance_wb adds this to the product of the row norms
 
 PerTensorDistance = Callable[[Tensor, Tensor], Tensor]
 Metric = Union[str, PerTensorDistance]
@@ -28,23 +35,24 @@ def as_rows(grad: Tensor) -> Tensor:
     return grad.reshape(grad.shape[0], -1)
 
 
-def _cosine_rows(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + EPS)
-
-
 def baseline_distance(syn: Tensor, real: Tensor) -> Tensor:
-    """DC: sum over rows of (1 - cos)."""
-    return (1 - _cosine_rows(syn, real)).sum()
+    """The seed's distance_baseline: sum over rows of (1 - cos)."""
+    return torch.sum(1 - F.cosine_similarity(real, syn, dim=-1))
 
 
 def improved_distance(syn: Tensor, real: Tensor) -> Tensor:
-    """Jiang et al.: the angle first, the magnitude too: sum over rows of (1 - cos) + ||a - b||."""
-    return (1 - _cosine_rows(syn, real)).sum() + (syn - real).norm(dim=-1).sum()
+    """The seed's distance_improved (Jiang et al.): the angle and the magnitude, per row."""
+    return torch.sum((1 - F.cosine_similarity(real, syn, dim=-1)) + torch.norm(real - syn, dim=-1))
 
 
-LAYERWISE: dict[str, PerTensorDistance] = {"baseline": baseline_distance, "improved": improved_distance}
-# "ours" is DC's own name for its layer-wise distance.
-ALIASES = {"ours": "baseline", "dc": "baseline"}
+def dc_distance(syn: Tensor, real: Tensor) -> Tensor:
+    """DC's distance_wb: sum over rows of (1 - cos), 1e-6 added to the product of the norms."""
+    return torch.sum(1 - torch.sum(real * syn, dim=-1) / (torch.norm(real, dim=-1) * torch.norm(syn, dim=-1) + DC_EPS))
+
+
+LAYERWISE: dict[str, PerTensorDistance] = {"baseline": baseline_distance, "improved": improved_distance,
+                                           "dc": dc_distance}
+ALIASES = {"ours": "dc"}  # DC's own name for its distance
 METRICS = sorted([*LAYERWISE, "mse", "cos"])
 
 
@@ -88,8 +96,7 @@ def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metri
     if metric == "mse":
         return ((_flat(gw_syn) - _flat(gw_real)) ** 2).sum()
     if metric == "cos":
-        a, b = _flat(gw_syn), _flat(gw_real)
-        return 1 - (a * b).sum() / (a.norm() * b.norm() + EPS)
+        return 1 - F.cosine_similarity(_flat(gw_real), _flat(gw_syn), dim=-1)
     per_tensor = LAYERWISE[metric] if isinstance(metric, str) else metric
     total = gw_syn[0].new_zeros(())
     for syn, real in zip(gw_syn, gw_real):

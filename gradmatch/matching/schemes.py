@@ -1,28 +1,28 @@
-"""What to match: the four matching schemes of SPEC section 5.
+"""What to match: the four matching schemes of SPEC section 5, composed in this one place.
 
-``matching_loss`` is pure: it takes batches that the condensation loop has already drawn and
-returns the scalar loss, differentiable with respect to the synthetic images.
+``matching_loss`` is pure: batches that the condensation loop has drawn go in, the scalar loss
+comes out, differentiable with respect to the synthetic images.  Every scheme is composed here from
+per-class (or per-batch) gradients; an engine (``gradmatch.matching.engines``) only computes those.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..distributed import SINGLE, Group
 from ..errors import unknown_name
-from .batches import Batch, class_count, own_chunk, own_classes, split_by_class, summed
-from .distances import Metric, gradient_distance, resolve_metric
-from .fast import fast_matching_loss, needed_parameters
-from .gradients import batch_gradient, trainable_parameters
-from .vmapped import vmap_matching_loss
+from .batches import Batch, class_count, own_chunk, own_classes, split_by_class
+from .distances import Metric, gradient_distance, resolve_metric, summed_distance
+from .engines import class_gradients, needed_parameters, resolve_engine
 
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 # The seed's script names and a few short forms.
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
            "multi": "multi-level", "multilevel": "multi-level", "intraclass": "intra-class",
            "interclass": "inter-class"}
+
 
 def resolve_scheme(name: str) -> str:
     canonical = ALIASES.get(name.lower().replace("_", "-"), name.lower().replace("_", "-"))
@@ -32,82 +32,63 @@ def resolve_scheme(name: str) -> str:
 
 
 def scheme_at(scheme: str, iteration: int) -> str:
-    """The concrete scheme used at one outer iteration: interleaved alternates intra (even) and
-    inter (odd)."""
+    """The concrete scheme of one outer iteration: interleaved is intra (even) and inter (odd)."""
     scheme = resolve_scheme(scheme)
     if scheme == "interleaved":
         return "intra-class" if iteration % 2 == 0 else "inter-class"
     return scheme
 
 
-def per_class_gradients(net: nn.Module, params: Sequence[Tensor], batch: Batch, create_graph: bool):
-    """{class: gradient list} from one gradient pass per class (the textbook loop)."""
-    return {c: batch_gradient(net, params, x, y, create_graph)
-            for c, x, y in split_by_class(*batch)}
-
-
-def weighted_gradient(net: nn.Module, params: Sequence[Tensor], batch: Batch, weight: float,
-                      create_graph: bool = False) -> List[Tensor]:
-    """``weight`` x the batch's gradient (zeros for an empty batch: a process with nothing to do)."""
-    if not len(batch[1]):
-        return [torch.zeros_like(p) for p in params]
-    return [weight * g for g in batch_gradient(net, params, *batch, create_graph)]
-
-
-METHODS = ("loop", "fast", "vmap")
-
-
 def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-class",
-                  metric: Metric = "baseline", iteration: int = 0,
-                  num_classes: Optional[int] = None, *, method: str = "loop",
-                  precision: str = "fp32", group: Optional[Group] = None) -> Tensor:
+                  metric: Metric = "baseline", iteration: int = 0, num_classes: Optional[int] = None, *,
+                  engine: str = "loop", precision: str = "fp32", group: Optional[Group] = None) -> Tensor:
     """The matching loss L of one outer step (SPEC section 5).
 
     ``real`` and ``syn`` are (images, labels).  For intra-class and multi-level both hold every
-    class, grouped by label; for inter-class they are mixed batches.  ``iteration`` picks the
-    half of the interleaved scheme; ``num_classes`` (K) defaults to the classes in ``syn``.
+    class, grouped by label; for inter-class they are mixed batches.  ``iteration`` picks the half
+    of the interleaved scheme; ``num_classes`` (K) defaults to the classes in ``syn``.  ``engine``
+    (loop, fast, batched, auto) computes the gradients, the same numbers up to rounding;
+    ``precision`` is the real targets' arithmetic (``gradmatch.precision``).
 
-    ``method``: "loop" is the textbook per-class loop, written plainly below; "fast" computes the
-    same loss and image gradient (up to float rounding) faster (see ``gradmatch.matching.fast``;
-    the condensation loop's default); "vmap" computes all classes' gradients in one
-    ``torch.func`` pass (``gradmatch.matching.vmapped``; meant for GPUs).  ``precision`` ("fp32", "bf16",
-    "bf16-sim") applies to the real gradients of the fast path only; the synthetic side is fp32.
-
-    ``group`` (``gradmatch.distributed``): with several processes, each is given the same whole
-    batches and returns its share: the terms of its classes (its chunk of the mixed batches for
-    inter-class).  The shares' values and image gradients, summed over processes, are the loss and
-    image gradient of one process.
+    ``group`` (``gradmatch.distributed``): with several processes each is given the same whole
+    batches and returns its share: the terms of its classes (its chunk of a mixed batch).  The
+    shares' values and image gradients, summed over processes, are those of one process.
     """
     metric = resolve_metric(metric)
     scheme = scheme_at(scheme, iteration)
-    params = trainable_parameters(net)
     group = group or SINGLE
-    if method not in METHODS:
-        raise unknown_name("matching method", method, list(METHODS))
+    engine = resolve_engine(engine, syn[0].device)
+    params = needed_parameters(net, metric)
     k = num_classes if num_classes is not None else class_count(syn[1])
-    if method == "vmap" and scheme != "inter-class" and precision == "fp32":
-        names = [n for n, p in net.named_parameters() if any(p is q for q in needed_parameters(params, metric))]
-        loss = vmap_matching_loss(net, real, syn, scheme, metric, names, k, group)
-        if loss is not None:
-            return loss
-    if method != "loop" or precision != "fp32":
-        return fast_matching_loss(net, real, syn, scheme, metric, params, k, precision, group=group)
-    if scheme == "inter-class":
-        (real, real_weight), (syn, syn_weight) = own_chunk(real, group), own_chunk(syn, group)
-        g_real = group.global_sum(weighted_gradient(net, params, real, real_weight))
-        g_syn = group.global_sum(weighted_gradient(net, params, syn, syn_weight, create_graph=True))
-        return group.share(k * gradient_distance(g_syn, g_real, metric))
 
-    present = class_count(syn[1])
-    g_real = per_class_gradients(net, params, own_classes(real, group), create_graph=False)
-    g_syn = per_class_gradients(net, params, own_classes(syn, group), create_graph=True)
-    missing = set(g_syn) - set(g_real)
+    def gradients(batches, target: bool):
+        return class_gradients(engine, net, params, batches, target=target, precision=precision)
+
+    if scheme == "inter-class":  # K x D of the mixed batches' gradients
+        (real, real_weight), (syn, syn_weight) = own_chunk(real, group), own_chunk(syn, group)
+        g_real = [real_weight * g[0] for g in gradients([real], True)] if len(real[1]) else _zeros(params)
+        g_syn = [syn_weight * g[0] for g in gradients([syn], False)] if len(syn[1]) else _zeros(params)
+        return group.share(k * gradient_distance(group.global_sum(g_syn), group.global_sum(g_real), metric))
+
+    present = class_count(syn[1])  # per class: D of the class's gradients, summed
+    real_parts = {c: (x, y) for c, x, y in split_by_class(*own_classes(real, group))}
+    syn_parts = split_by_class(*own_classes(syn, group))
+    missing = {c for c, _, _ in syn_parts} - set(real_parts)
     if missing:
         raise ValueError(f"real batch lacks classes {sorted(missing)}")
-    loss = sum((gradient_distance(g_syn[c], g_real[c], metric) for c in g_syn), params[0].new_zeros(()))
-    if scheme == "multi-level":  # + K x D of the gradients' means over (all processes') classes
-        classes = sorted(g_syn)
-        mean_syn = [s / present for s in group.global_sum(summed([g_syn[c] for c in classes], params))]
-        mean_real = [s / present for s in group.global_sum(summed([g_real[c] for c in classes], params))]
+    if syn_parts:
+        g_real = gradients([real_parts[c] for c, _, _ in syn_parts], True)
+        g_syn = gradients([(x, y) for _, x, y in syn_parts], False)
+        loss = summed_distance(g_syn, g_real, metric)
+        syn_sum, real_sum = [g.sum(0) for g in g_syn], [g.sum(0) for g in g_real]
+    else:  # a process with no class of its own (more processes than classes)
+        loss, syn_sum, real_sum = params[0][1].new_zeros(()), _zeros(params), _zeros(params)
+    if scheme == "multi-level":  # + K x D of the class-mean gradients (over all processes' classes)
+        mean_syn = [s / present for s in group.global_sum(syn_sum)]
+        mean_real = [s / present for s in group.global_sum(real_sum)]
         loss = loss + group.share(k * gradient_distance(mean_syn, mean_real, metric))
     return loss
+
+
+def _zeros(params):
+    return [torch.zeros_like(p) for _, p in params]

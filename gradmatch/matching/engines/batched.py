@@ -1,0 +1,53 @@
+"""The batched engine: every batch's gradient in one pass, ``torch.func.vmap`` over ``torch.func.grad``.
+
+The K batches are stacked (K, n, C, H, W) and one vmapped gradient gives the K gradients at once.
+On a GPU the per-class passes of the loop are small (one class's 256 images, or a few synthetic
+ones) and leave most of the device idle; one stacked pass fills it.  On a 2-core CPU it is slower
+than ``fast``.  It needs batches of equal size and networks whose forward writes no state and
+that vmap differentiates correctly (``can_vmap``); otherwise it returns None and ``fast`` runs.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from ...precision import target_context
+
+
+def can_vmap(net: nn.Module) -> bool:
+    """No batch norm in training mode (its running statistics are written in the forward) and no
+    layer norm: the image gradient through a vmapped layer norm's backward is wrong (measured at 3%
+    on ConvNetLN, torch 2.13; pytorch/functorch#534)."""
+    return not any((isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training) or isinstance(m, nn.LayerNorm)
+                   for m in net.modules())
+
+
+class BatchedEngine:
+    name = "batched"
+
+    def gradients(self, net, params, batches, *, target: bool, precision: str = "fp32"):
+        if not can_vmap(net) or len({len(y) for _, y in batches}) != 1:
+            return None
+        images = torch.stack([x for x, _ in batches])
+        labels = torch.stack([y for _, y in batches])
+        chosen = dict(params)
+        rest = {n: p for n, p in net.named_parameters() if n not in chosen}
+        buffers = dict(net.named_buffers())
+
+        def loss(wanted: Dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            with target_context(precision if target else "fp32", x.device):
+                out = functional_call(net, {**rest, **wanted, **buffers}, (x,))
+            return F.cross_entropy(out.to(x.dtype), y)
+
+        with torch.no_grad() if target else torch.enable_grad():  # targets: constants
+            grads = vmap(grad(loss), in_dims=(None, 0, 0))(chosen, images, labels)
+        return [grads[n] for n, _ in params]
+
+    def why_not(self, net, batches) -> str:
+        if not can_vmap(net):
+            return f"{type(net).__name__} (batch norm in training mode, or layer norm)"
+        return "batches of unequal size (a class with fewer real images than --batch_real)"

@@ -1,0 +1,34 @@
+"""The textbook engine: one forward and one backward per batch, plain PyTorch (SPEC section 5)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...precision import target_context
+
+
+def batch_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor, labels: Tensor, *,
+                   target: bool, precision: str = "fp32") -> List[Tensor]:
+    """Gradient of the batch's mean cross-entropy w.r.t. ``params``: a constant for a target (in
+    ``precision``), differentiable w.r.t. the images otherwise (fp32 always)."""
+    with torch.enable_grad():  # gradients are what is matched, even under no_grad
+        with target_context(precision if target else "fp32", images.device):
+            out = net(images)
+        loss = F.cross_entropy(out.to(images.dtype), labels)  # bf16 logits: the loss in full precision
+        grads = torch.autograd.grad(loss, params, create_graph=not target)
+    return [g.detach() for g in grads] if target else list(grads)
+
+
+class LoopEngine:
+    name = "loop"
+
+    def gradients(self, net, params, batches, *, target: bool, precision: str = "fp32"):
+        tensors = [p for _, p in params]
+        per_batch = [batch_gradient(net, tensors, x, y, target=target, precision=precision) for x, y in batches]
+        return [torch.stack(g) for g in zip(*per_batch)]
+
+    def why_not(self, net, batches) -> str:
+        return "nothing"
