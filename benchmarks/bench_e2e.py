@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     train, test, what = load_data(args.data_path, device)
     name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "CPU"
     peak = matmul_peak(device)
-    print(f"# {name}, torch {torch.__version__}, {what}; fp32 matmul peak {peak:.1f} TFLOP/s"
+    print(f"# {name}, torch {torch.__version__}, {what}; fp32 matmul peak {peak:.3f} TFLOP/s"
           + (f", tf32 {matmul_peak(device, tf32=True):.1f}, bf16 {matmul_peak(device, torch.bfloat16):.1f}"
              if torch.device(device).type == "cuda" else ""), flush=True)
     rows = []
