@@ -20,78 +20,14 @@ from torch import Tensor
 from . import distributed
 from .data import Dataset
 from .distributed import Group
-from .errors import GradmatchError, unknown_name
-from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
-from .matching.fast import PRECISIONS
-from .matching.schemes import METHODS
-from .models import create_model, has_batchnorm, is_model, list_models
-from .schedule import inner_epochs, loops_for_ipc, resolve_schedule
+from .config import INIT_CHOICES, CondenseConfig  # noqa: F401  (CondenseConfig: its old home)
+from .errors import GradmatchError
+from .matching import matching_loss, scheme_at
+from .models import create_model, has_batchnorm
+from .schedule import inner_epochs
 from .train import mean_loss, train_epoch
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
-INIT_CHOICES = ("noise", "real")
-
-
-@dataclass
-class CondenseConfig:
-    """Settings of one condensation; field names follow the seed's flags where it has one."""
-    ipc: int = 10
-    model: str = "ConvNet"
-    scheme: str = "intra-class"
-    dis_metric: Any = "baseline"       # a name, 'package.module:function', or a callable
-    iterations: int = 1000             # the seed's --Iteration
-    lr_img: Optional[float] = None     # None: 0.1, or 0.01 for MLP
-    lr_net: float = 0.01
-    batch_real: int = 256
-    batch_train: int = 256
-    init: str = "noise"
-    schedule: str = "fixed"            # fixed | adaptive (--adaptive_step) | overfit
-    outer_loop: Optional[int] = None   # None: by ipc (schedule.loops_for_ipc)
-    inner_loop: Optional[int] = None
-    seed: int = 0
-    matching: str = "fast"             # fast | loop (the textbook per-class loop): same numbers
-    precision: str = "fp32"            # fp32 | bf16 | bf16-sim: the real gradients' arithmetic
-
-    def resolved(self, real: Optional[Dataset] = None) -> "CondenseConfig":
-        """A copy with defaults filled in and every value checked (GradmatchError if bad)."""
-        cfg = dataclasses.replace(self)
-        cfg.scheme = resolve_scheme(cfg.scheme)
-        cfg.schedule = resolve_schedule(cfg.schedule)
-        resolve_metric(cfg.dis_metric)
-        if cfg.matching not in METHODS:
-            raise GradmatchError(f"unknown matching method '{cfg.matching}'; choose one of: {', '.join(METHODS)}")
-        if cfg.precision not in PRECISIONS:
-            raise GradmatchError(f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
-        if not is_model(cfg.model):
-            raise unknown_name("model", cfg.model, list_models())
-        if cfg.init not in INIT_CHOICES:
-            raise GradmatchError(f"unknown init '{cfg.init}'; choose one of: {', '.join(INIT_CHOICES)}")
-        if cfg.ipc < 1:
-            raise GradmatchError(f"ipc must be at least 1, got {cfg.ipc}")
-        for name in ("iterations", "batch_real", "batch_train"):
-            if getattr(cfg, name) < (0 if name == "iterations" else 1):
-                raise GradmatchError(f"--{name} must be positive, got {getattr(cfg, name)}")
-        outer, inner = loops_for_ipc(cfg.ipc)
-        cfg.outer_loop = cfg.outer_loop or outer
-        cfg.inner_loop = cfg.inner_loop if cfg.inner_loop is not None else inner
-        if cfg.lr_img is None:
-            cfg.lr_img = 0.01 if cfg.model == "MLP" else 0.1
-        if real is not None:
-            counts = torch.bincount(real.labels, minlength=real.num_classes)
-            smallest = int(counts.min())
-            if cfg.ipc > smallest:
-                worst = real.classes[int(counts.argmin())]
-                raise GradmatchError(
-                    f"ipc {cfg.ipc} is more than class '{worst}' has training images ({smallest}); "
-                    f"choose --ipc {smallest} or less")
-        return cfg
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if callable(d["dis_metric"]):
-            fn = d["dis_metric"]
-            d["dis_metric"] = f"{fn.__module__}:{fn.__qualname__}"
-        return d
 
 
 @dataclass

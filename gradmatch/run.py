@@ -23,12 +23,10 @@ restored on resume, for any user code (a custom distance) that draws from them.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,9 @@ from tqdm.auto import tqdm
 
 from . import data as gm_data
 from . import distributed
-from .condense import CondenseConfig, Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
+from .condense import Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
+from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
 from .errors import GradmatchError
-from .matching.distances import ALIASES as METRIC_ALIASES
 from .evaluate import eval_pool, evaluate
 from .plots import save_image_grid
 from .results import (
@@ -52,66 +50,6 @@ from .results import (
     save_torch,
     summarise,
 )
-
-
-@dataclass
-class RunConfig:
-    condense: CondenseConfig = field(default_factory=CondenseConfig)
-    dataset: str = "CIFAR10"
-    data_path: str = "data"
-    save_path: str = "result"
-    eval_mode: str = "S"
-    num_exp: int = 5
-    num_eval: int = 20
-    epoch_eval_train: int | None = None   # None: 300, or 1000 with augmentation (DC)
-    eval_iterations: list[int] | None = None  # None: 500, 1000, ... and the last in mode S
-    checkpoint_every: int = 10
-    device: str | None = None
-    eval_method: str = "auto"                 # how the evaluation networks are trained (same numbers)
-    download: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-
-    @property
-    def name(self) -> str:
-        """``<scheme>_<dataset>_<model>_<ipc>ipc`` as the reference names its files, followed by the
-        settings that change the method where they are not the reference's defaults (distance,
-        schedule, precision), so that the paper's Table 3 runs (M, MD, MDA) keep one file each."""
-        c = self.condense
-        name = f"{c.scheme}_{Path(self.dataset).name}_{c.model}_{c.ipc}ipc"
-        metric = c.dis_metric if isinstance(c.dis_metric, str) else getattr(c.dis_metric, "__name__", "custom")
-        metric = METRIC_ALIASES.get(metric, metric).rpartition(":")[2]  # package.module:function -> function
-        for value, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32")):
-            if value != default:
-                name += f"_{value}"
-        return name
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.save_path) / self.name
-
-    def eval_points(self) -> list[int]:
-        last = self.condense.iterations
-        if self.eval_iterations is not None:
-            return sorted({i for i in self.eval_iterations if 0 <= i <= last})
-        if self.eval_mode == "S":
-            return sorted({*range(500, last + 1, 500), last})
-        return [last]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["condense"] = self.condense.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        d = dict(d)
-        d["condense"] = CondenseConfig(**d["condense"])
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-
-# Settings that a resumed run takes from the command line rather than from its checkpoint.
-RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method")
 
 
 def synthetic_from_checkpoint(path) -> SyntheticSet:
@@ -232,6 +170,7 @@ class Run:
         self.cfg = saved
 
     def start(self, resume: bool = False) -> dict[str, Any]:
+        self.cfg.validate()  # a RunConfig made in Python is checked as the CLI's is
         if not self.writes:
             return self._start(resume)
         created = not self.dir.exists()
