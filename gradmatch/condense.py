@@ -57,6 +57,17 @@ class SyntheticSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """Tensors and plain data only (what a checkpoint may hold: read with weights_only)."""
+        return {"images": self.images.detach().cpu(), "labels": self.labels.cpu(), "classes": list(self.classes),
+                "mean": tuple(self.mean), "std": tuple(self.std), "dataset": self.dataset,
+                "config": dict(self.config)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SyntheticSet":
+        return cls(images=d["images"], labels=d["labels"], classes=list(d["classes"]), mean=tuple(d["mean"]),
+                   std=tuple(d["std"]), dataset=d.get("dataset", ""), config=dict(d.get("config") or {}))
+
     def denormalised(self) -> Tensor:
         """Pixels in [0, 1] (clamped), for pictures."""
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)

@@ -214,8 +214,7 @@ def plot_run(run_dir) -> list[Path]:
             after = f", after {iterations} iterations" if iterations is not None else ""
             sets.append((f"experiment {e}{after}", load_synthetic(final, e)))
     elif ckpt_path.is_file():
-        from .results import load_checkpoint
-        from .run import synthetic_from_checkpoint
+        from .results import load_checkpoint, synthetic_from_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["images"] is not None:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import data as gm_data
 from . import distributed
-from .condense import Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
+from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
 from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
 from .errors import GradmatchError
 from .evaluate import eval_pool, evaluate
@@ -52,18 +52,12 @@ from .results import (
 )
 
 
-def synthetic_from_checkpoint(path) -> SyntheticSet:
-    ckpt = load_checkpoint(path)
-    m = ckpt["meta"]
-    if ckpt["images"] is None:
-        raise GradmatchError(f"checkpoint {path} holds no synthetic images yet")
-    return SyntheticSet(images=ckpt["images"], labels=ckpt["labels"], classes=m["classes"],
-                        mean=tuple(m["mean"]), std=tuple(m["std"]), dataset=m["dataset"],
-                        config=ckpt["config"]["condense"])
-
-
 def rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's state as a tensor and numbers: a checkpoint holds tensors and plain data only
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -73,7 +67,9 @@ def set_rng_states(states: dict[str, Any] | None) -> None:
     if not states:
         return
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -268,7 +264,7 @@ class Run:
             raise self._non_finite_error(err, exp) from None
         finally:
             bar.close()
-        self.progress["sets"].append(condenser.synthetic_set(current))
+        self.progress["sets"].append(condenser.synthetic_set(current).to_dict())
         self.progress["experiment"] = exp + 1
         self._checkpoint(None, None)
 
@@ -325,7 +321,7 @@ class Run:
         if saved_state is not None:
             images = saved_state["images"]
         else:
-            images = self.progress["sets"][-1].images if self.progress["sets"] else None
+            images = self.progress["sets"][-1]["images"] if self.progress["sets"] else None
         if not self.writes:
             return
         save_torch({"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "progress": self.progress,

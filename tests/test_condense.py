@@ -24,14 +24,6 @@ def digits():
     return data.load("digits", split="train"), data.load("digits", split="test")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation
-    yield
-    torch.set_num_threads(before)
-
-
 def test_batchnorm_statistics_are_set_from_real_images_then_frozen_during_matching():
     torch.manual_seed(0)
     net = create_model("ConvNetBN", 3, 2, (16, 16))
@@ -153,7 +145,7 @@ def test_seed_script_writes_the_reference_pt_png_and_json(tmp_path):
                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     name = "multi-level_digits_ConvNetD1_2ipc_improved_adaptive"
-    payload = torch.load(tmp_path / f"{name}.pt", weights_only=False)
+    payload = torch.load(tmp_path / f"{name}.pt", weights_only=True)
     assert len(payload["data"]) == 2
     images, labels = payload["data"][0]
     assert images.shape == (20, 1, 8, 8) and images.dtype == torch.float32
