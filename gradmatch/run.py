@@ -351,6 +351,3 @@ class Run:
                       f"{s['n']} random {model}, mean = {100 * s['mean']:.2f}% std = {100 * s['std']:.2f}%")
         return results
 
-
-def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    return Run(config).start(resume=resume)
