@@ -38,8 +38,8 @@ from . import data as gm_data
 from . import distributed
 from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
 from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
-from .errors import GradmatchError
-from .evaluate import eval_pool, evaluate
+from .errors import GradmatchError, warn
+from .evaluate import check_models_fit, eval_pool, evaluate
 from .plots import save_image_grid
 from .results import (
     CHECKPOINT_VERSION,
@@ -73,6 +73,17 @@ def set_rng_states(states: dict[str, Any] | None) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def warn_if_too_deep(model: str, im_size) -> None:
+    """ConvNet's three pooling blocks leave 8x8 images (digits) 1x1 maps whose instance norm makes the
+    image gradients explode: the run trains, but scores chance.  Allowed, said once."""
+    if not model.startswith("ConvNet") or min(im_size) > 8:
+        return
+    depth = int(model[len("ConvNetD"):]) if model[len("ConvNetD"):].isdigit() and model.startswith("ConvNetD") else 3
+    if depth >= 3:
+        warn(f"{model} has {depth} pooling blocks, too many for {im_size[0]}x{im_size[1]} images (its accuracy "
+             "stays near chance); use --model ConvNetD1 or ConvNetD2")
 
 
 class NonFiniteImages(Exception):
@@ -128,6 +139,10 @@ class Run:
             return load_checkpoint(self.ckpt_path)
         if self.cfg.overwrite:
             return None
+        if self.ckpt_path.is_file() and self.json_path.is_file() != self.pt_path.is_file():
+            # a run stopped between writing its two result files: its checkpoint can write them again
+            raise GradmatchError(f"the results of {self.dir} are half written ({self.pt_path.name} or "
+                                 f"{self.json_path.name} is missing); pass --resume to write them again")
         if self.json_path.is_file() or self.pt_path.is_file():
             raise GradmatchError(f"a finished result exists at {self.pt_path}; pass --overwrite to replace it "
                                  "or choose another --save_path")
@@ -138,8 +153,10 @@ class Run:
 
     def _clear_outputs(self) -> None:
         """A fresh start (--overwrite, or a folder left before its first checkpoint): remove what an
-        earlier run of the same name left, so no file mixes two runs."""
-        stale = [self.ckpt_path, self.log_path, self.pt_path, self.json_path, self.dir / "curves.png"]
+        earlier run of the same name left in its folder, so no file mixes two runs.  Its results
+        (<name>.pt, <name>.json) stay until the new run's replace them (atomic rename): a new run that
+        fails loses nothing of the old one."""
+        stale = [self.ckpt_path, self.log_path, self.dir / "curves.png"]
         stale += list(self.dir.glob("grid*.png"))
         for path in stale:
             if path.is_file():
@@ -170,15 +187,30 @@ class Run:
         if not self.writes:
             return self._start(resume)
         created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # --save_path is a file, read-only, ...
+            raise GradmatchError(f"cannot create the run folder {self.dir} ({err.strerror or err}); choose "
+                                 "another --save_path") from None
         try:
             with run_lock(self.dir):
                 return self._start(resume)
+        except OSError as err:  # full disk, read-only or vanished folder: say where, and what is kept
+            raise GradmatchError(f"cannot write {err.filename or self.dir} ({err.strerror or err}); "
+                                 f"{self._kept()}; free space or fix the folder, then pass --resume") from None
         except GradmatchError:
             if created and [p.name for p in self.dir.iterdir()] == [".lock"]:  # refused before writing
                 (self.dir / ".lock").unlink()
                 self.dir.rmdir()
             raise
+
+    def _kept(self) -> str:
+        if self.checkpointed_at is not None:
+            return (f"the last good checkpoint (experiment {self.checkpointed_at[0]}, iteration "
+                    f"{self.checkpointed_at[1]}) is kept intact at {self.ckpt_path}")
+        if self.ckpt_path.is_file():
+            return f"the last good checkpoint is kept intact at {self.ckpt_path}"
+        return "no checkpoint had been written yet"
 
     def _remove_temporaries(self) -> None:
         """Temporary files that a killed run left mid-write (``atomic_write``'s); safe under the lock."""
@@ -199,6 +231,11 @@ class Run:
         test = gm_data.load(cfg.dataset, cfg.data_path, "test", download=cfg.download)
         cfg.condense = cfg.condense.resolved(train)
         self.models = eval_pool(cfg.eval_mode, cfg.condense.model)
+        # every network this run will build, tried on the data's shape before any work
+        check_models_fit([cfg.condense.model], train.channel, train.num_classes, train.im_size, "--model")
+        check_models_fit(self.models, train.channel, train.num_classes, train.im_size)
+        if self.writes:
+            warn_if_too_deep(cfg.condense.model, train.im_size)
         self.train, self.test = train, test
         if ckpt is None:
             if self.writes:
@@ -255,6 +292,7 @@ class Run:
                     if not bool(torch.isfinite(current.images).all()):
                         raise NonFiniteImages(it - 1)
                 if it in points and (exp, it) not in done:
+                    self._checkpoint(condenser, current)  # saved first: an evaluation error loses nothing
                     self._evaluate(condenser, current, bar)
                     self._checkpoint(condenser, current)
                 elif it > first and it % cfg.checkpoint_every == 0:

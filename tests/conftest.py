@@ -31,10 +31,19 @@ def float64():
     torch.set_default_dtype(before)
 
 
-def one_error_line(capsys) -> str:
-    """The one ``error: ...`` line a refused command prints on stderr (no traceback, nothing else)."""
+# the warning a run on digits with a 3-block ConvNet (TINY_DIGITS's ConvNetW32) prints first
+DEEP_ON_DIGITS = "use --model ConvNetD1 or ConvNetD2"
+
+
+def one_error_line(capsys, warned: tuple = ()) -> str:
+    """The one ``error: ...`` line a refused command prints on stderr (no traceback, nothing else but
+    the warning lines ``warned`` names, each expected exactly once)."""
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
+    for words in warned:
+        hits = [line for line in lines if line.startswith("warning: ") and words in line]
+        assert len(hits) == 1, err
+        lines.remove(hits[0])
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]

@@ -93,3 +93,175 @@ def test_dc_s_own_files_are_read(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "res_DC_digits_ConvNet_2ipc.pt"), "--dataset", "digits",
                  "--model", "ConvNetD1", "--num_eval", "1", "--epoch_eval_train", "1"]) == 0
     assert "Evaluate 1 random ConvNetD1" in capsys.readouterr().out
+
+
+# ---- classes 4-6: bad values refused before any work, in one line naming the flag ------------------
+@pytest.mark.parametrize("flags, words", [
+    (["--lr_img=-1"], "--lr_img must be a positive number"),
+    (["--lr_net=-1"], "--lr_net must be a positive number"),
+    (["--device", "bogus"], "--device bogus is not a device"),
+    (["--dis_metric", "math:sqrt"], "--dis_metric math:sqrt: calling it on two (3, 4) gradient row matrices failed"),
+    (["--dis_metric", "os:system"], "--dis_metric os:system: calling it on two (3, 4) gradient row matrices failed"),
+    (["--dis_metric", "tests.user_distances:returns_float"], "returned float; a distance must return a scalar"),
+    (["--dis_metric", "tests.user_distances:returns_rows"], "returned a tensor of shape (3,)"),
+    (["--outer_loop", "-1"], "--outer_loop must be at least 1, got -1"),
+    (["--inner_loop", "-5"], "--inner_loop must be at least 0, got -5"),
+    (["--epoch_eval_train", "-1"], "--epoch_eval_train must be at least 0, got -1"),
+    (["--eval_iterations", "50,60"], "none is within 0 to --Iteration 10"),
+    (["--Iteration", "-1"], "--Iteration must be at least 0, got -1"),  # the flag as typed, not 'iterations'
+    (["--method", "DSA"], "DSA is not available yet"),
+    (["--dataset", "digits", "--eval_mode", "M"], "--eval_mode: LeNet, VGG11, ResNet18 cannot take 8x8 images"),
+    (["--dataset", "digits", "--model", "LeNet", "--eval_mode", "MLP"], "--model: LeNet cannot take 8x8"),
+])
+def test_bad_values_are_refused_before_any_work(flags, words, tmp_path, capsys):
+    save = tmp_path / "out"
+    code = main(["condense", "--save_path", str(save), "--Iteration", "10", "--quiet", *flags])
+    line = one_error_line(capsys)
+    assert code == 2 and words in line, line
+    assert not save.exists() or list(save.iterdir()) == []  # nothing written
+
+
+def test_the_fit_check_names_the_models_that_fit(tmp_path, capsys):
+    assert main(["condense", "--dataset", "digits", "--eval_mode", "M", "--save_path", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith("those that fit: MLP, ConvNet, AlexNet") and "VGG11" in line.split(";")[0]
+
+
+def test_no_cuda_is_said_in_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["condense", "--device", "cuda", "--save_path", str(tmp_path)]) == 2
+    assert "CUDA is not available" in one_error_line(capsys)
+    assert main(["evaluate", str(tmp_path / "x.pt"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in one_error_line(capsys)
+
+
+def test_lr_img_zero_is_allowed_with_a_warning(capsys):
+    CondenseConfig(lr_img=0.0).validate()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: --lr_img 0")
+
+
+# ---- evaluate on bad files and values ---------------------------------------------------------------
+def dc_file(path, images, labels, **extra):
+    torch.save({"data": [[images, labels]] if images is not None else extra.pop("data"),
+                "accs_all_exps": {}, **extra}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("counts", "expected N images (N, C, H, W) and N labels"),
+    ("not_a_pair", "is not an [images, labels] pair"),
+    ("nan", "non-finite (nan or inf) pixels"),
+    ("num_eval", "--num_eval must be at least 1, got 0"),
+    ("device", "--device bogus is not a device"),
+])
+def test_evaluate_refuses_bad_files_and_values(case, words, tmp_path, capsys):
+    images, labels = torch.zeros(20, 1, 8, 8), torch.arange(10).repeat_interleave(2)
+    extra = []
+    if case == "counts":
+        path = dc_file(tmp_path / "s.pt", images, labels[:19])
+    elif case == "not_a_pair":
+        path = dc_file(tmp_path / "s.pt", None, None, data=[[images, labels, labels]])
+    elif case == "nan":
+        images[3, 0, 2, 2] = float("nan")
+        path = dc_file(tmp_path / "s.pt", images, labels)
+    else:
+        path = dc_file(tmp_path / "s.pt", images, labels)
+        extra = ["--num_eval", "0"] if case == "num_eval" else ["--device", "bogus"]
+    assert main(["evaluate", path, "--dataset", "digits", "--model", "MLP", *extra]) == 2
+    assert words in one_error_line(capsys)
+
+
+def test_python_evaluate_refuses_a_set_of_another_shape():
+    from gradmatch import data, evaluate
+    from gradmatch.condense import SyntheticSet
+    from gradmatch.errors import GradmatchError
+
+    test = data.load("digits", split="test")
+    syn = SyntheticSet(images=torch.zeros(10, 3, 8, 8), labels=torch.arange(10), classes=test.classes,
+                       mean=(0.0,) * 3, std=(1.0,) * 3, dataset="digits")
+    with pytest.raises(GradmatchError, match=r"synthetic images are \(3, 8, 8\) but the test images are \(1, 8, 8\)"):
+        evaluate(syn, "MLP", test, num_eval=1, epochs=1)
+
+
+# ---- --resume RUN_DIR whose config.json is damaged ------------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ('{"condense": {"ipc": 1', "is not readable JSON"),
+    ('{"condense": {}, "colour": "red"}', "has unknown settings colour"),
+    ('[1, 2]', "is not a gradmatch run's settings"),
+])
+def test_resume_with_a_damaged_config_json(tmp_path, capsys, text, words):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(text)
+    assert main(["condense", "--resume", str(run_dir)]) == 2
+    assert words in one_error_line(capsys)
+    assert [p.name for p in run_dir.iterdir()] == ["config.json"]
+
+
+# ---- class 2: image folders never follow a folder symlink ------------------------------------------
+def png(path, value):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (4, 4), value).save(path)
+
+
+def test_folder_dataset_skips_folder_symlinks_but_reads_linked_images(tmp_path):
+    from gradmatch import data
+
+    root = tmp_path / "imgs"
+    png(root / "a" / "1.png", 10)
+    png(root / "b" / "1.png", 200)
+    png(tmp_path / "outside" / "far.png", 50)
+    os.symlink("..", root / "a" / "loop")          # back up into the tree: would repeat it forever
+    os.symlink(".", root / "a" / "again")          # itself
+    os.symlink(tmp_path / "outside", root / "b" / "out")  # out of the tree
+    os.symlink(root / "a", root / "c")             # a class folder that is a link
+    os.symlink(root / "a" / "1.png", root / "b" / "linked.png")  # a link to an image: read
+    ds = data.load(str(root), split="train")
+    assert ds.classes == ["a", "b"]
+    assert ds.labels.tolist() == [0, 1, 1]
+
+
+def test_folder_dataset_with_one_class_is_refused(tmp_path, capsys):
+    png(tmp_path / "imgs" / "only" / "1.png", 10)
+    assert main(["condense", "--dataset", str(tmp_path / "imgs"), "--save_path", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert "holds one class folder (only)" in line and "2 or more classes" in line
+
+
+# ---- class 6: messages that name the real cause ---------------------------------------------------
+def test_a_class_without_images_is_named_as_such():
+    from gradmatch.data import Dataset
+    from gradmatch.errors import GradmatchError
+
+    real = Dataset(images=torch.zeros(4, 1, 8, 8), labels=torch.tensor([0, 0, 2, 2]), classes=["a", "b", "c"],
+                   mean=(0.0,), std=(1.0,), name="toy")
+    with pytest.raises(GradmatchError, match="class 'b' has no training images") as info:
+        CondenseConfig().resolved(real)
+    assert "--ipc 0" not in str(info.value)
+
+
+def test_non_finite_real_data_is_said_at_load(monkeypatch, tmp_path, capsys):
+    from gradmatch.data import registry
+
+    reader, splits = registry._READERS["digits"]
+
+    def poisoned(root, split, download, size):
+        ds = reader(root, split, download, size)
+        ds.images[5, 0, 0, 0] = float("nan")
+        return ds
+
+    monkeypatch.setitem(registry._READERS, "digits", (poisoned, splits))
+    assert main(["condense", "--dataset", "digits", "--model", "ConvNetD1", "--save_path", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "1 image(s) hold non-finite (nan or inf) values" in line and "--lr_img" not in line
+
+
+def test_missing_files_say_pass_download_for_the_cli_and_python(tmp_path, capsys):
+    assert main(["condense", "--dataset", "CIFAR10", "--data_path", str(tmp_path), "--save_path",
+                 str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert "pass --download (download=True from Python)" in line

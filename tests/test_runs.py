@@ -21,7 +21,7 @@ from gradmatch.cli import main
 from gradmatch.errors import GradmatchError
 from gradmatch.results import CHECKPOINT_VERSION, append_log, atomic_write, load_checkpoint, read_log, save_torch
 from tests import nan_distance
-from tests.conftest import TINY_DIGITS, TINY_DIGITS_NAME, one_error_line
+from tests.conftest import DEEP_ON_DIGITS, TINY_DIGITS, TINY_DIGITS_NAME, one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = TINY_DIGITS_NAME
@@ -277,7 +277,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(gm_run, "append_log", append)
     code = main(condense_args(tmp_path, 6, "--dis_metric", "tests.nan_distance:nan_when_poisoned"))
-    line = one_error_line(capsys)
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
     assert code == 2
     assert "the matching loss became nan in iteration 4 of 6 (experiment 0)" in line
     assert "last good checkpoint (after iteration 3)" in line and "checkpoint.pt" in line
@@ -290,7 +290,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 def test_nan_from_the_first_iteration(tmp_path, capsys):
     code = main(condense_args(tmp_path, 3, "--dis_metric", "tests.nan_distance:always_nan"))
-    line = one_error_line(capsys)
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
     assert code == 2
     assert "became nan in iteration 1 of 3" in line and "no checkpoint was written" in line
     assert (tmp_path / f"{NAME}_always_nan" / "config.json").exists()
@@ -300,7 +300,7 @@ def test_nan_from_the_first_iteration(tmp_path, capsys):
 def test_nan_gradient_with_finite_loss_never_reaches_a_checkpoint(tmp_path, capsys):
     # one matching step per iteration, so the NaN images are first seen by the runner's own check
     code = main(condense_args(tmp_path, 3, "--dis_metric", "tests.nan_distance:nan_gradient", "--outer_loop", "1"))
-    line = one_error_line(capsys)
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
     assert code == 2
     assert "synthetic images became non-finite" in line and "iteration 1 of 3" in line
     assert (tmp_path / f"{NAME}_nan_gradient" / "config.json").exists()

@@ -41,7 +41,9 @@ Files = list[tuple[Path, int]]
 
 
 def _subfolders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a symlinked folder is skipped: it may lead out of the tree or back into it (a loop)
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def _has_split_folders(root: Path) -> bool:
@@ -49,9 +51,11 @@ def _has_split_folders(root: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path."""
+    """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path.  Symlinked
+    folders are not followed (``a/loop -> ..`` would repeat the tree forever, ``a/out -> /`` leave it);
+    a symlink to an image file is read like the file."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, folder)
         found += [os.path.normpath(os.path.join(rel, f)) for f in filenames
@@ -123,6 +127,9 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
     if not classes:
         raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected "
                              f"{train_dir}/<class>/<image>")
+    if len(classes) < 2:
+        raise GradmatchError(f"folder: {train_dir} holds one class folder ({classes[0]}); condensation needs "
+                             "2 or more classes, one subfolder each")
     train_files = _scan(train_dir, classes, every_class=True)
     arrays = _decode_all(train_files)
     channels = 3 if any(arr.shape[2] == 3 for arr in arrays) else 1
