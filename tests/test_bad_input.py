@@ -265,3 +265,106 @@ def test_missing_files_say_pass_download_for_the_cli_and_python(tmp_path, capsys
                  str(tmp_path / "out")]) == 2
     line = one_error_line(capsys)
     assert "pass --download (download=True from Python)" in line
+
+
+# ---- class 3 and 4: runs that fail part way keep what they had --------------------------------------
+from tests.conftest import DEEP_ON_DIGITS, TINY_DIGITS, TINY_DIGITS_NAME  # noqa: E402
+
+
+def tiny(save, iterations=3, *extra):
+    return ["condense", *TINY_DIGITS, "--Iteration", str(iterations), "--save_path", str(save), *extra]
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from gradmatch import results
+    from gradmatch.results import load_checkpoint
+
+    real_replace, saves = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith("checkpoint.pt"):
+            saves.append(dst)
+            if len(saves) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(results.os, "replace", replace)
+    assert main(tiny(tmp_path, 5, "--eval_iterations", "5")) == 2
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
+    ckpt = tmp_path / TINY_DIGITS_NAME / "checkpoint.pt"
+    assert f"cannot write {ckpt} (No space left on device)" in line
+    assert "last good checkpoint (experiment 0, iteration 2) is kept intact" in line
+    assert load_checkpoint(ckpt)["state"]["iteration"] == 2
+    assert not list(ckpt.parent.glob(".*.tmp"))
+
+
+def test_a_save_path_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert main(tiny(tmp_path / "file")) == 2
+    assert "cannot create the run folder" in one_error_line(capsys)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_evaluation_error_keeps_the_finished_images(tmp_path, capsys, monkeypatch):
+    import gradmatch.run as gm_run
+    from gradmatch.errors import GradmatchError
+    from gradmatch.results import load_checkpoint
+
+    def broken(*args, **kwargs):
+        raise GradmatchError("evaluation failed")
+
+    monkeypatch.setattr(gm_run, "evaluate", broken)
+    assert main(tiny(tmp_path, 3)) == 2
+    assert "evaluation failed" in one_error_line(capsys, (DEEP_ON_DIGITS,))
+    state = load_checkpoint(tmp_path / TINY_DIGITS_NAME / "checkpoint.pt")["state"]
+    assert state["iteration"] == 3 and torch.isfinite(state["images"]).all()
+
+
+def test_overwrite_keeps_the_old_results_until_the_new_ones_are_written(tmp_path, capsys, monkeypatch):
+    import gradmatch.run as gm_run
+
+    assert main(tiny(tmp_path, 2)) == 0
+    pt, js = tmp_path / f"{TINY_DIGITS_NAME}.pt", tmp_path / f"{TINY_DIGITS_NAME}.json"
+    old = pt.read_bytes(), js.read_bytes()
+    real_append = gm_run.append_log
+
+    def append(path, record):  # the new run is stopped (Ctrl-C) in its second iteration
+        real_append(path, record)
+        if record.get("event") == "iteration" and record["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(gm_run, "append_log", append)
+    assert main(tiny(tmp_path, 3, "--overwrite")) == 130
+    assert (pt.read_bytes(), js.read_bytes()) == old
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    assert main(tiny(tmp_path, 3, "--resume")) == 0
+    assert pt.read_bytes() != old[0]
+
+
+def test_half_written_results_suggest_resume_and_resume_names_ignored_flags(tmp_path, capsys):
+    assert main(tiny(tmp_path, 2)) == 0
+    run_dir, js = tmp_path / TINY_DIGITS_NAME, tmp_path / f"{TINY_DIGITS_NAME}.json"
+    js.unlink()  # as a kill between writing the .pt and the .json leaves it
+    capsys.readouterr()
+    assert main(tiny(tmp_path, 2)) == 2
+    line = one_error_line(capsys)
+    assert "half written" in line and "pass --resume" in line and "--overwrite" not in line
+    assert main(["condense", "--resume", str(run_dir), "--Iteration", "9", "--ipc", "3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "ignoring --Iteration, --ipc" in err
+    assert js.is_file()
+    # plot SAVE_PATH: the one run there
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (run_dir / "grid.png").is_file()
+
+
+def test_plot_of_a_folder_with_several_runs_lists_them(tmp_path, capsys):
+    for name in ("run_a", "run_b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    assert main(["plot", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "holds 2 runs" in line and "run_a" in line and "run_b" in line
