@@ -224,6 +224,9 @@ class CondenseConfig:
         if cfg.lr_img is None:
             cfg.lr_img = 0.01 if cfg.model == "MLP" else 0.1
         if real is not None:
+            if real.num_classes < 2:  # one class: nothing to tell apart, and the matching is degenerate
+                raise GradmatchError(f"{real.name} has one class ({', '.join(real.classes)}); condensation needs 2 "
+                                     "or more classes (for a folder: one subfolder each)")
             counts = torch.bincount(real.labels, minlength=real.num_classes)
             smallest = int(counts.min())
             worst = real.classes[int(counts.argmin())]

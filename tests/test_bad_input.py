@@ -229,7 +229,7 @@ def test_folder_dataset_with_one_class_is_refused(tmp_path, capsys):
     png(tmp_path / "imgs" / "only" / "1.png", 10)
     assert main(["condense", "--dataset", str(tmp_path / "imgs"), "--save_path", str(tmp_path / "out")]) == 2
     line = one_error_line(capsys)
-    assert "holds one class folder (only)" in line and "2 or more classes" in line
+    assert "folder has one class (only)" in line and "2 or more classes" in line
 
 
 # ---- class 6: messages that name the real cause ---------------------------------------------------

@@ -127,9 +127,6 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
     if not classes:
         raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected "
                              f"{train_dir}/<class>/<image>")
-    if len(classes) < 2:
-        raise GradmatchError(f"folder: {train_dir} holds one class folder ({classes[0]}); condensation needs "
-                             "2 or more classes, one subfolder each")
     train_files = _scan(train_dir, classes, every_class=True)
     arrays = _decode_all(train_files)
     channels = 3 if any(arr.shape[2] == 3 for arr in arrays) else 1
