@@ -5,11 +5,25 @@ Every user error ends as one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import GradmatchError
+from .config import (
+    RESUME_FREE,
+    CondenseConfig,
+    RunConfig,
+    check_device,
+    check_eval_models,
+    check_field,
+    check_learning_rate,
+    fields_for_cli,
+    flag_of,
+)
+from .augment.dsa import parse_strategy
+from .errors import GradmatchError, unknown_name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,124 +31,135 @@ class _Parser(argparse.ArgumentParser):
         raise GradmatchError(f"{self.prog}: {message} (see --help)")
 
 
-def _flag(parser, name: str, **kwargs):
-    """Add ``--snake_case`` (the seed's spelling) with a ``--kebab-case`` alias."""
+def _flag(parser, name: str, dest: Optional[str] = None, **kwargs):
+    """Add ``--name`` (the seed's spelling) with a ``--kebab-case`` alias."""
     names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*names, dest=name, **kwargs)
+    parser.add_argument(*names, dest=dest or name, **kwargs)
+
+
+def _field_flags(parser, cls, only=None, defaults: Optional[dict] = None) -> None:
+    """One flag per field of ``cls`` (``config.py`` declares them), spelt as the seed spells it.
+    Without ``defaults`` a flag left out is absent from the parsed namespace (argparse.SUPPRESS), so
+    the dataclass is the one place defaults live and the caller knows which flags were given."""
+    for f in fields_for_cli(cls):
+        if only is not None and f.name not in only:
+            continue
+        meta = f.metadata
+        default = argparse.SUPPRESS if defaults is None else defaults.get(f.name, f.default)
+        help = meta.get("help") or ""
+        if f.default not in (None, False, dataclasses.MISSING) and "default" not in help:
+            help = f"{help} (default {f.default})".strip()
+        kwargs = {"help": help or None, "default": default}
+        if f.default is False:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = meta.get("type") or type(f.default)
+        _flag(parser, meta.get("flag") or f.name, dest=f.name, **kwargs)
+
+
+METHOD_CHOICES = ("DC", "DSA")
 
 
 def _add_condense_flags(p: argparse.ArgumentParser, scheme_default: Optional[str]) -> None:
-    if scheme_default is None:
-        _flag(p, "scheme", default="intra-class",
-              help="intra-class (the baseline), inter-class, interleaved, multi-level")
-    _flag(p, "method", default="DC", help="accepted for compatibility with DC's scripts; ignored")
-    _flag(p, "dataset", default="CIFAR10", help="MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, digits, "
-          "folder, or a path to an image folder")
-    _flag(p, "model", default="ConvNet", help="see `gradmatch models`")
-    _flag(p, "ipc", type=int, default=1, help="images per class")
-    _flag(p, "eval_mode", default="S", help="S (same model), M, W, D, A, P, N, or model names, comma-separated")
-    _flag(p, "num_exp", type=int, default=5, help="independent condensations")
-    _flag(p, "num_eval", type=int, default=20, help="networks evaluated per model")
-    _flag(p, "epoch_eval_train", type=int, default=None, help="evaluation epochs (default 300, 1000 with augmentation)")
-    _flag(p, "Iteration", type=int, default=1000, help="outer iterations")
-    _flag(p, "lr_img", type=float, default=None, help="image learning rate (default 0.1, 0.01 for MLP)")
-    _flag(p, "lr_net", type=float, default=0.01)
-    _flag(p, "batch_real", type=int, default=256)
-    _flag(p, "batch_train", type=int, default=256)
-    _flag(p, "init", default="noise", help="noise or real")
-    _flag(p, "data_path", default="data")
-    _flag(p, "save_path", default="result")
-    _flag(p, "dis_metric", default="baseline", help="baseline (DC; also 'ours'), improved, mse, cos, or "
-          "package.module:function (a per-tensor distance of two row matrices)")
-    _flag(p, "adaptive_step", action="store_true", help="the paper's adaptive learning step")
-    _flag(p, "schedule", default=None, help="fixed, adaptive or overfit (overrides --adaptive_step)")
-    _flag(p, "outer_loop", type=int, default=None)
-    _flag(p, "inner_loop", type=int, default=None)
-    _flag(p, "seed", type=int, default=0)
-    _flag(p, "precision", default="fp32", help="fp32 (default), bf16 (real-gradient targets under bf16 autocast; "
-          "for CPUs with bf16 arithmetic or a GPU), bf16-sim (bf16 rounding computed in fp32)")
-    _flag(p, "matching", default="fast", help="fast (default), loop (the textbook per-class loop) or vmap (all "
-          "classes in one torch.func pass; for GPUs)")
-    _eval_method_flag(p)
-    _flag(p, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    _flag(p, "eval_iterations", default=None, help="comma-separated iterations to evaluate at")
-    _flag(p, "checkpoint_every", type=int, default=10, help="iterations between checkpoints")
-    _flag(p, "resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+    skip = () if scheme_default is None else ("scheme",)  # a seed script is its scheme
+    _field_flags(p, CondenseConfig, only=[f.name for f in fields_for_cli(CondenseConfig) if f.name not in skip])
+    _field_flags(p, RunConfig)
+    _flag(p, "method", default=argparse.SUPPRESS, help="DC (the default) or DSA (same as --dsa), as DC's scripts")
+    _flag(p, "adaptive_step", action="store_true", default=argparse.SUPPRESS,
+          help="the paper's adaptive learning step (--schedule adaptive)")
+    _flag(p, "resume", nargs="?", const=True, default=argparse.SUPPRESS, metavar="RUN_DIR",
           help="continue the run from its last checkpoint (this run's folder, or RUN_DIR)")
-    _flag(p, "overwrite", action="store_true", help="replace a finished or unfinished run of the same name")
-    _flag(p, "download", action="store_true", help="fetch missing dataset files (checksummed)")
-    _flag(p, "quiet", action="store_true", help="no progress bar")
 
 
-def _eval_method_flag(parser) -> None:
-    _flag(parser, "eval_method", default="auto", help="how the num_eval networks are trained: auto, sequential, "
-          "parallel (worker threads) or batched (one torch.func ensemble; for GPUs): same accuracies")
+def _given(args) -> dict:
+    """The flags given on the command line, by field name (absent ones were suppressed)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command")}
 
 
-def _run_config(args):
-    from .condense import CondenseConfig
-    from .run import RunConfig
+def _run_config(given: dict, scheme_default: Optional[str] = None) -> RunConfig:
+    """The RunConfig the given flags describe (defaults: the dataclasses'), validated."""
+    given = dict(given)
+    condense_names = {f.name for f in dataclasses.fields(CondenseConfig)}
+    condense = {k: given.pop(k) for k in list(given) if k in condense_names}
+    if scheme_default is not None:
+        condense["scheme"] = scheme_default
+    method = given.pop("method", "DC")
+    if method not in METHOD_CHOICES:
+        raise unknown_name("method (--method)", method, METHOD_CHOICES)
+    if method == "DSA":
+        condense["dsa"] = True
+    if given.pop("adaptive_step", False) and "schedule" not in condense:
+        condense["schedule"] = "adaptive"
+    given.pop("resume", None)
+    return RunConfig(condense=CondenseConfig(**condense), **given).validate()
 
-    schedule = args.schedule or ("adaptive" if args.adaptive_step else "fixed")
-    condense = CondenseConfig(ipc=args.ipc, model=args.model, scheme=args.scheme, dis_metric=args.dis_metric,
-                              iterations=args.Iteration, lr_img=args.lr_img, lr_net=args.lr_net,
-                              batch_real=args.batch_real, batch_train=args.batch_train, init=args.init,
-                              schedule=schedule, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
-                              seed=args.seed, precision=args.precision, matching=args.matching)
-    condense = condense.resolved()  # checks names before any data is read
-    from .evaluate import check_eval_method, eval_pool
-    from .models import is_model, list_models
 
-    check_eval_method(args.eval_method)
+def _flag_name(name: str) -> str:
+    for cls in (CondenseConfig, RunConfig):
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return flag_of(cls, name)
+    return f"--{name}"
 
-    for model in eval_pool(args.eval_mode, condense.model):
-        if not is_model(model):
-            raise GradmatchError(f"--eval_mode names unknown model '{model}'; choose S, M, W, D, A, P, N or "
-                                 f"names from: {', '.join(list_models())}")
-    points = None
-    if args.eval_iterations:
-        try:
-            points = [int(x) for x in args.eval_iterations.split(",")]
-        except ValueError:
-            raise GradmatchError(
-                f"--eval_iterations takes comma-separated integers, got '{args.eval_iterations}'") from None
-    for name in ("num_exp", "num_eval", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise GradmatchError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    return RunConfig(condense=condense, dataset=args.dataset, data_path=args.data_path, save_path=args.save_path,
-                     eval_mode=args.eval_mode, num_exp=args.num_exp, num_eval=args.num_eval,
-                     epoch_eval_train=args.epoch_eval_train, eval_iterations=points,
-                     checkpoint_every=args.checkpoint_every, device=args.device, download=args.download,
-                     eval_method=args.eval_method,
-                     overwrite=args.overwrite, quiet=args.quiet)
+
+def _resume_config(run_dir: str, given: dict) -> RunConfig:
+    """``--resume RUN_DIR``: the run's saved settings; of the given flags only where and how loudly
+    to run (RESUME_FREE) apply, and the others are named as ignored."""
+    config_file = Path(run_dir) / "config.json"
+    if not config_file.is_file():
+        raise GradmatchError(f"--resume {run_dir}: no config.json there; point at a run folder")
+    try:
+        saved = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise GradmatchError(f"--resume {run_dir}: {config_file} is not readable JSON ({err}); restore it, or "
+                             "start the run again with --overwrite") from None
+    config = RunConfig.from_dict(saved, source=str(config_file))
+    config.save_path = str(Path(run_dir).parent)
+    defaults = RunConfig()
+    for name in RESUME_FREE:
+        if name == "save_path":
+            continue
+        if name in given:
+            setattr(config, name, given[name])
+        elif name != "data_path":  # where the data is stays as saved unless given
+            setattr(config, name, getattr(defaults, name))
+    ignored = [_flag_name(k) for k in given if k not in RESUME_FREE and k != "resume"]
+    if ignored:
+        print(f"note: --resume {run_dir} continues with the run's saved settings; ignoring "
+              f"{', '.join(ignored)}", file=sys.stderr)
+    return config.validate()
 
 
 def cmd_condense(args) -> int:
-    import json
+    from .run import Run
 
-    from .run import Run, RunConfig
-
-    if isinstance(args.resume, str):  # --resume RUN_DIR: its own settings
-        config_file = Path(args.resume) / "config.json"
-        if not config_file.is_file():
-            raise GradmatchError(f"--resume {args.resume}: no config.json there; point at a run folder")
-        config = RunConfig.from_dict(json.loads(config_file.read_text()))
-        config.save_path = str(Path(args.resume).parent)
-        config.device, config.quiet, config.eval_method = args.device, args.quiet, args.eval_method
-        if args.data_path != "data":
-            config.data_path = args.data_path
+    given = _given(args)
+    scheme_default = given.pop("scheme_script", None)
+    resume = given.get("resume", False)
+    if isinstance(resume, str):
+        config = _resume_config(resume, given)
     else:
-        config = _run_config(args)
-    Run(config).start(resume=bool(args.resume))
+        config = _run_config(given, scheme_default)
+    Run(config).start(resume=bool(resume))
     return 0
+
+
+EVALUATE_SETTINGS = ("model", "eval_mode", "dataset", "data_path", "num_eval", "epoch_eval_train", "lr_net",
+                     "batch_train", "seed", "device", "eval_method", "download")
 
 
 def cmd_evaluate(args) -> int:
     from . import data, distributed
-    from .evaluate import check_eval_method, eval_pool, evaluate
+    from .evaluate import check_models_fit, evaluate
     from .results import load_synthetic
 
-    check_eval_method(args.eval_method)
+    # the same per-setting checks as a condense run's, before the file or the data is read
+    for cls in (RunConfig, CondenseConfig):
+        for name in EVALUATE_SETTINGS:
+            if name in {f.name for f in dataclasses.fields(cls)}:
+                check_field(cls, name, getattr(args, name))
+    check_learning_rate("--lr_net", args.lr_net)
+    check_device(args.device)
+    models = check_eval_models(args.eval_mode, args.model)
     syn = load_synthetic(args.file, args.experiment)
     dataset = args.dataset or syn.dataset
     if not dataset:
@@ -145,10 +170,15 @@ def cmd_evaluate(args) -> int:
                              f"are {tuple(test.images.shape[1:])}; pass the dataset the set was made from")
     if not syn.dataset:
         syn.dataset, syn.mean, syn.std = test.name, test.mean, test.std
-    for model in eval_pool(args.eval_mode, args.model):
+    check_models_fit(models, syn.channel, syn.num_classes, syn.im_size, flag="--eval_mode/--model")
+    augment = "auto"
+    if args.dsa:  # DSA's evaluation: every network trains on DSA-augmented batches (1000 epochs by default)
+        parse_strategy(args.dsa_strategy)
+        augment = f"dsa:{args.dsa_strategy}"
+    for model in models:
         result = evaluate(syn, model, test, num_eval=args.num_eval, epochs=args.epoch_eval_train,
                           lr=args.lr_net, batch_size=args.batch_train, seed=args.seed, device=args.device,
-                          method=args.eval_method)
+                          method=args.eval_method, augment=augment)
         if distributed.current().is_main:
             print(result.line())
     return 0
@@ -180,7 +210,7 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     if scheme_default is not None:  # the seed's scripts: the condense flags only
         p = _Parser(prog=f"{scheme_default}.py", description=f"gradmatch: {scheme_default} gradient matching")
         _add_condense_flags(p, scheme_default)
-        p.set_defaults(func=cmd_condense, scheme=scheme_default)
+        p.set_defaults(func=cmd_condense, scheme_script=scheme_default)
         return p
     p = _Parser(prog="gradmatch", description="Dataset condensation by gradient matching.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -189,19 +219,10 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     c.set_defaults(func=cmd_condense)
     e = sub.add_parser("evaluate", help="train fresh networks on a saved synthetic set")
     e.add_argument("file", help="a .pt in DC's layout")
-    _flag(e, "model", default="ConvNet")
-    _flag(e, "eval_mode", default="S")
-    _flag(e, "dataset", default=None, help="default: the one saved in the file")
-    _flag(e, "data_path", default="data")
+    _field_flags(e, CondenseConfig, only=("model", "lr_net", "batch_train", "seed", "dsa", "dsa_strategy"),
+                 defaults={})
+    _field_flags(e, RunConfig, only=EVALUATE_SETTINGS, defaults={"dataset": None})
     _flag(e, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
-    _flag(e, "num_eval", type=int, default=20)
-    _flag(e, "epoch_eval_train", type=int, default=None)
-    _flag(e, "lr_net", type=float, default=0.01)
-    _flag(e, "batch_train", type=int, default=256)
-    _flag(e, "seed", type=int, default=0)
-    _flag(e, "device", default=None)
-    _eval_method_flag(e)
-    _flag(e, "download", action="store_true")
     e.set_defaults(func=cmd_evaluate)
     pl = sub.add_parser("plot", help="draw a run's curves and image grid")
     pl.add_argument("run_dir")
@@ -215,14 +236,24 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # as errors.warn: no file, no line of code
+
+
 def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
+    import warnings
+
     from . import distributed
 
+    warnings.formatwarning = _one_line_warning
     clean = False
     try:
         args = build_parser(scheme).parse_args(argv)
         if args.func in (cmd_condense, cmd_evaluate):  # under torchrun: join the job, one device each
-            _, args.device = distributed.init(args.device)
+            check_device(getattr(args, "device", None))
+            _, device = distributed.init(getattr(args, "device", None))
+            if device is not None:
+                args.device = device
         code = args.func(args)
         clean = True
         return code

@@ -20,80 +20,18 @@ from torch import Tensor
 from . import distributed
 from .data import Dataset
 from .distributed import Group
-from .errors import GradmatchError, unknown_name
-from .matching import matching_loss, resolve_metric, resolve_scheme, scheme_at
-from .matching.engines import CHOICES as METHODS
+from .augment import dsa, make_augment
+from .config import INIT_CHOICES, CondenseConfig  # noqa: F401  (CondenseConfig: its old home)
+from .errors import GradmatchError
+from .matching import matching_loss, resolve_scheme, scheme_at
 from .matching.engines import can_vmap, fallback_note, resolve_engine
-from .models import create_model, has_batchnorm, is_model, list_models
-from .precision import PRECISIONS, run_context
+from .models import create_model, has_batchnorm
+from .precision import run_context
 from .runtime import cpu_context, resolve_device
-from .schedule import inner_epochs, loops_for_ipc, resolve_schedule
+from .schedule import inner_epochs
 from .train import Trainer, mean_loss, reset_network
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
-INIT_CHOICES = ("noise", "real")
-
-
-@dataclass
-class CondenseConfig:
-    """Settings of one condensation; field names follow the seed's flags where it has one."""
-    ipc: int = 10
-    model: str = "ConvNet"
-    scheme: str = "intra-class"
-    dis_metric: Any = "baseline"       # a name, 'package.module:function', or a callable
-    iterations: int = 1000             # the seed's --Iteration
-    lr_img: Optional[float] = None     # None: 0.1, or 0.01 for MLP
-    lr_net: float = 0.01
-    batch_real: int = 256
-    batch_train: int = 256
-    init: str = "noise"
-    schedule: str = "fixed"            # fixed | adaptive (--adaptive_step) | overfit
-    outer_loop: Optional[int] = None   # None: by ipc (schedule.loops_for_ipc)
-    inner_loop: Optional[int] = None
-    seed: int = 0
-    matching: str = "auto"             # auto | fast | loop | batched: the engine; same numbers
-    precision: str = "fp32"            # fp32 | tf32 | bf16 | bf16-sim (gradmatch.precision)
-
-    def resolved(self, real: Optional[Dataset] = None) -> "CondenseConfig":
-        """A copy with defaults filled in and every value checked (GradmatchError if bad)."""
-        cfg = dataclasses.replace(self)
-        cfg.scheme = resolve_scheme(cfg.scheme)
-        cfg.schedule = resolve_schedule(cfg.schedule)
-        resolve_metric(cfg.dis_metric)
-        if cfg.matching not in METHODS:
-            raise GradmatchError(f"unknown matching method '{cfg.matching}'; choose one of: {', '.join(METHODS)}")
-        if cfg.precision not in PRECISIONS:
-            raise GradmatchError(f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
-        if not is_model(cfg.model):
-            raise unknown_name("model", cfg.model, list_models())
-        if cfg.init not in INIT_CHOICES:
-            raise GradmatchError(f"unknown init '{cfg.init}'; choose one of: {', '.join(INIT_CHOICES)}")
-        if cfg.ipc < 1:
-            raise GradmatchError(f"ipc must be at least 1, got {cfg.ipc}")
-        for name in ("iterations", "batch_real", "batch_train"):
-            if getattr(cfg, name) < (0 if name == "iterations" else 1):
-                raise GradmatchError(f"--{name} must be positive, got {getattr(cfg, name)}")
-        outer, inner = loops_for_ipc(cfg.ipc)
-        cfg.outer_loop = cfg.outer_loop or outer
-        cfg.inner_loop = cfg.inner_loop if cfg.inner_loop is not None else inner
-        if cfg.lr_img is None:
-            cfg.lr_img = 0.01 if cfg.model == "MLP" else 0.1
-        if real is not None:
-            counts = torch.bincount(real.labels, minlength=real.num_classes)
-            smallest = int(counts.min())
-            if cfg.ipc > smallest:
-                worst = real.classes[int(counts.argmin())]
-                raise GradmatchError(
-                    f"ipc {cfg.ipc} is more than class '{worst}' has training images ({smallest}); "
-                    f"choose --ipc {smallest} or less")
-        return cfg
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if callable(d["dis_metric"]):
-            fn = d["dis_metric"]
-            d["dis_metric"] = f"{fn.__module__}:{fn.__qualname__}"
-        return d
 
 
 @dataclass
@@ -122,6 +60,17 @@ class SyntheticSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Tensors and plain data only (what a checkpoint may hold: read with weights_only)."""
+        return {"images": self.images.detach().cpu(), "labels": self.labels.cpu(), "classes": list(self.classes),
+                "mean": tuple(self.mean), "std": tuple(self.std), "dataset": self.dataset,
+                "config": dict(self.config)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SyntheticSet":
+        return cls(images=d["images"], labels=d["labels"], classes=list(d["classes"]), mean=tuple(d["mean"]),
+                   std=tuple(d["std"]), dataset=d.get("dataset", ""), config=dict(d.get("config") or {}))
 
     def denormalised(self) -> Tensor:
         """Pixels in [0, 1] (clamped), for pictures."""
@@ -185,26 +134,29 @@ class Condenser:
         return "fast", note
 
     # ---- sampling: every draw takes the iteration's generator -------------------------------
-    def real_of_class(self, c: int, n: int, gen: torch.Generator) -> Tensor:
-        idx = self.by_class[c]
-        return self.images[idx[torch.randperm(len(idx), generator=gen)[:n]].to(self.device)]
+    def _pick(self, idx: Tensor) -> Tensor:
+        """Images at CPU indices ``idx``: one transfer of the indices (asynchronous from pinned
+        memory on a GPU), one gather."""
+        if self.device.type == "cuda":
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
+        return self.images[idx.to(self.device)]
 
     def real_per_class(self, n: int, gen: torch.Generator):
-        """n random real images of every class (all of a class if it has fewer), grouped by class."""
-        parts = [self.real_of_class(c, n, gen) for c in range(self.num_classes)]
-        labels = torch.cat([torch.full((len(p),), c, dtype=torch.long, device=self.device)
-                            for c, p in enumerate(parts)])
-        return torch.cat(parts), labels
+        """n random real images of every class (all of a class if it has fewer), grouped by class;
+        with their labels on the device and on the CPU."""
+        picks = [idx[torch.randperm(len(idx), generator=gen)[:n]] for idx in self.by_class]
+        labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(picks)])
+        return self._pick(torch.cat(picks)), labels.to(self.device), labels
 
     def real_mixed(self, n: int, gen: torch.Generator):
-        idx = torch.randperm(len(self.labels), generator=gen)[:n].to(self.device)
-        return self.images[idx], self.labels[idx]
+        idx = torch.randperm(len(self.labels), generator=gen)[:n]
+        return self._pick(idx), self.labels[idx.to(self.device)]
 
     # ---- state ---------------------------------------------------------------------------
     def initial_state(self) -> CondenseState:
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.experiment, -1))
         if self.cfg.init == "real":
-            images = torch.cat([self.real_of_class(c, self.cfg.ipc, gen) for c in range(self.num_classes)])
+            images = self.real_per_class(self.cfg.ipc, gen)[0]
         else:
             shape = (self.num_classes * self.cfg.ipc, *self.images.shape[1:])
             images = torch.randn(shape, generator=gen).to(self.device)
@@ -235,9 +187,15 @@ class Condenser:
                 real = self.real_mixed(4 * cfg.batch_real, gen)
                 pick = torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train].to(self.device)
                 syn = (state.images[pick], self.syn_labels[pick])
+                real_groups = syn_groups = None  # one mixed batch: one draw for both
             else:
-                real = self.real_per_class(cfg.batch_real, gen)
-                syn = (state.images, self.syn_labels)
+                real_x, real_y, real_groups = self.real_per_class(cfg.batch_real, gen)
+                real = (real_x, real_y)
+                syn, syn_groups = (state.images, self.syn_labels), self.syn_labels.cpu()
+            if cfg.dsa:  # siamese: a class's real and synthetic images get the same augmentation
+                real_x, syn_x = dsa.siamese(real[0], syn[0], cfg.dsa_strategy, gen, real_groups, syn_groups,
+                                            groups=self.num_classes)
+                real, syn = (real_x, real[1]), (syn_x, syn[1])
             loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes,
                                  engine=self.engine, precision=cfg.precision, group=self.group)
             state.optimizer.zero_grad(set_to_none=True)
@@ -285,8 +243,9 @@ class Condenser:
         epochs = inner_epochs(cfg.schedule, outer_step, cfg.scheme, cfg.inner_loop)
         held = self.real_mixed(cfg.batch_real, gen) if cfg.schedule == "overfit" else None
         previous = math.inf
+        augment = make_augment(f"dsa:{cfg.dsa_strategy}", gen) if cfg.dsa else None  # DSA trains on DSA'd batches
         for _ in range(epochs):
-            trainer.epoch(images, self.syn_labels, cfg.batch_train, gen)
+            trainer.epoch(images, self.syn_labels, cfg.batch_train, gen, augment)
             if held is not None:  # overfitting-aware: stop once the held real loss rises
                 current = mean_loss(net, *held)
                 if current > previous:

@@ -12,3 +12,10 @@ class GradmatchError(Exception):
 def unknown_name(kind: str, name: str, valid) -> GradmatchError:
     """Error for an unknown registry name that lists the valid choices."""
     return GradmatchError(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(valid))}")
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr: allowed, but probably not what was meant."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from . import distributed
 from .augment import make_augment, strategy_for
 from .condense import SyntheticSet, derive_seed
+from .config import EVAL_METHODS, EVAL_POOLS, eval_pool  # noqa: F401  (their old home)
 from .data import Dataset
 from .distributed import Group
 from .errors import GradmatchError, unknown_name
@@ -22,35 +23,8 @@ from .models import create_model, has_batchnorm
 from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator
 from .train import Trainer, accuracy
 
-EVAL_POOLS = {
-    "M": ["MLP", "ConvNet", "LeNet", "AlexNet", "VGG11", "ResNet18"],
-    "W": ["ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256"],
-    "D": ["ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4"],
-    "A": ["ConvNetAS", "ConvNetAR", "ConvNetAL"],
-    "P": ["ConvNetNP", "ConvNetMP", "ConvNetAP"],
-    "N": ["ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN"],
-}
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000
-# How the num_eval networks are trained: "sequential" one by one; "parallel" one by one on a few
-# worker threads (one network each, single-threaded; the same numbers); "batched" as one stacked
-# ensemble (torch.func: one vmapped forward/backward for all networks, the SGD step on stacked
-# tensors); "auto": batched on a GPU (one stacked pass fills it), parallel on CPU (measured fastest
-# on the 2-core CPU, see benchmarks/bench_speed.py).
-EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
-
-
-def eval_pool(eval_mode: str, model: str) -> List[str]:
-    """Models to evaluate on: S = the training model without its batch-norm suffix (too few synthetic
-    images to estimate batch statistics), M/W/D/A/P/N the pools above, or model names, comma-separated."""
-    if eval_mode == "S":
-        return [model[:model.index("BN")] if "BN" in model else model]
-    if eval_mode in EVAL_POOLS:
-        return list(EVAL_POOLS[eval_mode])
-    names = [m.strip() for m in eval_mode.split(",") if m.strip()]
-    if not names:
-        raise GradmatchError(f"empty --eval_mode; choose S, {', '.join(EVAL_POOLS)} or model names")
-    return names
 
 
 @dataclass
@@ -165,6 +139,42 @@ def _method_for(method: str, net: nn.Module, on_cpu: bool) -> str:
     return method
 
 
+def check_models_fit(models: Sequence[str], channel: int, num_classes: int, im_size, flag: str = "--eval_mode"):
+    """Build each evaluation model once for this image shape (under a forked RNG, so no run's random
+    stream moves) and refuse, before any work, models whose feature maps would shrink to nothing."""
+    unfit = []
+    with torch.random.fork_rng(devices=[]):
+        for name in models:
+            try:
+                create_model(name, channel, num_classes, im_size)
+            except GradmatchError:
+                unfit.append(name)
+    if unfit:
+        fits = [m for m in models if m not in unfit]
+        size = "x".join(str(s) for s in im_size)
+        hint = f"those that fit: {', '.join(fits)}" if fits else "choose models made for such images (e.g. ConvNetD1)"
+        raise GradmatchError(f"{flag}: {', '.join(unfit)} cannot take {size} images (their feature maps shrink to "
+                             f"nothing); {hint}")
+
+
+def check_set(syn: SyntheticSet, test: Optional[Dataset] = None) -> None:
+    """A synthetic set that evaluation can use: as many labels as images, labels within the classes,
+    finite pixels, and (with ``test``) the test images' shape."""
+    images, labels = syn.images, syn.labels
+    if images.dim() != 4 or labels.dim() != 1 or len(labels) != len(images):
+        raise GradmatchError(f"a synthetic set needs N images (N, C, H, W) and N labels; got images "
+                             f"{tuple(images.shape)} and labels {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= max(syn.num_classes, 1)):
+        raise GradmatchError(f"the synthetic set's labels run from {int(labels.min())} to {int(labels.max())}, "
+                             f"beyond its {syn.num_classes} classes")
+    if not bool(torch.isfinite(images).all()):
+        raise GradmatchError("the synthetic set holds non-finite (nan or inf) pixels; it cannot be evaluated; "
+                             "use a set saved before the values diverged")
+    if test is not None and tuple(test.images.shape[1:]) != tuple(images.shape[1:]):
+        raise GradmatchError(f"the synthetic images are {tuple(images.shape[1:])} but the test images are "
+                             f"{tuple(test.images.shape[1:])}; evaluate on the dataset the set was made from")
+
+
 def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20,
              epochs: Optional[int] = None, lr: float = 0.01, batch_size: int = 256,
              augment: Optional[str] = "auto", seed: int = 0, device=None,
@@ -178,6 +188,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
     With several processes (``group``, default: torch.distributed's if initialised) network k is
     trained by process ``k % world``; every process returns all the accuracies.
     """
+    check_set(syn, test)
     device = resolve_device(device)
     strategy = strategy_for(syn.dataset, model) if augment == "auto" else augment
     if epochs is None:

@@ -192,6 +192,25 @@ def _run_config(run_dir: Path) -> dict:
         return {}
 
 
+def _is_run(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("config.json", "log.jsonl", "checkpoint.pt")) or \
+        (folder.parent / f"{folder.name}.pt").is_file()
+
+
+def _one_run(folder: Path) -> Path:
+    """``folder`` itself if it is a run's folder; else, given a --save_path holding exactly one run,
+    that run (several: GradmatchError listing them)."""
+    if _is_run(folder):
+        return folder
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and _is_run(p))
+    if len(runs) == 1:
+        return runs[0]
+    if runs:
+        raise GradmatchError(f"{folder} holds {len(runs)} runs; plot one of: "
+                             f"{', '.join(str(p) for p in runs)}")
+    return folder
+
+
 def plot_run(run_dir) -> list[Path]:
     """Draw curves.png and grid.png (the latest synthetic set, labelled) into ``run_dir``; with more
     than one finished experiment, grid_expE.png for each as well."""
@@ -200,6 +219,7 @@ def plot_run(run_dir) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GradmatchError(f"run folder not found: {run_dir}")
+    run_dir = _one_run(run_dir)
     config = _run_config(run_dir)
     condense = config.get("condense", {})
     iterations = condense.get("iterations")
@@ -214,8 +234,7 @@ def plot_run(run_dir) -> list[Path]:
             after = f", after {iterations} iterations" if iterations is not None else ""
             sets.append((f"experiment {e}{after}", load_synthetic(final, e)))
     elif ckpt_path.is_file():
-        from .results import load_checkpoint
-        from .run import synthetic_from_checkpoint
+        from .results import load_checkpoint, synthetic_from_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["images"] is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import torch
 from .condense import SyntheticSet
 from .errors import GradmatchError
 
-CHECKPOINT_VERSION = 1
+# 2: tensors and plain data only (read with weights_only); 1 held pickled SyntheticSet objects.
+CHECKPOINT_VERSION = 2
 
 
 def _read_umask() -> int:
@@ -73,22 +75,41 @@ def save_json(obj: Any, path) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
-def load_torch(path, what: str = "file", hint: str = "delete it or point at another file") -> Any:
+class NeedsCode(GradmatchError):
+    """A file that only unpickling arbitrary Python objects (running code) could read."""
+
+
+def needs_code_message(path, what: str, hint: str) -> str:
+    return (f"{what} {path} holds Python objects other than tensors and plain data; gradmatch reads such "
+            f"files only with weights_only (no code runs when reading); {hint}")
+
+
+def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/lists/dicts") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain data (dict, list, tuple, str, int,
+    float, bool, None) only, so reading a file never runs code from it.  GradmatchError (one line) for
+    a missing, truncated or corrupt file, and ``NeedsCode`` for one that holds other objects."""
     path = Path(path)
     if not path.is_file():
         raise GradmatchError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            raise NeedsCode(needs_code_message(path, what, hint)) from None
+        size = path.stat().st_size
+        raise GradmatchError(f"{what} {path} is truncated or corrupt ({type(err).__name__}, {size} bytes); "
+                             f"{hint}") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
         size = path.stat().st_size
         raise GradmatchError(f"{what} {path} is truncated or corrupt ({type(err).__name__}, {size} bytes); "
                              f"{hint}") from None
 
 
-def reference_payload(sets: list[SyntheticSet], accs_all_exps: dict[str, list[float]]) -> dict[str, Any]:
+def reference_payload(sets: list[SyntheticSet | dict], accs_all_exps: dict[str, list[float]]) -> dict[str, Any]:
     """DC's layout (``data`` = [[images, labels], ...], ``accs_all_exps``) plus what we need to
     reload a set on its own (class names, normalisation, settings); extra keys do not disturb DC's
-    readers."""
+    readers.  ``sets`` are SyntheticSets or their ``to_dict()`` form."""
+    sets = [SyntheticSet.from_dict(s) if isinstance(s, dict) else s for s in sets]
     return {
         "data": [[s.images.detach().cpu(), s.labels.cpu()] for s in sets],
         "accs_all_exps": accs_all_exps,
@@ -103,13 +124,26 @@ def reference_payload(sets: list[SyntheticSet], accs_all_exps: dict[str, list[fl
 def load_synthetic(path, experiment: int = -1) -> SyntheticSet:
     """Read one experiment's synthetic set from a .pt in DC's layout (ours or DC's own)."""
     payload = load_torch(path, "synthetic-set file")
-    if not isinstance(payload, dict) or not payload.get("data"):
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), (list, tuple)) or not payload["data"]:
         raise GradmatchError(f"{path} holds no synthetic set (expected a dict with 'data' as DC saves it)")
     try:
-        images, labels = payload["data"][experiment]
-    except IndexError:
+        entry = payload["data"][experiment]
+    except (IndexError, TypeError):
         raise GradmatchError(f"{path} has {len(payload['data'])} experiments; "
                              f"--experiment {experiment} is out of range") from None
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+            and all(isinstance(t, torch.Tensor) for t in entry)):
+        raise GradmatchError(f"{path}: data[{experiment}] is not an [images, labels] pair of tensors, as DC "
+                             "saves each experiment's set")
+    images, labels = entry
+    if images.dim() != 4 or labels.dim() != 1 or len(labels) != len(images) or not len(labels):
+        raise GradmatchError(f"{path}: data[{experiment}] holds images {tuple(images.shape)} and labels "
+                             f"{tuple(labels.shape)}; expected N images (N, C, H, W) and N labels")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise GradmatchError(f"{path}: data[{experiment}] holds non-finite (nan or inf) pixels; it cannot be "
+                             "evaluated; use a set saved before the values diverged")
+    if labels.is_floating_point() or int(labels.min()) < 0:
+        raise GradmatchError(f"{path}: data[{experiment}]'s labels must be class indices 0, 1, ...")
     num_classes = int(labels.max()) + 1
     channels = images.shape[1]
     return SyntheticSet(images=images.float(), labels=labels.long(),
@@ -126,7 +160,15 @@ def load_checkpoint(path) -> dict[str, Any]:
     """A run's checkpoint, checked: GradmatchError (one line) if it is missing, truncated, corrupt,
     of another version, or lacks what a resume needs."""
     hint = "start the run again with --overwrite"
-    ckpt = load_torch(path, "checkpoint", hint)
+    try:
+        ckpt = load_torch(path, "checkpoint", hint)
+    except NeedsCode:
+        raise NeedsCode(f"checkpoint {path} was written by an older gradmatch or holds Python objects other "
+                        "than tensors and plain data; gradmatch reads checkpoints only with weights_only (no "
+                        f"code runs when reading); {hint}") from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("version"), int) and ckpt["version"] < CHECKPOINT_VERSION:
+        raise GradmatchError(f"checkpoint {path} was written by an older gradmatch (version {ckpt['version']}); "
+                             f"{hint}")
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise GradmatchError(f"checkpoint {path} is not a gradmatch checkpoint of version "
                              f"{CHECKPOINT_VERSION}; {hint}")
@@ -137,6 +179,18 @@ def load_checkpoint(path) -> dict[str, Any]:
     if missing:
         raise GradmatchError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); {hint}")
     return ckpt
+
+
+def synthetic_from_checkpoint(path) -> SyntheticSet:
+    """The latest synthetic images of a run's checkpoint (the unfinished experiment's, else the last
+    finished one's)."""
+    ckpt = load_checkpoint(path)
+    m = ckpt["meta"]
+    if ckpt["images"] is None:
+        raise GradmatchError(f"checkpoint {path} holds no synthetic images yet")
+    return SyntheticSet(images=ckpt["images"], labels=ckpt["labels"], classes=m["classes"],
+                        mean=tuple(m["mean"]), std=tuple(m["std"]), dataset=m["dataset"],
+                        config=ckpt["config"]["condense"])
 
 
 def append_log(path, record: dict[str, Any]) -> None:

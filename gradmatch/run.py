@@ -23,12 +23,10 @@ restored on resume, for any user code (a custom distance) that draws from them.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +36,10 @@ from tqdm.auto import tqdm
 
 from . import data as gm_data
 from . import distributed
-from .condense import CondenseConfig, Condenser, CondenseState, NonFiniteLoss, SyntheticSet, derive_seed
-from .errors import GradmatchError
-from .matching.distances import ALIASES as METRIC_ALIASES
-from .evaluate import eval_pool, evaluate
+from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
+from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
+from .errors import GradmatchError, warn
+from .evaluate import check_models_fit, eval_pool, evaluate
 from .plots import save_image_grid
 from .results import (
     CHECKPOINT_VERSION,
@@ -54,78 +52,12 @@ from .results import (
 )
 
 
-@dataclass
-class RunConfig:
-    condense: CondenseConfig = field(default_factory=CondenseConfig)
-    dataset: str = "CIFAR10"
-    data_path: str = "data"
-    save_path: str = "result"
-    eval_mode: str = "S"
-    num_exp: int = 5
-    num_eval: int = 20
-    epoch_eval_train: int | None = None   # None: 300, or 1000 with augmentation (DC)
-    eval_iterations: list[int] | None = None  # None: 500, 1000, ... and the last in mode S
-    checkpoint_every: int = 10
-    device: str | None = None
-    eval_method: str = "auto"                 # how the evaluation networks are trained (same numbers)
-    download: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-
-    @property
-    def name(self) -> str:
-        """``<scheme>_<dataset>_<model>_<ipc>ipc`` as the reference names its files, followed by the
-        settings that change the method where they are not the reference's defaults (distance,
-        schedule, precision), so that the paper's Table 3 runs (M, MD, MDA) keep one file each."""
-        c = self.condense
-        name = f"{c.scheme}_{Path(self.dataset).name}_{c.model}_{c.ipc}ipc"
-        metric = c.dis_metric if isinstance(c.dis_metric, str) else getattr(c.dis_metric, "__name__", "custom")
-        metric = METRIC_ALIASES.get(metric, metric).rpartition(":")[2]  # package.module:function -> function
-        for value, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32")):
-            if value != default:
-                name += f"_{value}"
-        return name
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.save_path) / self.name
-
-    def eval_points(self) -> list[int]:
-        last = self.condense.iterations
-        if self.eval_iterations is not None:
-            return sorted({i for i in self.eval_iterations if 0 <= i <= last})
-        if self.eval_mode == "S":
-            return sorted({*range(500, last + 1, 500), last})
-        return [last]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["condense"] = self.condense.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        d = dict(d)
-        d["condense"] = CondenseConfig(**d["condense"])
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-
-# Settings that a resumed run takes from the command line rather than from its checkpoint.
-RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method")
-
-
-def synthetic_from_checkpoint(path) -> SyntheticSet:
-    ckpt = load_checkpoint(path)
-    m = ckpt["meta"]
-    if ckpt["images"] is None:
-        raise GradmatchError(f"checkpoint {path} holds no synthetic images yet")
-    return SyntheticSet(images=ckpt["images"], labels=ckpt["labels"], classes=m["classes"],
-                        mean=tuple(m["mean"]), std=tuple(m["std"]), dataset=m["dataset"],
-                        config=ckpt["config"]["condense"])
-
-
 def rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's state as a tensor and numbers: a checkpoint holds tensors and plain data only
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -135,10 +67,23 @@ def set_rng_states(states: dict[str, Any] | None) -> None:
     if not states:
         return
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def warn_if_too_deep(model: str, im_size) -> None:
+    """ConvNet's three pooling blocks leave 8x8 images (digits) 1x1 maps whose instance norm makes the
+    image gradients explode: the run trains, but scores chance.  Allowed, said once."""
+    if not model.startswith("ConvNet") or min(im_size) > 8:
+        return
+    depth = int(model[len("ConvNetD"):]) if model[len("ConvNetD"):].isdigit() and model.startswith("ConvNetD") else 3
+    if depth >= 3:
+        warn(f"{model} has {depth} pooling blocks, too many for {im_size[0]}x{im_size[1]} images (its accuracy "
+             "stays near chance); use --model ConvNetD1 or ConvNetD2")
 
 
 class NonFiniteImages(Exception):
@@ -194,6 +139,10 @@ class Run:
             return load_checkpoint(self.ckpt_path)
         if self.cfg.overwrite:
             return None
+        if self.ckpt_path.is_file() and self.json_path.is_file() != self.pt_path.is_file():
+            # a run stopped between writing its two result files: its checkpoint can write them again
+            raise GradmatchError(f"the results of {self.dir} are half written ({self.pt_path.name} or "
+                                 f"{self.json_path.name} is missing); pass --resume to write them again")
         if self.json_path.is_file() or self.pt_path.is_file():
             raise GradmatchError(f"a finished result exists at {self.pt_path}; pass --overwrite to replace it "
                                  "or choose another --save_path")
@@ -204,8 +153,10 @@ class Run:
 
     def _clear_outputs(self) -> None:
         """A fresh start (--overwrite, or a folder left before its first checkpoint): remove what an
-        earlier run of the same name left, so no file mixes two runs."""
-        stale = [self.ckpt_path, self.log_path, self.pt_path, self.json_path, self.dir / "curves.png"]
+        earlier run of the same name left in its folder, so no file mixes two runs.  Its results
+        (<name>.pt, <name>.json) stay until the new run's replace them (atomic rename): a new run that
+        fails loses nothing of the old one."""
+        stale = [self.ckpt_path, self.log_path, self.dir / "curves.png"]
         stale += list(self.dir.glob("grid*.png"))
         for path in stale:
             if path.is_file():
@@ -232,18 +183,34 @@ class Run:
         self.cfg = saved
 
     def start(self, resume: bool = False) -> dict[str, Any]:
+        self.cfg.validate()  # a RunConfig made in Python is checked as the CLI's is
         if not self.writes:
             return self._start(resume)
         created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # --save_path is a file, read-only, ...
+            raise GradmatchError(f"cannot create the run folder {self.dir} ({err.strerror or err}); choose "
+                                 "another --save_path") from None
         try:
             with run_lock(self.dir):
                 return self._start(resume)
+        except OSError as err:  # full disk, read-only or vanished folder: say where, and what is kept
+            raise GradmatchError(f"cannot write {err.filename or self.dir} ({err.strerror or err}); "
+                                 f"{self._kept()}; free space or fix the folder, then pass --resume") from None
         except GradmatchError:
             if created and [p.name for p in self.dir.iterdir()] == [".lock"]:  # refused before writing
                 (self.dir / ".lock").unlink()
                 self.dir.rmdir()
             raise
+
+    def _kept(self) -> str:
+        if self.checkpointed_at is not None:
+            return (f"the last good checkpoint (experiment {self.checkpointed_at[0]}, iteration "
+                    f"{self.checkpointed_at[1]}) is kept intact at {self.ckpt_path}")
+        if self.ckpt_path.is_file():
+            return f"the last good checkpoint is kept intact at {self.ckpt_path}"
+        return "no checkpoint had been written yet"
 
     def _remove_temporaries(self) -> None:
         """Temporary files that a killed run left mid-write (``atomic_write``'s); safe under the lock."""
@@ -264,6 +231,11 @@ class Run:
         test = gm_data.load(cfg.dataset, cfg.data_path, "test", download=cfg.download)
         cfg.condense = cfg.condense.resolved(train)
         self.models = eval_pool(cfg.eval_mode, cfg.condense.model)
+        # every network this run will build, tried on the data's shape before any work
+        check_models_fit([cfg.condense.model], train.channel, train.num_classes, train.im_size, "--model")
+        check_models_fit(self.models, train.channel, train.num_classes, train.im_size)
+        if self.writes:
+            warn_if_too_deep(cfg.condense.model, train.im_size)
         self.train, self.test = train, test
         if ckpt is None:
             if self.writes:
@@ -306,6 +278,7 @@ class Run:
         first = state.iteration if state is not None else 0
         bar = tqdm(total=cfg.condense.iterations, initial=first, desc=f"exp {exp}", unit="it",
                    disable=True if cfg.quiet or not self.writes else None, dynamic_ncols=True)
+        self._log({"event": "engine", "experiment": exp, "engine": condenser.engine, "note": condenser.engine_note})
         tick = time.perf_counter()
         current = state
         try:
@@ -320,6 +293,7 @@ class Run:
                     if not bool(torch.isfinite(current.images).all()):
                         raise NonFiniteImages(it - 1)
                 if it in points and (exp, it) not in done:
+                    self._checkpoint(condenser, current)  # saved first: an evaluation error loses nothing
                     self._evaluate(condenser, current, bar)
                     self._checkpoint(condenser, current)
                 elif it > first and it % cfg.checkpoint_every == 0:
@@ -329,7 +303,7 @@ class Run:
             raise self._non_finite_error(err, exp) from None
         finally:
             bar.close()
-        self.progress["sets"].append(condenser.synthetic_set(current))
+        self.progress["sets"].append(condenser.synthetic_set(current).to_dict())
         self.progress["experiment"] = exp + 1
         self._checkpoint(None, None)
 
@@ -360,13 +334,16 @@ class Run:
         syn = condenser.synthetic_set(state)
         if self.writes:
             save_image_grid(syn, self.dir / f"grid_exp{exp}_it{it:05d}.png")
+        augment = f"dsa:{cfg.condense.dsa_strategy}" if cfg.condense.dsa else "auto"  # DSA evaluates with DSA
         for model in self.models:
+            start = time.perf_counter()
             result = evaluate(syn, model, self.test, num_eval=cfg.num_eval, epochs=cfg.epoch_eval_train,
-                              lr=cfg.condense.lr_net, batch_size=cfg.condense.batch_train,
+                              lr=cfg.condense.lr_net, batch_size=cfg.condense.batch_train, augment=augment,
                               seed=derive_seed(cfg.condense.seed, exp, it, 7), device=condenser.device,
                               method=cfg.eval_method)
             record = {"event": "eval", "experiment": exp, "iteration": it, "model": model,
-                      "accuracies": result.accuracies, "mean": result.mean, "std": result.std}
+                      "accuracies": result.accuracies, "mean": result.mean, "std": result.std,
+                      "seconds": round(time.perf_counter() - start, 3)}
             self.progress["evaluations"].append(record)
             self._log(record)
             if it == cfg.condense.iterations:
@@ -386,7 +363,7 @@ class Run:
         if saved_state is not None:
             images = saved_state["images"]
         else:
-            images = self.progress["sets"][-1].images if self.progress["sets"] else None
+            images = self.progress["sets"][-1]["images"] if self.progress["sets"] else None
         if not self.writes:
             return
         save_torch({"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "progress": self.progress,
@@ -416,6 +393,3 @@ class Run:
                       f"{s['n']} random {model}, mean = {100 * s['mean']:.2f}% std = {100 * s['std']:.2f}%")
         return results
 
-
-def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    return Run(config).start(resume=resume)

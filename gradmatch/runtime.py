@@ -244,20 +244,21 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device=None) -> torch.device:
-    """``device`` checked (GradmatchError for a bad name or a CUDA device this machine lacks)."""
+    """``device`` checked: None (cuda if available, else cpu), cpu, cuda or cuda:N with such a GPU
+    present; GradmatchError otherwise."""
     if device is None:
         return default_device()
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise GradmatchError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise GradmatchError(f"--device {device}: this machine has no CUDA device; use --device cpu")
-        if dev.index is not None and dev.index >= count:
-            raise GradmatchError(f"--device {device}: this machine has {count} CUDA device(s); "
-                                 f"use cuda:0 to cuda:{count - 1}")
-    elif dev.type not in ("cpu", "mps"):
-        raise GradmatchError(f"--device {device}: gradmatch runs on cpu or cuda")
-    return dev
+        where = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GradmatchError(f"--device {device} is not a device; use cpu, cuda or cuda:N") from None
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GradmatchError(f"--device {device}: CUDA is not available on this machine; use --device cpu "
+                                 "or leave --device out")
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            raise GradmatchError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s); "
+                                 f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif where.type != "cpu":
+        raise GradmatchError(f"--device {device}: gradmatch runs on cpu or cuda; use one of those")
+    return where

@@ -25,14 +25,6 @@ def digits():
     return data.load("digits", split="train"), data.load("digits", split="test")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation
-    yield
-    torch.set_num_threads(before)
-
-
 def test_batchnorm_statistics_are_set_from_real_images_then_frozen_during_matching():
     torch.manual_seed(0)
     net = create_model("ConvNetBN", 3, 2, (16, 16))
@@ -136,7 +128,7 @@ def test_augmentation_rules_and_ops():
     (["--ipc", "ten"], "invalid int value"),
     (["--init", "zeros"], "unknown init"),
     (["--eval_method", "fast"], "unknown evaluation method"),
-    (["--matching", "vectorised"], "unknown matching method"),
+    (["--matching", "vectorised"], "unknown matching engine"),
 ])
 def test_bad_flags_end_with_one_line_and_exit_code_2(flags, words, tmp_path, capsys):
     code = main(["condense", "--save_path", str(tmp_path), "--Iteration", "1", "--quiet", *flags])
@@ -154,7 +146,7 @@ def test_seed_script_writes_the_reference_pt_png_and_json(tmp_path):
                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     name = "multi-level_digits_ConvNetD1_2ipc_improved_adaptive"
-    payload = torch.load(tmp_path / f"{name}.pt", weights_only=False)
+    payload = torch.load(tmp_path / f"{name}.pt", weights_only=True)
     assert len(payload["data"]) == 2
     images, labels = payload["data"][0]
     assert images.shape == (20, 1, 8, 8) and images.dtype == torch.float32

@@ -29,22 +29,6 @@ from gradmatch.models import create_model
 K = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # the plain loops at 2 threads crawl on a loaded 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def batches(shape=(1, 8, 8), per_class=6, ipc=2, k=K, seed=0, dtype=None, shuffled=False):
     g = torch.Generator().manual_seed(seed)
     real_x = torch.randn(k * per_class, *shape, generator=g, dtype=dtype)

@@ -9,14 +9,10 @@ from gradmatch.errors import GradmatchError
 from gradmatch.matching import gradient_distance, matching_loss, resolve_metric
 from gradmatch.models import create_model
 
+pytestmark = pytest.mark.usefixtures("float64")  # double precision, so the checks can be tight (conftest)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Compare in double precision so the checks can be tight."""
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+
 
 
 # ---- distances on hand-made gradients -------------------------------------------------------

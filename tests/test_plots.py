@@ -25,14 +25,6 @@ from gradmatch.results import append_log, reference_payload, save_torch
 NAME = "intra-class_digits_ConvNetW32_2ipc"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def png(path) -> Image.Image:
     with Image.open(path) as im:
         im.verify()  # a complete, valid PNG

@@ -19,34 +19,22 @@ import torch
 import gradmatch.run as gm_run
 from gradmatch.cli import main
 from gradmatch.errors import GradmatchError
-from gradmatch.results import append_log, atomic_write, load_checkpoint, read_log, save_torch
+from gradmatch.results import CHECKPOINT_VERSION, append_log, atomic_write, load_checkpoint, read_log, save_torch
 from tests import nan_distance
+from tests.conftest import DEEP_ON_DIGITS, TINY_DIGITS, TINY_DIGITS_NAME, one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = "intra-class_digits_ConvNetW32_2ipc"
+NAME = TINY_DIGITS_NAME
 ITERATIONS = 8
-# Tiny settings; --inner_loop 5 keeps the network training between matching steps (and so the
-# per-iteration generator's use there) while keeping an iteration near 0.1 s.
-TINY = ["--dataset", "digits", "--model", "ConvNetW32", "--ipc", "2", "--batch_real", "16", "--num_exp", "1",
-        "--num_eval", "1", "--epoch_eval_train", "2", "--checkpoint_every", "1", "--inner_loop", "5", "--quiet"]
+TINY = TINY_DIGITS
 
 
 def condense_args(save_path, iterations=ITERATIONS, *extra):
     return ["condense", *TINY, "--Iteration", str(iterations), "--save_path", str(save_path), *extra]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the subprocesses get (OMP_NUM_THREADS=1): bit-equal results across
-    processes, and far faster than two threads fighting over a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def final_images(save_path) -> torch.Tensor:
-    return torch.load(Path(save_path) / f"{NAME}.pt", weights_only=False)["data"][0][0]
+    return torch.load(Path(save_path) / f"{NAME}.pt", weights_only=True)["data"][0][0]
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +146,8 @@ def test_resume_in_the_second_experiment(tmp_path, monkeypatch):
     monkeypatch.undo()
     torch.set_num_threads(1)
     assert main(condense_args(tmp_path / "cut", 3, *two, "--resume")) == 0
-    whole = torch.load(tmp_path / "whole" / f"{NAME}.pt", weights_only=False)
-    cut = torch.load(tmp_path / "cut" / f"{NAME}.pt", weights_only=False)
+    whole = torch.load(tmp_path / "whole" / f"{NAME}.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / f"{NAME}.pt", weights_only=True)
     assert len(cut["data"]) == 2
     assert all(torch.equal(a[0], b[0]) for a, b in zip(whole["data"], cut["data"]))
     assert cut["accs_all_exps"] == whole["accs_all_exps"]
@@ -207,8 +195,11 @@ def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
     save_torch({"something": 1}, path)
     with pytest.raises(GradmatchError, match="not a gradmatch checkpoint"):
         load_checkpoint(path)
-    save_torch({"version": 1, "config": {}}, path)
+    save_torch({"version": CHECKPOINT_VERSION, "config": {}}, path)
     with pytest.raises(GradmatchError, match="incomplete"):
+        load_checkpoint(path)
+    save_torch({"version": 1, "config": {}}, path)  # the format that held pickled objects
+    with pytest.raises(GradmatchError, match="written by an older gradmatch .*--overwrite"):
         load_checkpoint(path)
 
 
@@ -275,13 +266,6 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path, capsys):
 
 
 # ---- the NaN guard ----------------------------------------------------------------------------------
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("error: ")
-    return err[0]
-
-
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(nan_distance, "POISON", False)
     real_append = gm_run.append_log
@@ -293,7 +277,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(gm_run, "append_log", append)
     code = main(condense_args(tmp_path, 6, "--dis_metric", "tests.nan_distance:nan_when_poisoned"))
-    line = one_error_line(capsys)
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
     assert code == 2
     assert "the matching loss became nan in iteration 4 of 6 (experiment 0)" in line
     assert "last good checkpoint (after iteration 3)" in line and "checkpoint.pt" in line
@@ -306,7 +290,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 def test_nan_from_the_first_iteration(tmp_path, capsys):
     code = main(condense_args(tmp_path, 3, "--dis_metric", "tests.nan_distance:always_nan"))
-    line = one_error_line(capsys)
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
     assert code == 2
     assert "became nan in iteration 1 of 3" in line and "no checkpoint was written" in line
     assert (tmp_path / f"{NAME}_always_nan" / "config.json").exists()
@@ -316,7 +300,7 @@ def test_nan_from_the_first_iteration(tmp_path, capsys):
 def test_nan_gradient_with_finite_loss_never_reaches_a_checkpoint(tmp_path, capsys):
     # one matching step per iteration, so the NaN images are first seen by the runner's own check
     code = main(condense_args(tmp_path, 3, "--dis_metric", "tests.nan_distance:nan_gradient", "--outer_loop", "1"))
-    line = one_error_line(capsys)
+    line = one_error_line(capsys, (DEEP_ON_DIGITS,))
     assert code == 2
     assert "synthetic images became non-finite" in line and "iteration 1 of 3" in line
     assert (tmp_path / f"{NAME}_nan_gradient" / "config.json").exists()
@@ -386,3 +370,10 @@ def test_run_names_keep_the_reference_pattern_and_tell_the_table_3_settings_apar
     user = name(dis_metric="tests.user_distances:l1_rows", precision="bf16")
     assert user == "multi-level_CIFAR10_ConvNet_10ipc_l1_rows_bf16"
     assert len({name(), name(dis_metric="improved"), name(dis_metric="improved", schedule="adaptive")}) == 3
+
+
+def test_every_file_a_run_writes_loads_with_weights_only(reference):
+    files = list(reference["save"].rglob("*.pt"))
+    assert {p.name for p in files} == {f"{NAME}.pt", "checkpoint.pt"}
+    for path in files:
+        torch.load(path, weights_only=True)  # raises for anything but tensors and plain data

@@ -13,3 +13,13 @@ def nan_after_three(syn_rows, real_rows):
     calls["n"] += 1
     value = (syn_rows - real_rows).pow(2).sum()
     return value if calls["n"] <= 3 else value * torch.tensor(float("nan"))
+
+
+def returns_float(syn_rows, real_rows):
+    """Wrong: a Python float carries no gradient."""
+    return float((syn_rows - real_rows).abs().sum())
+
+
+def returns_rows(syn_rows, real_rows):
+    """Wrong: one value per row, not a scalar."""
+    return (syn_rows - real_rows).abs().sum(dim=1)

@@ -126,7 +126,7 @@ def extract(archive: Path, folder: Path, name: str) -> None:
             _merge(entry, folder / entry.name)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise GradmatchError(f"{name}: cannot extract {archive} ({e}); delete it and re-download it "
-                             f"(download=True)") from None
+                             f"(pass --download; download=True from Python)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

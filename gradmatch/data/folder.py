@@ -41,7 +41,9 @@ Files = list[tuple[Path, int]]
 
 
 def _subfolders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a symlinked folder is skipped: it may lead out of the tree or back into it (a loop)
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def _has_split_folders(root: Path) -> bool:
@@ -49,9 +51,11 @@ def _has_split_folders(root: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path."""
+    """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path.  Symlinked
+    folders are not followed (``a/loop -> ..`` would repeat the tree forever, ``a/out -> /`` leave it);
+    a symlink to an image file is read like the file."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, folder)
         found += [os.path.normpath(os.path.join(rel, f)) for f in filenames

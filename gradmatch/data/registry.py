@@ -99,7 +99,12 @@ def load(name: str, root: str | os.PathLike = ".", split: str = "train", downloa
     reader, splits = _READERS[canonical]
     if split not in splits:
         raise unknown_name(f"{canonical} split", str(split), splits)
-    return reader(root, split, bool(download), parse_size(size))
+    dataset = reader(root, split, bool(download), parse_size(size))
+    if not bool(torch.isfinite(dataset.images).all()):  # said here, not later as a diverging loss
+        bad = int((~torch.isfinite(dataset.images)).flatten(1).any(1).sum())
+        raise GradmatchError(f"{canonical} {split}: {bad} image(s) hold non-finite (nan or inf) values after "
+                             f"normalisation; fix or remove those files")
+    return dataset
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -124,14 +129,14 @@ def parse_size(size: int | Sequence[int] | None) -> Size:
 
 def missing(dataset: str, path: Path, holds: str) -> GradmatchError:
     """Error for an expected file that is not there."""
-    return GradmatchError(f"{dataset}: expected {path}; pass --download (download=True) or point "
+    return GradmatchError(f"{dataset}: expected {path}; pass --download (download=True from Python) or point "
                           f"--data_path at a folder holding {holds}")
 
 
 def corrupt(dataset: str, path: Path, detail: str) -> GradmatchError:
     """Error for a file that exists but cannot be parsed."""
     return GradmatchError(f"{dataset}: {path} is truncated or corrupt ({detail}); delete it and "
-                          f"re-download it (download=True)")
+                          f"re-download it (pass --download; download=True from Python)")
 
 
 def first_existing(paths: Sequence[Path]) -> Path | None:

@@ -8,7 +8,7 @@ with the batch's channel mean, as DC does.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +26,6 @@ def strategy_for(dataset: str, eval_model: str) -> Optional[str]:
     if dataset == "MNIST":
         return "crop_scale_rotate"
     return None
-
-
-def make_augment(strategy: Optional[str], generator: torch.Generator) -> Optional[Callable[[Tensor], Tensor]]:
-    if strategy is None or strategy == "none":
-        return None
-    ops = STRATEGIES[strategy]
-    return lambda images: augment(images, ops, generator)
 
 
 def augment(images: Tensor, ops, generator: torch.Generator) -> Tensor:

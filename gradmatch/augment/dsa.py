@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradmatch.errors import GradmatchError
+from ..errors import GradmatchError
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # op indices in DSAParams.op; -1 = none
@@ -246,8 +246,10 @@ def siamese(real: Tensor, syn: Tensor, strategy: str, generator: torch.Generator
 
 
 def augment_batch(x: Tensor, strategy: str, generator: torch.Generator) -> Tensor:
-    """Non-siamese: every image its own draw (op and parameters), for training networks."""
+    """Non-siamese, for training networks: as DSA's authors do, one op for the whole batch (the
+    first image's draw) and every image its own parameters."""
     if not parse_strategy(strategy):
         return x
     params = draw(strategy, x.shape[0], generator)
+    params.op = params.op[:1].expand(x.shape[0]).clone()
     return apply(x, params, torch.arange(x.shape[0]))
