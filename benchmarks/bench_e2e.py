@@ -218,6 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per row (after one warm-up)")
     p.add_argument("--engines", default="textbook,auto,fast,batched")
     p.add_argument("--precisions", default="fp32", help="for the auto engine, e.g. fp32,tf32,bf16")
+    p.add_argument("--precision_ipcs", default=None, help="the ipcs where --precisions run (default: all)")
     p.add_argument("--eval_epochs", type=int, default=300, help="0: no evaluation part")
     p.add_argument("--num_eval", type=int, default=20)
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
@@ -237,7 +238,8 @@ def main(argv=None) -> int:
         timed_iterations = args.iterations if ipc < 50 else max(1, args.iterations // 2)
         base = None
         runs = [(e, "fp32") for e in args.engines.split(",")]
-        runs += [("auto", prec) for prec in args.precisions.split(",") if prec != "fp32"]
+        if args.precision_ipcs is None or str(ipc) in args.precision_ipcs.split(","):
+            runs += [("auto", prec) for prec in args.precisions.split(",") if prec != "fp32"]
         for engine, precision in runs:
             if engine == "textbook":
                 book = Textbook(train, ipc, device)

@@ -27,9 +27,9 @@ from .matching import matching_loss, resolve_scheme, scheme_at
 from .matching.engines import can_vmap, fallback_note, resolve_engine
 from .models import create_model, has_batchnorm
 from .precision import run_context
-from .runtime import cpu_context, resolve_device
+from .runtime import cpu_context, resolve_device, tune_cuda
 from .schedule import inner_epochs
-from .train import Trainer, mean_loss, reset_network
+from .train import Trainer, mean_loss, reset_network, to_device
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
 
@@ -104,6 +104,7 @@ class Condenser:
         self.real = real
         self.experiment = experiment
         self.device = resolve_device(device)
+        tune_cuda(self.device)
         self.images = real.images.to(self.device)
         self.labels = real.labels.to(self.device)
         self.by_class = [torch.nonzero(real.labels == c).flatten() for c in range(real.num_classes)]
@@ -134,23 +135,16 @@ class Condenser:
         return "fast", note
 
     # ---- sampling: every draw takes the iteration's generator -------------------------------
-    def _pick(self, idx: Tensor) -> Tensor:
-        """Images at CPU indices ``idx``: one transfer of the indices (asynchronous from pinned
-        memory on a GPU), one gather."""
-        if self.device.type == "cuda":
-            idx = idx.pin_memory().to(self.device, non_blocking=True)
-        return self.images[idx.to(self.device)]
-
     def real_per_class(self, n: int, gen: torch.Generator):
         """n random real images of every class (all of a class if it has fewer), grouped by class;
         with their labels on the device and on the CPU."""
         picks = [idx[torch.randperm(len(idx), generator=gen)[:n]] for idx in self.by_class]
         labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(picks)])
-        return self._pick(torch.cat(picks)), labels.to(self.device), labels
+        return self.images[to_device(torch.cat(picks), self.device)], to_device(labels, self.device), labels
 
     def real_mixed(self, n: int, gen: torch.Generator):
-        idx = torch.randperm(len(self.labels), generator=gen)[:n]
-        return self._pick(idx), self.labels[idx.to(self.device)]
+        idx = to_device(torch.randperm(len(self.labels), generator=gen)[:n], self.device)
+        return self.images[idx], self.labels[idx]
 
     # ---- state ---------------------------------------------------------------------------
     def initial_state(self) -> CondenseState:
@@ -185,7 +179,7 @@ class Condenser:
                 freeze_batchnorm(net, self.real_per_class(BN_IMAGES_PER_CLASS, gen)[0])
             if scheme == "inter-class":
                 real = self.real_mixed(4 * cfg.batch_real, gen)
-                pick = torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train].to(self.device)
+                pick = to_device(torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train], self.device)
                 syn = (state.images[pick], self.syn_labels[pick])
                 real_groups = syn_groups = None  # one mixed batch: one draw for both
             else:

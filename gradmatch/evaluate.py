@@ -20,8 +20,8 @@ from .data import Dataset
 from .distributed import Group
 from .errors import GradmatchError, unknown_name
 from .models import create_model, has_batchnorm
-from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator
-from .train import Trainer, accuracy
+from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator, tune_cuda
+from .train import Trainer, accuracy, to_device
 
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
@@ -103,7 +103,7 @@ def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epo
         rate = lr * lr_factor(ep, epochs)
         for net in nets:
             net.train()
-        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(images.device)
+        orders = to_device(torch.stack([torch.randperm(n, generator=g) for g in generators]), images.device)
         for start in range(0, n, batch_size):
             idx = orders[:, start:start + batch_size]
             x, y = images[idx], labels[idx]
@@ -190,6 +190,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, *, num_eval: int = 20
     """
     check_set(syn, test)
     device = resolve_device(device)
+    tune_cuda(device)
     strategy = strategy_for(syn.dataset, model) if augment == "auto" else augment
     if epochs is None:
         epochs = AUGMENTED_EPOCHS if strategy not in (None, "none") else DEFAULT_EPOCHS

@@ -11,6 +11,10 @@ of reductions).  What was measured on this project's 2-core CPU (benchmarks/benc
   shared with other work ``GRADMATCH_THREADS=1`` runs passes single-threaded and ``ClassRunner``
   spreads independent jobs over worker threads where that is faster.  The thread count of a pass
   is fixed before it runs, so the numbers never depend on the load.
+* **GPU launches.**  On a GPU the time goes to launching thousands of small kernels, not to
+  arithmetic: host-to-device copies of indices go through pinned memory, asynchronously
+  (``train.to_device``), so the host never waits for the GPU's queue; the networks' training steps
+  are CUDA graphs (``train.StaticStep``); cuDNN picks its fastest algorithms (``tune_cuda``).
 * **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's) runs 3x faster on CPU as one
   add of row pairs and a small matmul (``AvgPool2x2``), its backward 2x faster.
 """
@@ -237,6 +241,14 @@ def cpu_context(device) -> "ExitStack | nullcontext":
     stack.enter_context(torch_threads(job_threads()))
     stack.enter_context(FastKernels())
     return stack
+
+
+def tune_cuda(device) -> None:
+    """On a GPU: let cuDNN time its convolution algorithms once per shape and keep the fastest
+    (``cudnn.benchmark``); a run's shapes never change, so the timing pays back at once.
+    ``GRADMATCH_CUDNN_BENCHMARK=0`` leaves PyTorch's default."""
+    if torch.device(device).type == "cuda" and os.environ.get("GRADMATCH_CUDNN_BENCHMARK", "1") != "0":
+        torch.backends.cudnn.benchmark = True
 
 
 def default_device() -> torch.device:

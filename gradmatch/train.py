@@ -139,7 +139,7 @@ class Trainer:
               augment: Augment = None) -> None:
         """One shuffled epoch (DC's ``epoch('train', ...)``); the shuffle is drawn from ``generator``."""
         self.net.train()
-        order = torch.randperm(len(images), generator=generator).to(images.device)
+        order = to_device(torch.randperm(len(images), generator=generator), images.device)
         static = self._static_for(images, labels, batch_size, augment)
         if static is not None:
             static.step(order)
@@ -154,6 +154,14 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+
+
+def to_device(cpu_tensor: Tensor, device: torch.device) -> Tensor:
+    """A CPU tensor on ``device``; to a GPU through pinned memory, asynchronously (a plain copy
+    from pageable memory waits for the GPU's queue to drain)."""
+    if device.type != "cuda":
+        return cpu_tensor.to(device)
+    return cpu_tensor.pin_memory().to(device, non_blocking=True)
 
 
 def reset_network(net: nn.Module, source: nn.Module) -> None:
@@ -188,4 +196,4 @@ def accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 5
     return correct.item() / max(len(images), 1)
 
 
-__all__: List[str] = ["StaticStep", "Trainer", "accuracy", "mean_loss", "reset_network"]
+__all__: List[str] = ["StaticStep", "Trainer", "accuracy", "mean_loss", "reset_network", "to_device"]

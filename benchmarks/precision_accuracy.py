@@ -1,9 +1,10 @@
-"""The accuracy cost of bf16 real-gradient targets (``CondenseConfig.precision``) on real CIFAR-10.
+"""The accuracy cost of a precision (``--precision``: tf32, bf16 targets) on real CIFAR-10.
 
-Condenses CIFAR-10 twice with the same seed and settings -- once with fp32 targets, once with bf16
-targets -- then trains the same evaluation networks on each set and prints the test accuracies.
+Condenses CIFAR-10 with the same seed and settings once per precision -- fp32 first -- then trains
+the same evaluation networks on each set and prints the test accuracies and the change from fp32.
 
-    python benchmarks/bf16_accuracy.py --data /tmp/cifar --ipc 1 --iterations 100 --num_eval 5
+    python benchmarks/precision_accuracy.py --data data --ipc 1 --iterations 100 --num_eval 5
+    python benchmarks/precision_accuracy.py --device cuda --precisions fp32,tf32,bf16 --iterations 200
 
 ``--bf16 native`` uses autocast itself: on CPUs with AVX512-BF16 or AMX (and GPUs) it is also the
 faster one.  ``--bf16 sim`` (the default) rounds the real pass to bf16 as autocast does but
@@ -23,7 +24,8 @@ import time
 import torch
 
 import gradmatch
-from gradmatch.matching.fast import needed_parameters, target_gradient
+from gradmatch.matching.engines import needed_parameters
+from gradmatch.matching.engines.loop import batch_gradient
 from gradmatch.models import create_model
 
 
@@ -32,8 +34,8 @@ def check_simulation(real, seed: int = 0, n: int = 64) -> dict:
     torch.manual_seed(seed)
     net = create_model("ConvNet", real.channel, real.num_classes, real.im_size)
     x, y = real.images[:n], real.labels[:n]
-    params = needed_parameters(list(net.parameters()), "baseline")
-    got = {p: target_gradient(net, params, x, y, p) for p in ("fp32", "bf16", "bf16-sim")}
+    params = [p for _, p in needed_parameters(net, "baseline")]
+    got = {p: batch_gradient(net, params, x, y, target=True, precision=p) for p in ("fp32", "bf16", "bf16-sim")}
 
     def rel(a, b):
         return [round(float((u - v).norm() / v.norm()), 4) for u, v in zip(got[a], got[b])]
@@ -53,7 +55,9 @@ def main(argv=None) -> None:
     ap.add_argument("--scheme", default="intra-class")
     ap.add_argument("--dis_metric", default="baseline")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bf16", choices=("sim", "native"), default="sim")
+    ap.add_argument("--bf16", choices=("sim", "native"), default="sim", help="what 'bf16' in --precisions runs")
+    ap.add_argument("--precisions", default="fp32,bf16", help="fp32 first, then those to compare with it")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: as is)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -66,14 +70,16 @@ def main(argv=None) -> None:
     for k, v in check.items():
         print(f"  {k:15s} {v}", flush=True)
     out = {"args": vars(args), "check": check, "runs": {}}
-    for precision in ("fp32", "bf16" if args.bf16 == "native" else "bf16-sim"):
+    precisions = [p if p != "bf16" or args.bf16 == "native" else "bf16-sim" for p in args.precisions.split(",")]
+    for precision in precisions:
         start = time.perf_counter()
         syn = gradmatch.condense(train, ipc=args.ipc, iterations=args.iterations, scheme=args.scheme,
-                                 dis_metric=args.dis_metric, seed=args.seed, precision=precision, device="cpu")
+                                 dis_metric=args.dis_metric, seed=args.seed, precision=precision,
+                                 device=args.device)
         condense_s = time.perf_counter() - start
         start = time.perf_counter()
         result = gradmatch.evaluate(syn, "ConvNet", test, num_eval=args.num_eval, epochs=args.epochs,
-                                    seed=args.seed, device="cpu")
+                                    seed=args.seed, device=args.device)
         eval_s = time.perf_counter() - start
         out["runs"][precision] = {"accuracies": result.accuracies, "mean": result.mean, "std": result.std,
                                   "condense_s": condense_s, "eval_s": eval_s}
@@ -84,11 +90,14 @@ def main(argv=None) -> None:
         else:
             diff = float((syn.images - fp32_images).norm() / fp32_images.norm())
             out["runs"][precision]["images_rel_diff_vs_fp32"] = diff
-            print(f"synthetic images, relative difference bf16 vs fp32: {diff:.3e}")
-    runs = list(out["runs"].values())
-    delta = 100 * (runs[1]["mean"] - runs[0]["mean"])
-    pooled = statistics.fmean([100 * runs[0]["std"], 100 * runs[1]["std"]])
-    print(f"accuracy change bf16 - fp32: {delta:+.2f} points (std of one network's accuracy ~{pooled:.2f})")
+            print(f"synthetic images, relative difference {precision} vs fp32: {diff:.3e}")
+    base = out["runs"][precisions[0]]
+    for precision in precisions[1:]:
+        run = out["runs"][precision]
+        delta = 100 * (run["mean"] - base["mean"])
+        pooled = statistics.fmean([100 * base["std"], 100 * run["std"]])
+        print(f"accuracy change {precision} - {precisions[0]}: {delta:+.2f} points "
+              f"(std of one network's accuracy ~{pooled:.2f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

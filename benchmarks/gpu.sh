@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Everything a borrowed GPU measures, in one short run (under 6 minutes on one H100/H200, data
+# unpacking included).  Needs, in an ignored folder .gpu/ of the checkout: cifar10-jpg.tar.xz and
+# unpack-cifar10 (from ../shared).  Writes $OUT/e2e.json (or ./e2e.json) and prints the tables.
+#   bash benchmarks/gpu.sh            # then, for the seed's own code beside it: bash benchmarks/gpu.sh seed
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-.}
+PY=${PY:-python3}
+[ -d data/cifar-10-batches-py ] || (cd .gpu && $PY unpack-cifar10 ../data cifar10-jpg.tar.xz > /dev/null)
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+if [ "${1:-}" = "seed" ]; then  # the seed's multi-level.py, its per-iteration time from its own log lines
+    $PY .gpu/run_seed.py --ipc 10 --Iteration 10 --dis_metric improved 2>&1 | grep -E "iter = |Error|error"
+    exit 0
+fi
+timeout 60 $PY benchmarks/gpu_smoke.py
+$PY benchmarks/bench_e2e.py --device cuda --data_path data --ipcs 1,10,50 --iterations 3 \
+    --engines textbook,auto,fast --precisions tf32,bf16 --precision_ipcs 10 --out "$OUT/e2e.json"

@@ -1,0 +1,101 @@
+"""Checks that need a GPU, in seconds: the CUDA-graph training step, the engines, bf16 autocast and
+DSA on CUDA against their CPU-tested counterparts.  Prints one line per check; never raises.
+
+    python benchmarks/gpu_smoke.py            # on a GPU machine (on CPU it checks the twins only)
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradmatch.augment import dsa  # noqa: E402
+from gradmatch.matching import matching_loss  # noqa: E402
+from gradmatch.models import create_model  # noqa: E402
+from gradmatch.train import Trainer  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel(a, b) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def graph_step():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(100, 3, 32, 32, generator=g).to(DEVICE)
+    labels = torch.arange(10).repeat_interleave(10).to(DEVICE)
+    out = {}
+    for model in ("ConvNet", "ConvNetBN"):
+        nets = []
+        for _ in range(2):
+            torch.manual_seed(1)
+            nets.append(create_model(model, 3, 10, (32, 32)).to(DEVICE))
+        eager, graphed = Trainer(nets[0], 0.01, 0.9, 5e-4, graph=False), Trainer(nets[1], 0.01, 0.9, 5e-4)
+        gens = [torch.Generator().manual_seed(2) for _ in range(2)]
+        for ep in range(30):
+            if ep == 15:
+                eager.set_lr(0.001, fresh=False)
+                graphed.set_lr(0.001, fresh=False)
+            eager.epoch(images, labels, 256, gens[0])
+            graphed.epoch(images, labels, 256, gens[1])
+        captured = graphed.static is not None and graphed.static.graph is not None
+        diff = max(rel(q, p) for p, q in zip(nets[0].parameters(), nets[1].parameters()))
+        out[model] = f"captured={captured} max rel diff after 30 epochs {diff:.1e}"
+    return out
+
+
+def engines():
+    g = torch.Generator().manual_seed(3)
+    real = (torch.randn(10 * 64, 3, 32, 32, generator=g).to(DEVICE), torch.arange(10).repeat_interleave(64).to(DEVICE))
+    syn_x = torch.randn(10 * 2, 3, 32, 32, generator=g).to(DEVICE)
+    syn_y = torch.arange(10).repeat_interleave(2).to(DEVICE)
+    torch.manual_seed(4)
+    net = create_model("ConvNet", 3, 10, (32, 32)).to(DEVICE)
+    out, ref = {}, None
+    for engine, precision in (("loop", "fp32"), ("fast", "fp32"), ("batched", "fp32"), ("batched", "bf16"),
+                              ("loop", "bf16")):
+        for scheme in ("multi-level", "inter-class"):
+            x = syn_x.clone().requires_grad_(True)
+            loss = matching_loss(net, real, (x, syn_y), scheme, "improved", engine=engine, precision=precision)
+            (grad,) = torch.autograd.grad(loss, x)
+            if engine == "loop" and precision == "fp32":
+                ref = ref or {}
+                ref[scheme] = (loss.detach(), grad)
+            base_loss, base_grad = ref[scheme]
+            out[f"{engine}/{precision}/{scheme}"] = (f"loss rel {rel(loss.detach(), base_loss):.1e}, "
+                                                     f"image grad rel {rel(grad, base_grad):.1e}")
+    return out
+
+
+def dsa_on_device():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 3, 32, 32, generator=g)
+    params = dsa.draw(dsa.STRATEGY, 10, torch.Generator().manual_seed(6))
+    groups = torch.arange(10).repeat_interleave(4)
+    cpu = dsa.apply(x, params, groups)
+    dev = dsa.apply(x.to(DEVICE), params, groups).cpu()
+    xs = x.to(DEVICE).requires_grad_(True)
+    dsa.apply(xs, params, groups).sum().backward()
+    return {"dsa": f"device vs cpu max abs diff {float((dev - cpu).abs().max()):.1e}; "
+                   f"gradient reaches the images: {bool(xs.grad.abs().sum() > 0)}"}
+
+
+def main() -> int:
+    print(f"# {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}, torch {torch.__version__}", flush=True)
+    for check in (graph_step, engines, dsa_on_device):
+        try:
+            for name, line in check().items():
+                print(f"{check.__name__:13s} {name:28s} {line}", flush=True)
+        except Exception:  # noqa: BLE001 - report and go on with the next check
+            print(f"{check.__name__}: FAILED\n{traceback.format_exc()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
