@@ -222,6 +222,7 @@ class Measured:
     seconds: Optional[float]
     published: Optional[Tuple[float, Optional[float]]]
     grid: Optional[str] = None
+    resumed: bool = False  # the wall time is then that of the last session only
 
     @property
     def verdict(self) -> str:
@@ -338,7 +339,7 @@ class Reproduction:
             pct = (100 * s["mean"], 100 * s["std"], s["n"]) if s else (None, None, 0)
             out.append(Measured(row, self.command(row), model, pct[0], pct[1], pct[2], iterations,
                                 info.get("seconds"), published_for(row, self.dataset, self.ipc, self.model, model),
-                                grid))
+                                grid, bool(info.get("resumed"))))
         return out
 
     def _copy_grid(self, row: Row, row_dir: Path) -> Optional[str]:
@@ -408,7 +409,7 @@ class Reproduction:
             acc = f"{m.mean:.2f} +- {m.std:.2f}" if m.mean is not None else "n/a"
             pub = ("-" if m.published is None else
                    f"{m.published[0]:.1f}" + (f" +- {m.published[1]:.1f}" if m.published[1] is not None else ""))
-            wall = "-" if m.seconds is None else _duration(m.seconds)
+            wall = "-" if m.seconds is None else _duration(m.seconds) + (" (resumed)" if m.resumed else "")
             its = "-" if m.iterations is None else str(m.iterations)
             lines.append(f"| {m.row.label} | `{m.command}` | {m.model} | {acc} | {m.networks} | {its} | {wall} "
                          f"| {pub} | {m.verdict} |")

@@ -190,6 +190,8 @@ def test_an_unfinished_row_needs_resume(tmp_path, faked):
     assert runner.calls == []
     rp.Reproduction("table3", save_path=tmp_path, resume=True).run()
     assert "--resume" in runner.calls[0][1] and "--resume" not in runner.calls[1][1]
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("(resumed)") == 1 and " s (resumed) |" in table.split("| baseline (DC) |")[1].splitlines()[0]
 
 
 def test_a_failing_row_stops_with_one_line(tmp_path, monkeypatch):
