@@ -165,6 +165,8 @@ def cmd_evaluate(args) -> int:
     if not dataset:
         raise GradmatchError(f"{args.file} does not say its dataset; pass --dataset")
     test = data.load(dataset, args.data_path, "test", download=args.download)
+    from .export import check_normalisation  # a set normalised otherwise would score near chance
+    check_normalisation(syn, test, args.file)
     if test.images.shape[1:] != syn.images.shape[1:]:
         raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {dataset} test images "
                              f"are {tuple(test.images.shape[1:])}; pass the dataset the set was made from")
@@ -181,6 +183,9 @@ def cmd_evaluate(args) -> int:
                           method=args.eval_method, augment=augment)
         if distributed.current().is_main:
             print(result.line())
+    if args.baseline:  # a random real subset of the same ipc, same networks and seeds
+        from .reproduce import random_baseline
+        random_baseline(args, syn, test)
     return 0
 
 
@@ -224,6 +229,7 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     _field_flags(e, RunConfig, only=EVALUATE_SETTINGS, defaults={"dataset": None})
     _flag(e, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
     e.set_defaults(func=cmd_evaluate)
+    _flag(e, "baseline", default=None, help="random: also evaluate a random real subset of the same ipc")
     pl = sub.add_parser("plot", help="draw a run's curves and image grid")
     pl.add_argument("run_dir")
     pl.set_defaults(func=cmd_plot)
@@ -233,6 +239,9 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     _flag(d, "Iteration", type=int, default=None)
     _flag(d, "quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+    from . import export, reproduce
+    reproduce.add_command(sub)
+    export.add_command(sub)
     return p
 
 

@@ -118,6 +118,9 @@ def reference_payload(sets: list[SyntheticSet | dict], accs_all_exps: dict[str, 
         "std": sets[0].std if sets else (),
         "dataset": sets[0].dataset if sets else "",
         "config": sets[0].config if sets else {},
+        "ipc": sets[0].ipc if sets else 0,
+        "format_version": SET_FORMAT_VERSION,
+        "gradmatch_version": _version(),
     }
 
 
@@ -146,6 +149,10 @@ def load_synthetic(path, experiment: int = -1) -> SyntheticSet:
         raise GradmatchError(f"{path}: data[{experiment}]'s labels must be class indices 0, 1, ...")
     num_classes = int(labels.max()) + 1
     channels = images.shape[1]
+    if int(payload.get("format_version", 0)) > SET_FORMAT_VERSION:  # a newer layout: refuse, not misread
+        raise GradmatchError(f"{path} is a set of format {payload['format_version']} (gradmatch "
+                             f"{payload.get('gradmatch_version', '?')}); this gradmatch reads up to "
+                             f"{SET_FORMAT_VERSION}; upgrade gradmatch")
     return SyntheticSet(images=images.float(), labels=labels.long(),
                         classes=list(payload.get("classes") or [str(c) for c in range(num_classes)]),
                         mean=tuple(payload.get("mean") or (0.0,) * channels),
@@ -231,3 +238,12 @@ def summarise(accs_all_exps: dict[str, list[float]]) -> dict[str, dict[str, floa
         t = torch.tensor(accs, dtype=torch.float64)
         out[model] = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "n": len(accs)} if accs else None
     return out
+
+
+SET_FORMAT_VERSION = 1  # the .pt of a synthetic set: DC's layout + reference_payload's metadata keys
+
+
+def _version() -> str:
+    from . import __version__  # at call time: gradmatch/__init__ imports this module
+
+    return __version__
