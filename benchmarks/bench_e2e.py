@@ -163,6 +163,24 @@ def median_seconds(step, warmup: int, iterations: int, device) -> float:
     return statistics.median(timed(step, device) for _ in range(iterations))
 
 
+def time_training(condenser, device) -> dict:
+    """Count the seconds an iteration spends training the network (the rest is matching)."""
+    spent = {"seconds": 0.0, "iterations": 0}
+    train, update = condenser.train_network, condenser.update
+
+    def timed_train(*args, **kwargs):
+        spent["seconds"] += timed(lambda: train(*args, **kwargs), device)
+
+    def counted_update(state):
+        if spent["iterations"] == 1:  # the warm-up iteration is not counted
+            spent["seconds"], spent["iterations"] = 0.0, 0
+        spent["iterations"] += 1
+        return update(state)
+
+    condenser.train_network, condenser.update = timed_train, counted_update
+    return spent
+
+
 def matmul_peak(device, dtype=torch.float32, tf32=False) -> float:
     """TFLOP/s of a 4096^2 matmul (the ceiling the table compares against)."""
     n = 4096 if torch.device(device).type == "cuda" else 1024
@@ -221,6 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision_ipcs", default=None, help="the ipcs where --precisions run (default: all)")
     p.add_argument("--eval_epochs", type=int, default=300, help="0: no evaluation part")
     p.add_argument("--num_eval", type=int, default=20)
+    p.add_argument("--eval_methods", default="auto", help="gradmatch's evaluation methods to time, e.g. auto,batched")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     device = args.device
@@ -249,6 +268,7 @@ def main(argv=None) -> int:
                                      matching=engine, precision=precision, seed=0)
                 condenser = Condenser(train, cfg, device=device)
                 state = condenser.initial_state()
+                training = time_training(condenser, device)
 
                 def step(condenser=condenser, state=state):
                     condenser.update(state)
@@ -262,21 +282,30 @@ def main(argv=None) -> int:
             ran = engine if engine == "textbook" else f"{engine} -> {condenser.engine}"
             row = {"ipc": ipc, "engine": ran, "precision": precision, "seconds": seconds,
                    "ratio": base / seconds if base else None, "tflops": flops / seconds / 1e12}
+            detail = ""
+            if engine != "textbook":  # where an iteration's time went, and whether training was a graph
+                trainer = condenser._trainer
+                row["training_seconds"] = training["seconds"] / training["iterations"]
+                row["graph"] = bool(trainer and trainer.static and trainer.static.graph is not None)
+                detail = f"  (training {row['training_seconds']:.3f} s/it, graph {row['graph']})"
             rows.append(row)
             print(f"ipc {ipc:>2} {ran:<18} {precision:<5} {seconds:8.3f} s/it  "
-                  f"{'x%.2f' % row['ratio'] if row['ratio'] else '':>7}  {row['tflops']:6.2f} TFLOP/s", flush=True)
+                  f"{'x%.2f' % row['ratio'] if row['ratio'] else '':>7}  {row['tflops']:6.2f} TFLOP/s{detail}",
+                  flush=True)
     if args.eval_epochs:
         ipc = 10
         g = torch.Generator().manual_seed(1)
         syn = SyntheticSet(torch.randn(10 * ipc, 3, 32, 32, generator=g), torch.arange(10).repeat_interleave(ipc),
                            train.classes, train.mean, train.std, train.name)
         book = timed(lambda: textbook_evaluation(syn, test, args.num_eval, args.eval_epochs, device), device)
-        ours = timed(lambda: evaluate(syn, "ConvNet", test, num_eval=args.num_eval, epochs=args.eval_epochs,
-                                      device=device), device)
-        rows.append({"evaluation": f"{args.num_eval} ConvNets x {args.eval_epochs} epochs, ipc 10",
-                     "textbook_seconds": book, "gradmatch_seconds": ours, "ratio": book / ours})
-        print(f"evaluation, {args.num_eval} ConvNets x {args.eval_epochs} epochs on an ipc-10 set: textbook "
-              f"{book:.2f} s, gradmatch {ours:.2f} s, x{book / ours:.2f}", flush=True)
+        for method in args.eval_methods.split(","):
+            ours = timed(lambda: evaluate(syn, "ConvNet", test, num_eval=args.num_eval, epochs=args.eval_epochs,
+                                          device=device, method=method), device)  # noqa: B023 - called at once
+            what = f"{args.num_eval} ConvNets x {args.eval_epochs} epochs, ipc 10, method {method}"
+            rows.append({"evaluation": what, "textbook_seconds": book, "gradmatch_seconds": ours,
+                         "ratio": book / ours})
+            print(f"evaluation, {what}: textbook {book:.2f} s, gradmatch {ours:.2f} s, x{book / ours:.2f}",
+                  flush=True)
     print("\n| ipc | engine | precision | s / iteration | vs textbook | TFLOP/s (% of fp32 matmul peak) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -5,6 +5,7 @@ DSA on CUDA against their CPU-tested counterparts.  Prints one line per check; n
 """
 from __future__ import annotations
 
+import copy
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gradmatch.augment import dsa  # noqa: E402
 from gradmatch.matching import matching_loss  # noqa: E402
 from gradmatch.models import create_model  # noqa: E402
+from gradmatch.precision import run_context  # noqa: E402
 from gradmatch.train import Trainer  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,26 +53,41 @@ def graph_step():
 
 
 def engines():
+    """Each engine's loss and image gradient against the textbook loop in float64 (the truth): the
+    fp32 engines differ from it by the device's fp32 (or TF32) rounding, bf16 by more."""
     g = torch.Generator().manual_seed(3)
     real = (torch.randn(10 * 64, 3, 32, 32, generator=g).to(DEVICE), torch.arange(10).repeat_interleave(64).to(DEVICE))
     syn_x = torch.randn(10 * 2, 3, 32, 32, generator=g).to(DEVICE)
     syn_y = torch.arange(10).repeat_interleave(2).to(DEVICE)
     torch.manual_seed(4)
     net = create_model("ConvNet", 3, 10, (32, 32)).to(DEVICE)
-    out, ref = {}, None
-    for engine, precision in (("loop", "fp32"), ("fast", "fp32"), ("batched", "fp32"), ("batched", "bf16"),
-                              ("loop", "bf16")):
-        for scheme in ("multi-level", "inter-class"):
-            x = syn_x.clone().requires_grad_(True)
-            loss = matching_loss(net, real, (x, syn_y), scheme, "improved", engine=engine, precision=precision)
-            (grad,) = torch.autograd.grad(loss, x)
-            if engine == "loop" and precision == "fp32":
-                ref = ref or {}
-                ref[scheme] = (loss.detach(), grad)
-            base_loss, base_grad = ref[scheme]
-            out[f"{engine}/{precision}/{scheme}"] = (f"loss rel {rel(loss.detach(), base_loss):.1e}, "
-                                                     f"image grad rel {rel(grad, base_grad):.1e}")
+    net64 = copy.deepcopy(net).double()
+
+    def run(model, engine, precision, scheme, dtype):
+        x = syn_x.to(dtype).clone().requires_grad_(True)
+        loss = matching_loss(model, (real[0].to(dtype), real[1]), (x, syn_y), scheme, "improved", engine=engine,
+                             precision=precision)
+        (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach().double(), grad.double()
+
+    out = {}
+    for scheme in ("multi-level", "inter-class"):
+        truth = run(net64, "loop", "fp32", scheme, torch.float64)
+        for engine, precision in (("loop", "fp32"), ("fast", "fp32"), ("batched", "fp32"), ("batched", "tf32"),
+                                  ("batched", "bf16"), ("loop", "bf16")):
+            with run_context(precision):
+                loss, grad = run(net, engine, precision, scheme, torch.float32)
+            out[f"{engine}/{precision}/{scheme}"] = (f"vs float64: loss rel {rel(loss, truth[0]):.1e}, "
+                                                     f"image grad rel {rel(grad, truth[1]):.1e}")
     return out
+
+
+def flags():
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", "n/a")
+    matmul = getattr(getattr(torch.backends.cuda, "matmul", None), "fp32_precision", "n/a")
+    return {"defaults": f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "
+                        f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32} "
+                        f"cudnn.conv.fp32_precision={conv} cuda.matmul.fp32_precision={matmul}"}
 
 
 def dsa_on_device():
@@ -88,7 +105,7 @@ def dsa_on_device():
 
 def main() -> int:
     print(f"# {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}, torch {torch.__version__}", flush=True)
-    for check in (graph_step, engines, dsa_on_device):
+    for check in (flags, graph_step, engines, dsa_on_device):
         try:
             for name, line in check().items():
                 print(f"{check.__name__:13s} {name:28s} {line}", flush=True)

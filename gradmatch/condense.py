@@ -27,9 +27,9 @@ from .matching import matching_loss, resolve_scheme, scheme_at
 from .matching.engines import can_vmap, fallback_note, resolve_engine
 from .models import create_model, has_batchnorm
 from .precision import run_context
-from .runtime import cpu_context, resolve_device, tune_cuda
+from .runtime import cpu_context, resolve_device, to_device, tune_cuda
 from .schedule import inner_epochs
-from .train import Trainer, mean_loss, reset_network, to_device
+from .train import Trainer, mean_loss, reset_network
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
 

@@ -20,8 +20,8 @@ from .data import Dataset
 from .distributed import Group
 from .errors import GradmatchError, unknown_name
 from .models import create_model, has_batchnorm
-from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator, tune_cuda
-from .train import Trainer, accuracy, to_device
+from .runtime import RUNNER, job_threads, resolve_device, to_device, torch_threads, tune_cpu_allocator, tune_cuda
+from .train import Trainer, accuracy
 
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this

@@ -13,7 +13,7 @@ of reductions).  What was measured on this project's 2-core CPU (benchmarks/benc
   is fixed before it runs, so the numbers never depend on the load.
 * **GPU launches.**  On a GPU the time goes to launching thousands of small kernels, not to
   arithmetic: host-to-device copies of indices go through pinned memory, asynchronously
-  (``train.to_device``), so the host never waits for the GPU's queue; the networks' training steps
+  (``to_device``), so the host never waits for the GPU's queue; the networks' training steps
   are CUDA graphs (``train.StaticStep``); cuDNN picks its fastest algorithms (``tune_cuda``).
 * **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's) runs 3x faster on CPU as one
   add of row pairs and a small matmul (``AvgPool2x2``), its backward 2x faster.
@@ -241,6 +241,14 @@ def cpu_context(device) -> "ExitStack | nullcontext":
     stack.enter_context(torch_threads(job_threads()))
     stack.enter_context(FastKernels())
     return stack
+
+
+def to_device(cpu_tensor: Tensor, device) -> Tensor:
+    """A CPU tensor on ``device``; to a GPU through pinned memory, asynchronously (a plain copy
+    from pageable memory waits for the GPU's queue to drain)."""
+    if torch.device(device).type != "cuda":
+        return cpu_tensor.to(device)
+    return cpu_tensor.pin_memory().to(device, non_blocking=True)
 
 
 def tune_cuda(device) -> None:

@@ -16,8 +16,9 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from .runtime import FastKernels, cpu_context
+from .runtime import FastKernels, cpu_context, to_device
 
 Augment = Optional[Callable[[Tensor], Tensor]]
 
@@ -31,6 +32,7 @@ class StaticStep:
     def __init__(self, net: nn.Module, images: Tensor, labels: Tensor, lr: float, momentum: float,
                  weight_decay: float):
         self.net = net
+        self.names = [n for n, p in net.named_parameters() if p.requires_grad]
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.images, self.labels = images.detach().clone(), labels.clone()
         self.order = torch.arange(len(labels), device=labels.device)
@@ -41,8 +43,11 @@ class StaticStep:
 
     def run(self) -> None:
         x, y = self.images[self.order], self.labels[self.order]
-        loss = F.cross_entropy(self.net(x), y)
-        grads = torch.autograd.grad(loss, self.params)
+        # fresh leaves sharing the parameters' storage: no autograd node outlives a step, so none
+        # made on another stream (the matching step's) meets the capture
+        leaves = {n: p.detach().requires_grad_() for n, p in zip(self.names, self.params)}
+        loss = F.cross_entropy(functional_call(self.net, leaves, (x,)), y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
         with torch.no_grad():
             for p, g, buf in zip(self.params, grads, self.buffers):
                 if self.weight_decay:
@@ -154,14 +159,6 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-
-
-def to_device(cpu_tensor: Tensor, device: torch.device) -> Tensor:
-    """A CPU tensor on ``device``; to a GPU through pinned memory, asynchronously (a plain copy
-    from pageable memory waits for the GPU's queue to drain)."""
-    if device.type != "cuda":
-        return cpu_tensor.to(device)
-    return cpu_tensor.pin_memory().to(device, non_blocking=True)
 
 
 def reset_network(net: nn.Module, source: nn.Module) -> None:

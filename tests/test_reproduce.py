@@ -200,14 +200,13 @@ def test_a_failing_row_stops_with_one_line(tmp_path, monkeypatch):
         rp.Reproduction("table3", save_path=tmp_path).run()
 
 
-def test_dsa_preset_expands_and_refuses_without_dsa(tmp_path, capsys):
+def test_dsa_preset_expands_to_dc_dsa_and_multi_level_with_and_without_it():
     cmds = seed_commands("dsa", "CIFAR10", 1)
-    assert cmds[1] == "python baseline.py --dataset CIFAR10 --ipc 1 --method DSA"
-    assert cmds[3] == ("python multi-level.py --dataset CIFAR10 --ipc 1 --dis_metric improved --adaptive_step "
-                       "--method DSA")
-    if not rp.has_dsa():
-        assert main(["reproduce", "dsa", "--save_path", str(tmp_path)]) == 2
-        assert "needs DSA" in capsys.readouterr().err
+    assert cmds[:4] == ["python baseline.py --dataset CIFAR10 --ipc 1",
+                        "python baseline.py --dataset CIFAR10 --ipc 1 --method DSA",
+                        "python multi-level.py --dataset CIFAR10 --ipc 1 --dis_metric improved --adaptive_step",
+                        "python multi-level.py --dataset CIFAR10 --ipc 1 --dis_metric improved --adaptive_step "
+                        "--method DSA"]
 
 
 def test_dry_run_prints_the_commands(capsys):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import GradmatchError
+from ..runtime import to_device
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # op indices in DSAParams.op; -1 = none
@@ -214,21 +215,21 @@ def apply(x: Tensor, params: DSAParams, group_of: Optional[Tensor] = None) -> Te
         raise ValueError(f"group_of must have shape ({n},), got {tuple(group_of.shape)}")
     cpu_table = params._table().cpu()[group_of]
     kinds = _KIND_OF_OP[cpu_table[:, _OP].long() + 1]
-    table = cpu_table.to(x.device)
+    table = to_device(cpu_table, x.device)
     counts = torch.bincount(kinds, minlength=len(_KINDS)).tolist()
     if max(counts) == n:  # one kind for the whole batch
         return _KINDS[counts.index(n)](x, table)
     order = torch.argsort(kinds, stable=True)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n)
-    order_dev = order.to(x.device)
+    order_dev = to_device(order, x.device)
     pieces, start = [], 0
     for kind, count in enumerate(counts):
         if count:
             idx = order_dev[start:start + count]
             pieces.append(_KINDS[kind](x.index_select(0, idx), table.index_select(0, idx)))
             start += count
-    return torch.cat(pieces).index_select(0, inverse.to(x.device))
+    return torch.cat(pieces).index_select(0, to_device(inverse, x.device))
 
 
 def siamese(real: Tensor, syn: Tensor, strategy: str, generator: torch.Generator,
