@@ -45,14 +45,15 @@ BATCH_REAL, BATCH_TRAIN, LR_IMG, LR_NET = 256, 256, 0.1, 0.01
 
 
 # ---- the textbook loop (the seed's multi-level.py), written plainly ---------------------------------
-def seed_distance(gw_syn, gw_real):
-    """The seed's match_loss with dis_metric='improved'."""
+def seed_distance(gw_syn, gw_real, improved: bool = True):
+    """The seed's match_loss with dis_metric='improved' (or 'baseline')."""
     dis = 0.0
     for gws, gwr in zip(gw_syn, gw_real):
         if gwr.dim() == 1:
             continue
         gwr, gws = gwr.reshape(gwr.shape[0], -1), gws.reshape(gws.shape[0], -1)
-        dis = dis + torch.sum(1 - F.cosine_similarity(gwr, gws, dim=-1) + torch.norm(gwr - gws, dim=-1))
+        rows = 1 - F.cosine_similarity(gwr, gws, dim=-1)
+        dis = dis + torch.sum(rows + torch.norm(gwr - gws, dim=-1) if improved else rows)
     return dis
 
 

@@ -3,12 +3,13 @@
     python benchmarks/bench_speed.py                  # matching: ipc 1, 10, 50 x intra-class, multi-level
     python benchmarks/bench_speed.py --part eval      # evaluation: 20 networks, ipc 10
     python benchmarks/bench_speed.py --ipcs 1 --schemes intra-class --steps 1    # a quick look
-    python benchmarks/bench_speed.py --device cuda --vmap --part all             # on a GPU, torch.func too
+    python benchmarks/bench_speed.py --device cuda --vmap --part all             # on a GPU, the batched engine too
 
 CIFAR10-shaped random data (3x32x32, 10 classes, batch_real 256), ConvNet, baseline distance.
 "textbook" is the per-class loop of SPEC section 5 written out plainly below, run the way anyone
 would run it (torch's default threads, glibc's default allocator); "gradmatch" is what the
-condensation loop runs (``matching_loss(method="fast")``, ``train_epoch``).  Every measurement runs
+condensation loop runs on CPU (``matching_loss(engine="fast")``, ``Trainer``).  Whole iterations of
+the real loop, on CPU and GPU: benchmarks/bench_e2e.py.  Every measurement runs
 in a fresh subprocess (so peak memory is its own and allocator settings do not leak), one after the
 other, textbook first; ratios are textbook / gradmatch seconds within this run.  On a shared
 machine absolute seconds move with the load; the ratios less so.
@@ -31,6 +32,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_e2e import seed_distance
 
 K, C, H, BATCH_REAL, BATCH_TRAIN = 10, 3, 32, 256, 256
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -38,14 +40,8 @@ LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: 
 
 # ---- the textbook loops, written plainly ---------------------------------------------------------
 def distance_wb(gs, gr):
-    """DC's layer-wise distance: per output unit, 1 - cos; 1-D tensors contribute nothing."""
-    total = 0
-    for s, r in zip(gs, gr):
-        if s.dim() == 1:
-            continue
-        s, r = s.reshape(s.shape[0], -1), r.reshape(r.shape[0], -1)
-        total = total + torch.sum(1 - torch.sum(s * r, -1) / (s.norm(dim=-1) * r.norm(dim=-1) + 1e-6))
-    return total
+    """The seed's baseline distance (per output unit, 1 - cos; 1-D tensors count nothing)."""
+    return seed_distance(gs, gr, improved=False)
 
 
 def textbook_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme):
@@ -83,9 +79,9 @@ def textbook_train_epoch(net, opt, images, labels, gen):
 
 
 # ---- gradmatch's --------------------------------------------------------------------------------
-def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, method="fast", precision="fp32"):
+def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, engine="fast", precision="fp32"):
     from gradmatch.matching import matching_loss
-    loss = matching_loss(net, (real_x, real_y), (syn_x, syn_y), scheme, "baseline", num_classes=K, method=method,
+    loss = matching_loss(net, (real_x, real_y), (syn_x, syn_y), scheme, "baseline", num_classes=K, engine=engine,
                          precision=precision)
     opt_img.zero_grad()
     loss.backward()
@@ -93,9 +89,8 @@ def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, 
     return loss.detach()
 
 
-def gradmatch_train_epoch(net, opt, images, labels, gen):
-    from gradmatch.train import train_epoch
-    train_epoch(net, opt, images, labels, BATCH_TRAIN, gen)
+def gradmatch_train_epoch(trainer, images, labels, gen):
+    trainer.epoch(images, labels, BATCH_TRAIN, gen)
 
 
 # ---- one measurement (in its own process) ---------------------------------------------------------
@@ -133,7 +128,7 @@ def worker(job: dict) -> dict:
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     if job.get("tuned_allocator"):
-        from gradmatch.matching.fast import tune_cpu_allocator
+        from gradmatch.runtime import tune_cpu_allocator
         tune_cpu_allocator()
     net, real_x, real_y, syn_x, syn_y = setup(job["ipc"], device=device)
     opt_img = torch.optim.SGD([syn_x], lr=0.1, momentum=0.5)
@@ -141,9 +136,8 @@ def worker(job: dict) -> dict:
         step = textbook_matching_step
     else:
         def step(*a):
-            return gradmatch_matching_step(*a, method="vmap" if job["method"] == "vmap" else "fast",
+            return gradmatch_matching_step(*a, engine="batched" if job["method"] == "vmap" else "fast",
                                            precision="bf16" if job["method"] == "bf16" else "fp32")
-    train = textbook_train_epoch if textbook else gradmatch_train_epoch
     base = rss_mb()
     out = {"losses": [], "step_s": [], "epoch_s": []}
     if device != "cpu":  # one untimed step: CUDA context, kernels, allocator
@@ -155,12 +149,18 @@ def worker(job: dict) -> dict:
         sync(device)
         out["step_s"].append(time.perf_counter() - start)
     if job.get("epochs"):
+        from gradmatch.train import Trainer
+
         opt_net = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.5)
+        trainer = Trainer(net, 0.01, momentum=0.5)
         images, gen = syn_x.detach().clone(), torch.Generator().manual_seed(0)
         for _ in range(job["epochs"]):
             sync(device)
             start = time.perf_counter()
-            train(net, opt_net, images, syn_y, gen)
+            if textbook:
+                textbook_train_epoch(net, opt_net, images, syn_y, gen)
+            else:
+                gradmatch_train_epoch(trainer, images, syn_y, gen)
             sync(device)
             out["epoch_s"].append(time.perf_counter() - start)
     out["peak_mb"] = peak_mb(device, base)
@@ -173,9 +173,9 @@ def count_flops(job: dict) -> dict:
     count is linear in the batch), so that counting costs little."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gradmatch.matching import fast
-    fast.RUNNER.forced = 1  # counting modes are per thread
-    fast.FastKernels.enabled = False  # count the pooling as the textbook does (not at all), not as matmuls
+    from gradmatch import runtime
+    runtime.RUNNER.forced = 1  # counting modes are per thread
+    runtime.FastKernels.enabled = False  # count the pooling as the textbook does (not at all), not as matmuls
     torch.set_num_threads(1)
     ipc, res = job["ipc"], {}
     for name, fn in (("gradmatch", gradmatch_matching_step), ("textbook", textbook_matching_step)):
@@ -336,7 +336,7 @@ def bench_matching(args) -> None:
     print("* s/iteration: outer_loop matching steps + (outer_loop - 1) x inner_loop epochs of the published "
           "schedule, from the measured means; ratio: textbook s / this row's s per matching step"
           + ("; tb-tuned: the textbook loop with gradmatch's allocator setting" if args.attribution
-             else "") + ("; vmap: gradmatch's torch.func path (method='vmap')" if args.vmap else "")
+             else "") + ("; vmap: gradmatch's batched engine (engine='batched')" if args.vmap else "")
           + ("; bf16: gradmatch with bf16 real-gradient targets (precision='bf16')" if args.bf16 else ""))
 
 
@@ -373,7 +373,7 @@ def main(argv=None) -> None:
     ap.add_argument("--attribution", action="store_true",
                     help="also time the textbook loop with the tuned allocator (first scheme): how "
                          "much of the gain is settings, how much the fast path's own work")
-    ap.add_argument("--vmap", action="store_true", help="also time matching_loss(method='vmap') (torch.func)")
+    ap.add_argument("--vmap", action="store_true", help="also time matching_loss(engine='batched') (torch.func)")
     ap.add_argument("--bf16", action="store_true", help="also time gradmatch with bf16 real targets")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the matching and evaluation run")
     ap.add_argument("--num_eval", type=int, default=20)

@@ -136,27 +136,6 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.4f}" for v in values) + ")"
 
 
-# ---- the CLI ---------------------------------------------------------------------------------------
-
-def add_command(sub) -> None:
-    """``gradmatch export RESULT.pt --to DIR``; called by ``cli.build_parser``."""
-    from .cli import _flag
-
-    x = sub.add_parser("export", help="write a saved synthetic set as PNGs, one folder per class, + metadata.json")
-    x.add_argument("file", help="a .pt in DC's layout")
-    _flag(x, "to", required=True, help="the folder to write (new or empty)")
-    _flag(x, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
-    _flag(x, "overwrite", action="store_true", help="replace an earlier export in --to")
-    x.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    meta = export(args.file, args.to, args.experiment, args.overwrite)
-    print(f"wrote {len(meta['files'])} images of {len(meta['classes'])} classes to {args.to} "
-          f"(experiment {meta['experiment']}; metadata.json beside them)")
-    return 0
-
-
 def read_metadata(folder) -> Optional[dict]:
     """An export's metadata.json, or None when ``folder`` holds none."""
     path = Path(folder) / "metadata.json"

@@ -3,12 +3,12 @@
 Each preset expands to the seed's own commands (``python multi-level.py --dataset CIFAR10 --ipc 10
 --dis_metric improved --adaptive_step``) for the chosen ``--dataset`` and ``--ipc``, plus a row of
 random real images of the same size.  ``--scale`` adds only ``--Iteration``, ``--num_exp``,
-``--num_eval`` and ``--epoch_eval_train`` to them.  Every row runs through ``gradmatch.cli.main`` with
-the seed script's argv (the same code path as ``python multi-level.py ...``), saving under its own
-folder of ``--save_path``; a row whose result JSON exists is reused, an unfinished one continues with
-``--resume``.  The table (``table.md``) compares each mean with the published one where SPEC section 9
-has it: within ``max(2 x published std, 1.0)`` points is "within tolerance" (1.0 where no std is
-published).
+``--num_eval`` and ``--epoch_eval_train`` to them.  Every row runs through ``gradmatch.cli.main``
+(which the CLI passes in) with the seed script's argv, the same code path as ``python multi-level.py
+...``, saving under its own folder of ``--save_path``; a row whose result JSON exists is reused, an
+unfinished one continues with ``--resume``.  The table (``table.md``) compares each mean with the
+published one where SPEC section 9 has it: within ``max(2 x published std, 1.0)`` points is "within
+tolerance" (1.0 where no std is published).
 
 Files under ``<save_path>`` (default ``result/reproduce/<preset>_<dataset>_<ipc>ipc_<scale>``):
   <row>/           the row's run (``<name>.pt``, ``<name>.json``, ``<name>/`` with log and grids)
@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import GradmatchError, unknown_name
 
@@ -277,11 +277,13 @@ class Reproduction:
         return eval_pool(mode, self.model)
 
     # running
-    def run(self) -> List[Measured]:
+    def run(self, run_command: Callable[..., int]) -> List[Measured]:
+        """Run (or reuse) every row and write the table; ``run_command(argv, scheme=...)`` runs one seed
+        command and returns its exit code: ``gradmatch.cli.main``, as the seed's scripts do."""
         self.save.mkdir(parents=True, exist_ok=True)
         measured = []
         for row in self.rows:
-            measured += self._random_row(row) if row.script is None else self._seed_row(row)
+            measured += self._random_row(row) if row.script is None else self._seed_row(row, run_command)
         table = self.table(measured)
         from .results import atomic_write
 
@@ -289,9 +291,7 @@ class Reproduction:
         print(table)
         return measured
 
-    def _seed_row(self, row: Row) -> List[Measured]:
-        from .cli import main
-
+    def _seed_row(self, row: Row, run_command: Callable) -> List[Measured]:
         row_dir = self.save / row.slug
         argv = self.argv(row)
         done = _result_json(row_dir)
@@ -305,7 +305,7 @@ class Reproduction:
                 argv.append("--overwrite")
             print(f"== {row.label}: {self.command(row)}", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            code = main(argv, scheme=SCRIPTS[row.script])
+            code = run_command(argv, scheme=SCRIPTS[row.script])
             if code == 130:
                 raise KeyboardInterrupt
             if code != 0:
@@ -428,41 +428,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-# ---- the CLI ---------------------------------------------------------------------------------------
-
-def add_command(sub) -> None:
-    """``gradmatch reproduce PRESET``; called by ``cli.build_parser``."""
-    from .cli import _flag
-
-    r = sub.add_parser("reproduce", help="run one of the paper's tables (the seed's commands) and write table.md")
-    r.add_argument("preset", help=f"one of: {', '.join(PRESET_ROWS)}")
-    _flag(r, "dataset", default="CIFAR10", help="MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, digits, ...")
-    _flag(r, "ipc", type=int, default=1, help="images per class (default 1, the setting measured on GPU and "
-          "at --scale cpu; the seed README's lines use 10)")
-    _flag(r, "scale", default="cpu", help="quick (minutes), cpu (hours on a CPU), full (the paper's protocol)")
-    _flag(r, "model", default=None, help=f"default ConvNet, {DIGITS_MODEL} for digits")
-    _flag(r, "data_path", default="data")
-    _flag(r, "save_path", default=None, help="default result/reproduce/<preset>_<dataset>_<ipc>ipc_<scale>")
-    _flag(r, "device", default=None)
-    _flag(r, "resume", action="store_true", help="continue an unfinished row (finished rows are always reused)")
-    _flag(r, "overwrite", action="store_true", help="run every row again")
-    _flag(r, "dry_run", action="store_true", help="print the expanded commands and stop")
-    _flag(r, "download", action="store_true")
-    _flag(r, "quiet", action="store_true")
-    r.set_defaults(func=cmd_reproduce)
-
-
-def cmd_reproduce(args) -> int:
-    rep = Reproduction(args.preset, dataset=args.dataset, ipc=args.ipc, scale=args.scale, model=args.model,
-                       data_path=args.data_path, save_path=args.save_path, device=args.device, resume=args.resume,
-                       overwrite=args.overwrite, quiet=args.quiet, download=args.download)
-    if args.dry_run:
-        print(rep.dry_run())
-        return 0
-    rep.run()
-    return 0
 
 
 def random_baseline(args, syn, test) -> None:

@@ -109,7 +109,8 @@ def test_dc_s_own_files_are_read(tmp_path, capsys):
     (["--epoch_eval_train", "-1"], "--epoch_eval_train must be at least 0, got -1"),
     (["--eval_iterations", "50,60"], "none is within 0 to --Iteration 10"),
     (["--Iteration", "-1"], "--Iteration must be at least 0, got -1"),  # the flag as typed, not 'iterations'
-    (["--method", "DSA"], "DSA is not available yet"),
+    (["--method", "DSB"], "unknown method (--method) 'DSB'"),
+    (["--dsa", "--dsa_strategy", "color_warp"], "unknown DSA augmentation 'warp'"),
     (["--dataset", "digits", "--eval_mode", "M"], "--eval_mode: LeNet, VGG11, ResNet18 cannot take 8x8 images"),
     (["--dataset", "digits", "--model", "LeNet", "--eval_mode", "MLP"], "--model: LeNet cannot take 8x8"),
 ])

@@ -67,11 +67,11 @@ def test_flags_land_in_their_fields():
     assert parse("--method", "DC") == RunConfig()
 
 
-def test_dsa_is_refused_until_the_loop_applies_it():
-    with pytest.raises(GradmatchError, match="DSA is not available yet"):
-        parse("--method", "DSA")
-    with pytest.raises(GradmatchError, match="DSA is not available yet"):
-        parse("--dsa")
+def test_method_dsa_and_dsa_flag_turn_dsa_on():
+    assert parse("--method", "DSA").condense.dsa and parse("--dsa").condense.dsa
+    assert parse("--dsa", "--dsa_strategy", "flip_crop").condense.dsa_strategy == "flip_crop"
+    with pytest.raises(GradmatchError, match="unknown DSA augmentation 'warp'"):
+        parse("--dsa", "--dsa_strategy", "flip_warp")
     with pytest.raises(GradmatchError, match="unknown method"):
         parse("--method", "KIP")
     assert RunConfig(condense=CondenseConfig(dsa=True)).name.endswith("_dsa")

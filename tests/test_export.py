@@ -20,14 +20,6 @@ TINY = ["--dataset", "digits", "--model", "ConvNetW32", "--ipc", "2", "--batch_r
 HALF_LEVEL = 0.5 / 255 + 1e-5  # 8-bit rounding, plus float error of the folder's own normalisation
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def condensed(tmp_path_factory) -> Path:
     """A real run's .pt: two experiments of 2 images per digit, 2 iterations."""

@@ -33,14 +33,6 @@ TABLE4_LINE = ("python multi-level.py --dataset MNIST --ipc 1 --dis_metric impro
                "--eval_mode M")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def seed_commands(preset, dataset="CIFAR10", ipc=10, model="ConvNet"):
     return [rp.seed_command(r, dataset, ipc, model) for r in rp.PRESETS[preset]]
 
@@ -152,7 +144,6 @@ def faked(monkeypatch):
         randoms.append(row.slug)
         return {"ConvNet": {"mean": 0.10, "std": 0.01, "n": 10}}
 
-    monkeypatch.setattr(gm_cli, "main", runner)
     monkeypatch.setattr(rp.Reproduction, "_evaluate_random", fake_random)
     return runner, randoms
 
@@ -160,7 +151,7 @@ def faked(monkeypatch):
 def test_finished_rows_are_reused_and_the_table_is_computed(tmp_path, faked, capsys):
     runner, randoms = faked
     rep = rp.Reproduction("table3", "CIFAR10", 1, "cpu", save_path=tmp_path)
-    rep.run()
+    rep.run(runner)
     assert [s for s, _ in runner.calls] == ["intra-class", "multi-level", "multi-level", "multi-level"]
     assert randoms == ["random_real"]
     table = (tmp_path / "table.md").read_text()
@@ -175,9 +166,9 @@ def test_finished_rows_are_reused_and_the_table_is_computed(tmp_path, faked, cap
     assert (tmp_path / "grids" / "4_ours-MDA.png").read_bytes() == b"png"
     assert "![Ours-MDA](grids/4_ours-MDA.png)" in table
 
-    rep.run()  # everything is there: nothing runs again
+    rep.run(runner)  # everything is there: nothing runs again
     assert len(runner.calls) == 4 and randoms == ["random_real"]
-    rp.Reproduction("table3", "CIFAR10", 1, "cpu", save_path=tmp_path, overwrite=True).run()
+    rp.Reproduction("table3", "CIFAR10", 1, "cpu", save_path=tmp_path, overwrite=True).run(runner)
     assert len(runner.calls) == 8 and all("--overwrite" in argv for _, argv in runner.calls[4:])
 
 
@@ -186,18 +177,17 @@ def test_an_unfinished_row_needs_resume(tmp_path, faked):
     (tmp_path / "1_baseline" / "run").mkdir(parents=True)
     (tmp_path / "1_baseline" / "run" / "checkpoint.pt").write_bytes(b"x")
     with pytest.raises(GradmatchError, match="unfinished run .* pass --resume"):
-        rp.Reproduction("table3", save_path=tmp_path).run()
+        rp.Reproduction("table3", save_path=tmp_path).run(runner)
     assert runner.calls == []
-    rp.Reproduction("table3", save_path=tmp_path, resume=True).run()
+    rp.Reproduction("table3", save_path=tmp_path, resume=True).run(runner)
     assert "--resume" in runner.calls[0][1] and "--resume" not in runner.calls[1][1]
     table = (tmp_path / "table.md").read_text()
     assert table.count("(resumed)") == 1 and " s (resumed) |" in table.split("| baseline (DC) |")[1].splitlines()[0]
 
 
-def test_a_failing_row_stops_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(gm_cli, "main", lambda argv, scheme=None: 2)
+def test_a_failing_row_stops_with_one_line(tmp_path):
     with pytest.raises(GradmatchError, match="row 'baseline \\(DC\\)' stopped"):
-        rp.Reproduction("table3", save_path=tmp_path).run()
+        rp.Reproduction("table3", save_path=tmp_path).run(lambda argv, scheme=None: 2)
 
 
 def test_dsa_preset_expands_to_dc_dsa_and_multi_level_with_and_without_it():
