@@ -339,8 +339,9 @@ def test_log_has_a_line_per_iteration_and_per_evaluation(reference):
     assert [r["iteration"] for r in iters] == list(range(1, ITERATIONS + 1))
     assert all(isinstance(r["loss"], float) and r["seconds"] >= 0 for r in iters)
     assert [(r["iteration"], r["model"]) for r in evals] == [(4, "ConvNetW32"), (ITERATIONS, "ConvNetW32")]
-    assert all(len(r["accuracies"]) == 1 and 0 <= r["mean"] <= 1 for r in evals)
-    assert len(records) == ITERATIONS + 2
+    assert all(len(r["accuracies"]) == 1 and 0 <= r["mean"] <= 1 and r["seconds"] > 0 for r in evals)
+    assert records[0] == {"event": "engine", "experiment": 0, "engine": "fast", "note": None}  # auto on a CPU
+    assert len(records) == ITERATIONS + 3
 
 
 def test_read_log_dedupes_and_skips_torn_lines(tmp_path):
