@@ -177,19 +177,7 @@ class Condenser:
         for outer_step in range(cfg.outer_loop):
             if freeze_bn:
                 freeze_batchnorm(net, self.real_per_class(BN_IMAGES_PER_CLASS, gen)[0])
-            if scheme == "inter-class":
-                real = self.real_mixed(4 * cfg.batch_real, gen)
-                pick = to_device(torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train], self.device)
-                syn = (state.images[pick], self.syn_labels[pick])
-                real_groups = syn_groups = None  # one mixed batch: one draw for both
-            else:
-                real_x, real_y, real_groups = self.real_per_class(cfg.batch_real, gen)
-                real = (real_x, real_y)
-                syn, syn_groups = (state.images, self.syn_labels), self.syn_labels.cpu()
-            if cfg.dsa:  # siamese: a class's real and synthetic images get the same augmentation
-                real_x, syn_x = dsa.siamese(real[0], syn[0], cfg.dsa_strategy, gen, real_groups, syn_groups,
-                                            groups=self.num_classes)
-                real, syn = (real_x, real[1]), (syn_x, syn[1])
+            real, syn = self.matching_batches(state.images, scheme, gen)
             loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes,
                                  engine=self.engine, precision=cfg.precision, group=self.group)
             state.optimizer.zero_grad(set_to_none=True)
@@ -207,6 +195,24 @@ class Condenser:
         if not math.isfinite(loss):
             raise NonFiniteLoss(it, self.experiment, loss)
         return loss
+
+    def matching_batches(self, images: Tensor, scheme: str, gen: torch.Generator):
+        """The real and synthetic batches of one matching step, DSA-augmented if asked."""
+        cfg = self.cfg
+        if scheme == "inter-class":
+            real = self.real_mixed(4 * cfg.batch_real, gen)
+            pick = to_device(torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train], self.device)
+            syn = (images[pick], self.syn_labels[pick])
+            real_groups = syn_groups = None  # one mixed batch: one draw for both
+        else:
+            real_x, real_y, real_groups = self.real_per_class(cfg.batch_real, gen)
+            real, syn, syn_groups = (real_x, real_y), (images, self.syn_labels), self.syn_labels.cpu()
+        if not cfg.dsa:
+            return real, syn
+        # siamese: a class's real and synthetic images get the same augmentation
+        real_x, syn_x = dsa.siamese(real[0], syn[0], cfg.dsa_strategy, gen, real_groups, syn_groups,
+                                    groups=self.num_classes)
+        return (real_x, real[1]), (syn_x, syn[1])
 
     def network_and_trainer(self, seed: int):
         """A freshly initialised network and its inner-loop trainer (SGD, momentum 0.5).  On CUDA the
