@@ -3,9 +3,9 @@ loop (the inner loop) and the evaluation.
 
 ``Trainer`` runs DC's ``epoch('train', ...)``: shuffled mini-batches of cross-entropy SGD.  On a GPU
 the networks train on a handful of images, so a step is a few dozen tiny kernels and the time goes
-to launching them: there, when the set fits one batch and nothing is augmented, the whole step
-(gather of the shuffled batch, forward, backward, SGD update) is captured once as a CUDA graph and
-replayed (``StaticStep``).  Elsewhere the same ``StaticStep`` runs eagerly (its non-CUDA twin,
+to launching them: there, when nothing is augmented, the whole epoch (per mini-batch: gather of the
+shuffled batch, forward, backward, SGD update) is captured once as a CUDA graph and replayed
+(``StaticStep``).  Elsewhere the same ``StaticStep`` runs eagerly (its non-CUDA twin,
 which the tests exercise) or, on CPU, ``torch.optim.SGD`` does as it always did.
 """
 from __future__ import annotations
@@ -24,14 +24,14 @@ Augment = Optional[Callable[[Tensor], Tensor]]
 
 
 class StaticStep:
-    """One SGD step on a fixed-size batch drawn from fixed storage, every tensor allocated once:
-    ``images``/``labels`` hold the set, ``order`` the batch's indices, ``lr`` the learning rate.  The
+    """One epoch of SGD steps, mini-batches of ``batch_size`` in the order ``order``, on fixed storage
+    (every tensor allocated once): ``images``/``labels`` hold the set, ``lr`` the learning rate.  The
     update is torch.optim.SGD's (weight decay, then momentum, dampening 0; zeroed buffers at the
     start equal SGD's lazily created ones), so the numbers equal ``torch.optim.SGD`` up to rounding."""
 
-    def __init__(self, net: nn.Module, images: Tensor, labels: Tensor, lr: float, momentum: float,
-                 weight_decay: float):
-        self.net = net
+    def __init__(self, net: nn.Module, images: Tensor, labels: Tensor, batch_size: int, lr: float,
+                 momentum: float, weight_decay: float):
+        self.net, self.batch_size = net, batch_size
         self.names = [n for n, p in net.named_parameters() if p.requires_grad]
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.images, self.labels = images.detach().clone(), labels.clone()
@@ -42,7 +42,11 @@ class StaticStep:
         self.graph: Optional["torch.cuda.CUDAGraph"] = None
 
     def run(self) -> None:
-        x, y = self.images[self.order], self.labels[self.order]
+        for start in range(0, len(self.order), self.batch_size):
+            idx = self.order[start:start + self.batch_size]
+            self._sgd_step(self.images[idx], self.labels[idx])
+
+    def _sgd_step(self, x: Tensor, y: Tensor) -> None:
         # fresh leaves sharing the parameters' storage: no autograd node outlives a step, so none
         # made on another stream (the matching step's) meets the capture
         leaves = {n: p.detach().requires_grad_() for n, p in zip(self.names, self.params)}
@@ -99,8 +103,8 @@ class StaticStep:
 class Trainer:
     """Cross-entropy SGD of ``net`` with torch.optim.SGD's settings, one ``epoch`` at a time.
 
-    ``graph``: None = capture a CUDA graph where it applies (CUDA, the set in one batch, no
-    augmentation); True = use ``StaticStep`` even off CUDA (eagerly: the tests' twin of the graph
+    ``graph``: None = capture a CUDA graph where it applies (CUDA, no augmentation); True = use
+    ``StaticStep`` even off CUDA (eagerly: the tests' twin of the graph
     path); False = torch.optim.SGD, batch by batch, always.
     """
 
@@ -130,10 +134,10 @@ class Trainer:
     def _static_for(self, images: Tensor, labels: Tensor, batch_size: int, augment: Augment) -> Optional[StaticStep]:
         on_cuda = images.device.type == "cuda"
         wanted = self.graph if self.graph is not None else on_cuda
-        if not wanted or augment is not None or len(images) > batch_size or len(images) == 0:
+        if not wanted or augment is not None or len(images) == 0:
             return None
-        if self.static is None or self.static.images.shape != images.shape:
-            self.static = StaticStep(self.net, images, labels, self.lr, self.momentum, self.weight_decay)
+        if self.static is None or self.static.images.shape != images.shape or self.static.batch_size != batch_size:
+            self.static = StaticStep(self.net, images, labels, batch_size, self.lr, self.momentum, self.weight_decay)
             if on_cuda:
                 self.static.capture()
         else:

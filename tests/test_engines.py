@@ -280,14 +280,29 @@ def test_static_step_equals_torch_sgd_batch_by_batch(float64, model, weight_deca
         torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("batch", [64, 5])  # the set in one batch; 12 images in batches of 5, 5 and 2
+def test_static_epoch_equals_torch_sgd_with_several_batches(float64, batch):
+    images, labels = tiny_set(ipc=4)
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        nets.append(create_model("ConvNet", 1, K, (8, 8)))
+    plain, static = Trainer(nets[0], 0.05, 0.5, graph=False), Trainer(nets[1], 0.05, 0.5, graph=True)
+    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+    for _ in range(4):
+        plain.epoch(images, labels, batch, gens[0])
+        static.epoch(images, labels, batch, gens[1])
+    assert static.static is not None and static.static.batch_size == batch
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+
+
 def test_the_static_step_is_not_used_where_it_cannot_apply():
     images, labels = tiny_set(ipc=4)
     net = create_model("ConvNet", 1, K, (8, 8))
     trainer = Trainer(net, 0.05, 0.9, graph=True)
-    trainer.epoch(images, labels, 5, torch.Generator().manual_seed(0))  # several batches per epoch
-    assert trainer.static is None
     trainer.epoch(images, labels, 64, torch.Generator().manual_seed(0), augment=lambda x: x.flip(3))
-    assert trainer.static is None
+    assert trainer.static is None  # augmentation draws on the host every batch: no fixed graph
     assert Trainer(net, 0.05, 0.9).graph is None  # default: capture on CUDA only
 
 
