@@ -3,7 +3,8 @@
 * ``fp32`` (default): PyTorch's defaults.  On NVIDIA GPUs that already means cuDNN convolutions in
   TF32 (``torch.backends.cudnn.allow_tf32`` is True by default) and matmuls in full fp32
   (``torch.backends.cuda.matmul.allow_tf32`` is False by default); on CPU everything is fp32.
-* ``tf32``: TF32 for the matmuls too (GPUs with tensor cores; the CPU ignores it), the whole run.
+* ``tf32``: TF32 for the matmuls too (GPUs with tensor cores; the CPU ignores it), in every
+  condensation step (matching and inner training); the evaluation keeps PyTorch's defaults.
 * ``bf16``: the real-gradient targets under bf16 autocast on the tensors' device (GPUs, and CPUs with
   bf16 units); the synthetic side, which is differentiated twice, stays fp32.
 * ``bf16-sim``: the rounding of ``bf16`` computed in fp32, to measure bf16's accuracy cost on CPUs
@@ -83,7 +84,8 @@ def target_context(precision: str, device):
 
 @contextmanager
 def run_context(precision: str):
-    """Process-wide settings for a whole run: TF32 matmuls (and convolutions) for ``tf32``."""
+    """The settings around a condensation step: TF32 matmuls (and convolutions) for ``tf32``
+    (process-wide flags, restored after)."""
     check_precision(precision)
     if precision != "tf32":
         yield
