@@ -158,11 +158,11 @@ class Condenser:
         optimizer = torch.optim.SGD([images], lr=self.cfg.lr_img, momentum=0.5)
         return CondenseState(images=images, optimizer=optimizer)
 
-    def fresh_network(self, seed: int) -> torch.nn.Module:
+    def fresh_network(self, seed: int, on_device: bool = True) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
-        return net.to(self.device)
+        return net.to(self.device) if on_device else net
 
     # ---- one outer iteration -------------------------------------------------------------
     def update(self, state: CondenseState) -> float:
@@ -218,13 +218,14 @@ class Condenser:
         """A freshly initialised network and its inner-loop trainer (SGD, momentum 0.5).  On CUDA the
         same network object is re-initialised in place every iteration, so that its training step,
         captured once as a CUDA graph, stays valid for the whole run."""
-        net = self.fresh_network(seed)
         if self.device.type != "cuda":
+            net = self.fresh_network(seed)
             return net, Trainer(net, self.cfg.lr_net, momentum=0.5)
         if self._net is None:
-            self._net, self._trainer = net, Trainer(net, self.cfg.lr_net, momentum=0.5)
-        else:
-            reset_network(self._net, net)
+            self._net = self.fresh_network(seed)
+            self._trainer = Trainer(self._net, self.cfg.lr_net, momentum=0.5)
+        else:  # initialised on the CPU, copied straight into the run's network
+            reset_network(self._net, self.fresh_network(seed, on_device=False))
             self._trainer.set_lr(self.cfg.lr_net)
         return self._net, self._trainer
 
