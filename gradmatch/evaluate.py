@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import stack_module_state
 
 from . import distributed
 from .augment import make_augment, strategy_for
@@ -20,8 +20,8 @@ from .data import Dataset
 from .distributed import Group
 from .errors import GradmatchError, unknown_name
 from .models import create_model, has_batchnorm
-from .runtime import RUNNER, job_threads, resolve_device, to_device, torch_threads, tune_cpu_allocator, tune_cuda
-from .train import Trainer, accuracy
+from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator, tune_cuda
+from .train import StackedTrainer, Trainer, accuracy
 
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
@@ -76,52 +76,19 @@ def can_batch(net: nn.Module) -> bool:
 def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epochs: int, lr: float,
                   batch_size: int, augments: Sequence[Optional[Callable]],
                   generators: Sequence[torch.Generator]) -> None:
-    """``train_net`` for every network at once, as one stacked ensemble; the trained weights are
-    written back into ``nets``.
-
-    Each network keeps its own initialisation, its own shuffling and augmentation (its own
-    generator, drawn in the same order as one by one) and its own momentum buffers; the SGD step
-    (weight decay, momentum, the learning rate of ``lr_factor``) is the element-wise update of
-    torch.optim.SGD applied to the stacked tensors, so every network follows the same trajectory
-    as when trained alone, up to float rounding in the vmapped forward/backward.
-    """
-    from torch.func import functional_call, stack_module_state, vmap
-
+    """``train_net`` for every network at once, as one stacked ensemble (``StackedTrainer``); the
+    trained weights are written back into ``nets``.  Each network keeps its own initialisation,
+    shuffling, augmentation and momentum, so it follows its one-by-one trajectory up to rounding."""
     params, _ = stack_module_state(list(nets))
-    names = list(params)
-    stacked = [params[n].detach().requires_grad_(True) for n in names]
-    base = copy.deepcopy(nets[0]).to("meta")
-
-    def loss_one(p, x, y):
-        return F.cross_entropy(functional_call(base, dict(zip(names, p)), (x,)), y)
-
-    losses = vmap(loss_one)
-    n = len(images)
-    buffers: List[Optional[Tensor]] = [None] * len(stacked)
-    momentum, weight_decay = 0.9, 5e-4
+    trainer = StackedTrainer(copy.deepcopy(nets[0]).to("meta"), {n: p.detach() for n, p in params.items()},
+                             lr * lr_factor(0, epochs), momentum=0.9, weight_decay=5e-4)
     for ep in range(epochs):
-        rate = lr * lr_factor(ep, epochs)
-        for net in nets:
-            net.train()
-        orders = to_device(torch.stack([torch.randperm(n, generator=g) for g in generators]), images.device)
-        for start in range(0, n, batch_size):
-            idx = orders[:, start:start + batch_size]
-            x, y = images[idx], labels[idx]
-            if any(a is not None for a in augments):
-                x = torch.stack([a(x[k]) if a is not None else x[k] for k, a in enumerate(augments)])
-            grads = torch.autograd.grad(losses(stacked, x, y).sum(), stacked)
-            with torch.no_grad():
-                for i, (p, g) in enumerate(zip(stacked, grads)):  # torch.optim.SGD's single-tensor step
-                    g = g.add(p, alpha=weight_decay)
-                    if buffers[i] is None:
-                        buffers[i] = torch.clone(g).detach()
-                    else:
-                        buffers[i].mul_(momentum).add_(g, alpha=1)
-                    p.add_(buffers[i], alpha=-rate)
+        trainer.set_lr(lr * lr_factor(ep, epochs), fresh=False)
+        trainer.epoch(images, labels, batch_size, generators, augments)
     with torch.no_grad():
         for k, net in enumerate(nets):
             for name, p in net.named_parameters():
-                p.copy_(stacked[names.index(name)][k])
+                p.copy_(trainer.params[trainer.names.index(name)][k])
 
 
 def check_eval_method(method: str) -> str:

@@ -8,7 +8,7 @@ that vmap differentiates correctly (``can_vmap``); otherwise it returns None and
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,3 +51,22 @@ class BatchedEngine:
         if not can_vmap(net):
             return f"{type(net).__name__} (batch norm in training mode, or layer norm)"
         return "batches of unequal size (a class with fewer real images than --batch_real)"
+
+
+def stacked_class_gradients(base: nn.Module, params: Dict[str, Tensor], wanted: Sequence[str], images: Tensor,
+                            labels: Tensor, *, target: bool, precision: str = "fp32") -> List[Tensor]:
+    """The batched engine for E networks at once (batched experiments): ``params`` stacked (E, *shape),
+    ``images`` (E, K, n, C, H, W), ``labels`` (E, K, n); returns, per name in ``wanted``, the (E, K,
+    *shape) gradients of each member's K batches.  ``base`` gives the architecture (no buffers)."""
+    chosen = {n: params[n] for n in wanted}
+    rest = {n: p for n, p in params.items() if n not in chosen}
+
+    def loss(mine: Dict[str, Tensor], others: Dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        with target_context(precision if target else "fp32", x.device):
+            out = functional_call(base, {**others, **mine}, (x,))
+        return F.cross_entropy(out.to(x.dtype), y)
+
+    per_network = vmap(grad(loss), in_dims=(None, None, 0, 0))  # over one network's K batches
+    with torch.no_grad() if target else torch.enable_grad():  # targets: constants
+        grads = vmap(per_network)(chosen, rest, images, labels)
+    return [grads[n] for n in wanted]

@@ -1,0 +1,162 @@
+"""Batched experiments: the ``num_exp`` independent condensations of a run advanced together.
+
+Each experiment keeps everything of its own run: its images and their optimiser, its generator per
+iteration (``derive_seed(seed, e, it, ...)``), its network initialisation, its real batches, DSA
+draws and shuffles, drawn in the same order as alone.  Only the arithmetic is shared: the E networks
+are stacked (``torch.func.stack_module_state``), every matching step computes the E x K class
+gradients in one vmapped pass (``schemes.experiment_losses``), and the inner training is one stacked
+SGD (``train.StackedTrainer``).  On a GPU the per-experiment passes are too small to fill it; E of
+them at once are not.  Each experiment's images equal its own run's up to float rounding
+(tests/test_experiments.py, float64).
+
+It applies where the batched engine does, in one process (no torchrun), with a named distance and a
+network without running state (no batch norm) or layer norm; ``why_not`` says otherwise.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+from torch.func import stack_module_state
+
+from .augment import make_augment
+from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
+from .matching import resolve_scheme, scheme_at
+from .matching.distances import resolve_metric
+from .matching.engines import can_vmap
+from .matching.schemes import experiment_losses
+from .models import create_model
+from .precision import run_context
+from .runtime import cpu_context
+from .schedule import inner_epochs
+from .train import StackedTrainer
+
+MODES = ("auto", "batched", "sequential")  # --experiments
+
+
+def why_not(condenser: Condenser) -> Optional[str]:
+    """Why this run's experiments cannot be batched (None: they can)."""
+    cfg = condenser.cfg
+    probe = create_model(cfg.model, condenser.real.channel, condenser.num_classes, condenser.real.im_size)
+    smallest = min(len(idx) for idx in condenser.by_class)
+    if condenser.group.active:
+        return "runs of several processes (torchrun)"
+    if any(True for _ in probe.buffers()) or not can_vmap(probe):
+        return f"{cfg.model} (batch norm or layer norm)"
+    if not isinstance(resolve_metric(cfg.dis_metric), str):
+        return "a distance of your own (--dis_metric package.module:function)"
+    if smallest < cfg.batch_real and resolve_scheme(cfg.scheme) != "inter-class":
+        return f"classes with fewer than --batch_real {cfg.batch_real} images (the smallest has {smallest})"
+    return None
+
+
+def use_batched(mode: str, condenser: Condenser, count: int) -> tuple[bool, Optional[str]]:
+    """Whether ``count`` experiments advance together under ``mode`` (auto: on a GPU), and, where
+    ``batched`` was asked for but cannot run, why (said once by the caller)."""
+    if mode == "sequential" or count < 2 or (mode == "auto" and condenser.device.type != "cuda"):
+        return False, None
+    reason = why_not(condenser)
+    if reason is None:
+        return True, None
+    return False, (f"batched experiments cannot serve {reason}; the experiments run one after another "
+                   "(same numbers)") if mode == "batched" else None
+
+
+class ExperimentBatch:
+    """Experiments ``condensers[i].experiment`` advanced together; ``steps`` as ``Condenser.steps``,
+    yielding the list of their states."""
+
+    def __init__(self, condensers: Sequence[Condenser]):
+        self.members = list(condensers)
+        first = self.members[0]
+        self.cfg, self.device, self.num_classes = first.cfg, first.device, first.num_classes
+        self.syn_labels = first.syn_labels
+        self.base = create_model(self.cfg.model, first.real.channel, self.num_classes, first.real.im_size).to("meta")
+
+    def networks(self, iteration: int):
+        """Each experiment's fresh network of ``iteration``, stacked: {name: (E, *shape)}."""
+        nets = [m.fresh_network(derive_seed(self.cfg.seed, m.experiment, iteration, 1), on_device=False)
+                for m in self.members]
+        params, _ = stack_module_state(nets)
+        return {n: p.detach().to(self.device) for n, p in params.items()}
+
+    def update(self, states: Sequence[CondenseState]) -> List[float]:
+        """One outer iteration of every experiment (``Condenser.update`` each): their losses."""
+        cfg, it = self.cfg, states[0].iteration
+        gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, m.experiment, it, 0)) for m in self.members]
+        params = self.networks(it)
+        trainer = StackedTrainer(self.base, params, cfg.lr_net, momentum=0.5)
+        scheme = scheme_at(cfg.scheme, it)
+        totals = torch.zeros(len(states), device=self.device)
+        for outer_step in range(cfg.outer_loop):
+            batches = [m.matching_batches(s.images, scheme, g) for m, s, g in zip(self.members, states, gens)]
+            real = tuple(torch.stack([b[0][i] for b in batches]) for i in (0, 1))
+            syn = tuple(torch.stack([b[1][i] for b in batches]) for i in (0, 1))
+            losses = experiment_losses(self.base, params, real, syn, scheme, cfg.dis_metric, self.num_classes,
+                                       cfg.precision)
+            with cpu_context(self.device):
+                grads = torch.autograd.grad(losses.sum(), [s.images for s in states])
+            for state, grad in zip(states, grads):
+                state.optimizer.zero_grad(set_to_none=True)
+                state.images.grad = grad
+                state.optimizer.step()
+            totals += losses.detach()
+            if outer_step == cfg.outer_loop - 1:
+                break
+            images = torch.stack([s.images.detach().clone() for s in states])
+            self.train_networks(trainer, images, outer_step, gens)
+        out = [t / (self.num_classes * cfg.outer_loop) for t in totals.tolist()]
+        for member, loss in zip(self.members, out):
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(it, member.experiment, loss)
+        return out
+
+    def train_networks(self, trainer: StackedTrainer, images, outer_step: int, gens) -> None:
+        """``Condenser.train_network`` of every experiment; under the overfit schedule each stops on its
+        own (the others go on, the stopped ones untouched)."""
+        cfg = self.cfg
+        epochs = inner_epochs(cfg.schedule, outer_step, cfg.scheme, cfg.inner_loop)
+        held = None
+        if cfg.schedule == "overfit":
+            drawn = [m.real_mixed(cfg.batch_real, g) for m, g in zip(self.members, gens)]
+            held = (torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn]))
+        augments = [make_augment(f"dsa:{cfg.dsa_strategy}", g) for g in gens] if cfg.dsa else None
+        labels = self.syn_labels.expand(len(gens), -1)
+        active = [True] * len(gens)
+        previous = [math.inf] * len(gens)
+        for _ in range(epochs):
+            trainer.epoch(images, labels, cfg.batch_train, gens, augments, active)
+            if held is not None:
+                current = trainer.losses(*held).tolist()
+                # as alone: stop once the held loss rises (a nan does not stop it)
+                active = [on and not now > before for on, now, before in zip(active, current, previous)]
+                previous = [now if on else before for on, now, before in zip(active, current, previous)]
+                if not any(active):
+                    break
+
+    def steps(self, states: Optional[Sequence[Optional[CondenseState]]] = None) -> Iterator[List[CondenseState]]:
+        """Yield the states before every update and once more at the end (all at one iteration)."""
+        states = [s or m.initial_state() for m, s in zip(self.members, states or [None] * len(self.members))]
+        if len({s.iteration for s in states}) != 1:
+            raise ValueError("batched experiments must start from the same iteration")
+        while True:
+            yield states
+            if states[0].iteration >= self.cfg.iterations:
+                return
+            with run_context(self.cfg.precision):
+                losses = self.update(states)
+            for state, loss in zip(states, losses):
+                state.last_loss = loss
+                state.iteration += 1
+
+
+def for_experiments(condenser: Condenser, experiments: Sequence[int]) -> List[Condenser]:
+    """Condensers of ``experiments`` sharing ``condenser``'s data on the device (one copy, not E)."""
+    out = []
+    for e in experiments:
+        member = copy.copy(condenser)
+        member.experiment, member._net, member._trainer = e, None, None
+        out.append(member)
+    return out
