@@ -44,6 +44,9 @@ EVAL_POOLS = {
 # ensemble; "auto": batched on a GPU (one stacked pass fills it), parallel on CPU (fastest measured
 # on the 2-core CPU).
 EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
+# How the num_exp condensations run: "batched" advances them together as one stacked computation
+# (gradmatch.experiments); "auto" does so on a GPU, where one experiment leaves the device idle.
+EXPERIMENT_MODES = ("auto", "batched", "sequential")
 
 
 def setting(default: Any = None, help: str = "", *, flag: Optional[str] = None, choices: Any = None,
@@ -238,7 +241,7 @@ class CondenseConfig:
 
 # Settings that a resumed run takes from the command line rather than from its checkpoint: where
 # and how loudly to run, never what is computed.
-RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method")
+RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method", "experiments")
 
 
 @dataclass
@@ -261,6 +264,9 @@ class RunConfig:
     eval_method: str = setting("auto", "how the num_eval networks are trained: auto, sequential, parallel "
                                "(worker threads) or batched (one torch.func ensemble; for GPUs): same "
                                "accuracies", choices=EVAL_METHODS, what="evaluation method")
+    experiments: str = setting("auto", "how the num_exp condensations run: auto (default: batched on a GPU, "
+                               "sequential on CPU), batched (advanced together as one stacked computation) or "
+                               "sequential: same numbers", choices=EXPERIMENT_MODES, what="experiments mode")
     download: bool = setting(False, "fetch missing dataset files (checksummed)")
     overwrite: bool = setting(False, "replace a finished or unfinished run of the same name")
     quiet: bool = setting(False, "no progress bar")

@@ -33,9 +33,6 @@ from .runtime import cpu_context
 from .schedule import inner_epochs
 from .train import StackedTrainer
 
-MODES = ("auto", "batched", "sequential")  # --experiments
-
-
 def why_not(condenser: Condenser) -> Optional[str]:
     """Why this run's experiments cannot be batched (None: they can)."""
     cfg = condenser.cfg

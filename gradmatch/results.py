@@ -180,9 +180,14 @@ def load_checkpoint(path) -> dict[str, Any]:
         raise GradmatchError(f"checkpoint {path} is not a gradmatch checkpoint of version "
                              f"{CHECKPOINT_VERSION}; {hint}")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    state = ckpt.get("state")
-    if state is not None and not all(k in state for k in ("images", "optimizer", "iteration", "last_loss")):
-        missing.append("state")
+    later = ckpt.get("later_states") or {}  # a batched run's other unfinished experiments
+    if not isinstance(later, dict) or not all(isinstance(e, int) for e in later):
+        missing.append("later_states")
+        later = {}
+    for name, state in [("state", ckpt.get("state")), *((f"later_states[{e}]", s) for e, s in later.items())]:
+        if state is not None and not (isinstance(state, dict) and
+                                      all(k in state for k in ("images", "optimizer", "iteration", "last_loss"))):
+            missing.append(name)
     if missing:
         raise GradmatchError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); {hint}")
     return ckpt

@@ -40,6 +40,7 @@ from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
 from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
 from .errors import GradmatchError, warn
 from .evaluate import check_models_fit, eval_pool, evaluate
+from .experiments import ExperimentBatch, for_experiments, use_batched
 from .plots import save_image_grid
 from .results import (
     CHECKPOINT_VERSION,
@@ -90,9 +91,9 @@ class NonFiniteImages(Exception):
     """The images turned nan/inf although the loss was finite (a nan gradient); ``iteration`` is the
     0-based index of the update that did it, as in ``NonFiniteLoss``."""
 
-    def __init__(self, iteration: int):
-        super().__init__(f"synthetic images became non-finite in update {iteration}")
-        self.iteration = iteration
+    def __init__(self, iteration: int, experiment: int):
+        super().__init__(f"synthetic images of experiment {experiment} became non-finite in update {iteration}")
+        self.iteration, self.experiment = iteration, experiment
 
 
 @contextmanager
@@ -249,15 +250,34 @@ class Run:
             if self.progress["experiment"] >= cfg.num_exp and self.writes:
                 print(f"note: {self.dir} had finished all {cfg.num_exp} experiments; writing its results again",
                       file=sys.stderr)
-        for exp in range(self.progress["experiment"], cfg.num_exp):
-            condenser = Condenser(train, cfg.condense, exp, cfg.device)
-            state = None
-            if ckpt is not None and ckpt["state"] is not None:
-                state = self._restore_state(condenser, ckpt["state"])
-                self.checkpointed_at = (exp, state.iteration)
-            ckpt = None
-            self._condense_one(condenser, state)
+        # saved in-progress states by experiment (a batched run's checkpoint holds several)
+        self.saved: dict[int, dict[str, Any]] = {}
+        if ckpt is not None:
+            self.saved = dict(ckpt.get("later_states") or {})
+            if ckpt["state"] is not None:
+                self.saved[self.progress["experiment"]] = ckpt["state"]
+        while self.progress["experiment"] < cfg.num_exp:
+            self._condense(self._next_members(train))
         return self._finish()
+
+    def _next_members(self, train) -> list[tuple[Condenser, CondenseState | None]]:
+        """The experiments to run next, with their restored states: the next one alone, or (batched)
+        it and every later one that starts from the same iteration."""
+        cfg, exp = self.cfg, self.progress["experiment"]
+        first = Condenser(train, cfg.condense, exp, cfg.device)
+        together, note = use_batched(cfg.experiments, first, cfg.num_exp - exp)
+        if note and self.writes and not getattr(self, "_noted", False):
+            warn(note)
+            self._noted = True
+        start = self.saved[exp]["iteration"] if exp in self.saved else 0
+        exps = [exp]
+        if together:
+            exps += [e for e in range(exp + 1, cfg.num_exp)
+                     if (self.saved[e]["iteration"] if e in self.saved else 0) == start]
+            exps = exps[:next((i for i, e in enumerate(exps) if e != exp + i), len(exps))]  # consecutive only
+        members = for_experiments(first, exps)
+        return [(m, self._restore_state(m, self.saved.pop(m.experiment)) if m.experiment in self.saved else None)
+                for m in members]
 
     def _restore_state(self, condenser: Condenser, saved: dict[str, Any]) -> CondenseState:
         state = condenser.initial_state()
@@ -268,52 +288,69 @@ class Run:
             state.images.copy_(saved["images"].to(state.images.device))
         state.optimizer.load_state_dict(saved["optimizer"])
         state.iteration, state.last_loss = saved["iteration"], saved["last_loss"]
+        self.checkpointed_at = (condenser.experiment, state.iteration)
         return state
 
-    # ---- the loop of one experiment -------------------------------------------------------------
-    def _condense_one(self, condenser: Condenser, state: CondenseState | None) -> None:
-        cfg, exp = self.cfg, condenser.experiment
+    # ---- the loop of one experiment, or of several advanced together -----------------------------
+    def _condense(self, members: list[tuple[Condenser, CondenseState | None]]) -> None:
+        cfg = self.cfg
+        condensers, states = [m for m, _ in members], [s for _, s in members]
+        exps = [c.experiment for c in condensers]
+        if len(condensers) == 1:
+            stepper = ([state] for state in condensers[0].steps(states[0]))
+            engines = [{"engine": condensers[0].engine, "note": condensers[0].engine_note}]
+        else:
+            stepper = ExperimentBatch(condensers).steps(states)
+            engines = [{"engine": "batched", "note": None, "together": exps}] * len(exps)
+        for exp, engine in zip(exps, engines):
+            self._log({"event": "engine", "experiment": exp, **engine})
         points = cfg.eval_points()
         done = {(e["experiment"], e["iteration"]) for e in self.progress["evaluations"]}
-        first = state.iteration if state is not None else 0
-        bar = tqdm(total=cfg.condense.iterations, initial=first, desc=f"exp {exp}", unit="it",
+        first = states[0].iteration if states[0] is not None else 0
+        label = f"exp {exps[0]}" if len(exps) == 1 else f"exp {exps[0]}-{exps[-1]}"
+        bar = tqdm(total=cfg.condense.iterations, initial=first, desc=label, unit="it",
                    disable=True if cfg.quiet or not self.writes else None, dynamic_ncols=True)
-        self._log({"event": "engine", "experiment": exp, "engine": condenser.engine, "note": condenser.engine_note})
         tick = time.perf_counter()
-        current = state
+        currents = states
         try:
-            for current in condenser.steps(state):
-                it = current.iteration
+            for currents in stepper:
+                it = currents[0].iteration
+                live = dict(zip(exps, currents))
                 if it > first:
-                    now = time.perf_counter()
-                    self._log({"event": "iteration", "experiment": exp, "iteration": it,
-                               "loss": current.last_loss, "seconds": round(now - tick, 4)})
+                    seconds = round(time.perf_counter() - tick, 4)
+                    for exp, current in live.items():
+                        self._log({"event": "iteration", "experiment": exp, "iteration": it,
+                                   "loss": current.last_loss, "seconds": seconds})
                     bar.update(1)
-                    bar.set_postfix(loss=f"{current.last_loss:.4f}")
-                    if not bool(torch.isfinite(current.images).all()):
-                        raise NonFiniteImages(it - 1)
-                if it in points and (exp, it) not in done:
-                    self._checkpoint(condenser, current)  # saved first: an evaluation error loses nothing
-                    self._evaluate(condenser, current, bar)
-                    self._checkpoint(condenser, current)
+                    bar.set_postfix(loss=f"{currents[0].last_loss:.4f}")
+                    for exp, current in live.items():
+                        if not bool(torch.isfinite(current.images).all()):
+                            raise NonFiniteImages(it - 1, exp)
+                if it in points and any((e, it) not in done for e in exps):
+                    self._checkpoint(live)  # saved first: an evaluation error loses nothing
+                    for condenser, current in zip(condensers, currents):
+                        if (condenser.experiment, it) not in done:
+                            self._evaluate(condenser, current, bar)
+                    self._checkpoint(live)
                 elif it > first and it % cfg.checkpoint_every == 0:
-                    self._checkpoint(condenser, current)
+                    self._checkpoint(live)
                 tick = time.perf_counter()  # an iteration's seconds leave out evaluation and saving
         except (NonFiniteLoss, NonFiniteImages) as err:
-            raise self._non_finite_error(err, exp) from None
+            raise self._non_finite_error(err) from None
         finally:
             bar.close()
-        self.progress["sets"].append(condenser.synthetic_set(current).to_dict())
-        self.progress["experiment"] = exp + 1
-        self._checkpoint(None, None)
+        for condenser, current in zip(condensers, currents):
+            self.progress["sets"].append(condenser.synthetic_set(current).to_dict())
+        self.progress["experiment"] = exps[-1] + 1
+        self._checkpoint({})
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.writes:
             append_log(self.log_path, record)
 
-    def _non_finite_error(self, err: NonFiniteLoss | NonFiniteImages, exp: int) -> GradmatchError:
+    def _non_finite_error(self, err: NonFiniteLoss | NonFiniteImages) -> GradmatchError:
         """One line: which iteration (numbered as in the log), what is kept, what to do."""
-        update = err.iteration + 1
+        update, exp = err.iteration + 1, err.experiment
         if isinstance(err, NonFiniteImages):
             what = "the synthetic images became non-finite (nan or inf)"
         else:
@@ -351,14 +388,18 @@ class Run:
             if self.writes:
                 bar.write(f"[exp {exp} it {it}] {result.line()}")
 
-    def _checkpoint(self, condenser: Condenser | None, state: CondenseState | None) -> None:
-        saved_state = None
-        if state is not None:
+    def _checkpoint(self, live: dict[int, CondenseState]) -> None:
+        """Write the progress and every unfinished experiment's state: ``live`` (those running now) and
+        the saved ones not started yet.  ``state`` is the first unfinished experiment's, ``later_states``
+        the others' (a batched run has several)."""
+        pending = dict(self.saved)
+        for exp, state in live.items():
             images = state.images.detach().cpu().clone()
             if not bool(torch.isfinite(images).all()):  # never replace a good checkpoint with a bad one
-                raise NonFiniteImages(max(state.iteration - 1, 0))
-            saved_state = {"images": images, "optimizer": state.optimizer.state_dict(),
-                           "iteration": state.iteration, "last_loss": state.last_loss}
+                raise NonFiniteImages(max(state.iteration - 1, 0), exp)
+            pending[exp] = {"images": images, "optimizer": state.optimizer.state_dict(),
+                            "iteration": state.iteration, "last_loss": state.last_loss}
+        saved_state = pending.pop(self.progress["experiment"], None)
         syn_labels = torch.arange(self.train.num_classes).repeat_interleave(self.cfg.condense.ipc)
         if saved_state is not None:
             images = saved_state["images"]
@@ -369,7 +410,7 @@ class Run:
         save_torch({"version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "progress": self.progress,
                     "experiment": self.progress["experiment"],
                     "iteration": saved_state["iteration"] if saved_state else None,
-                    "state": saved_state, "images": images, "labels": syn_labels,
+                    "state": saved_state, "later_states": pending, "images": images, "labels": syn_labels,
                     "meta": {"classes": self.train.classes, "mean": self.train.mean, "std": self.train.std,
                              "dataset": self.train.name},
                     "rng_states": rng_states()}, self.ckpt_path)

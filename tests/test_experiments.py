@@ -3,12 +3,20 @@ give each experiment the images of its own run (float64, so that only rounding m
 every scheme, distance family, schedule and DSA; where they cannot apply, the reason is said."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+import gradmatch.run as gm_run
+from gradmatch.cli import main
 from gradmatch.condense import CondenseConfig, Condenser
 from gradmatch.data import Dataset
+from gradmatch.errors import GradmatchError
 from gradmatch.experiments import ExperimentBatch, for_experiments, use_batched, why_not
+from gradmatch.results import CHECKPOINT_VERSION, load_checkpoint, read_log, save_torch
+from tests.conftest import TINY_DIGITS
 
 K = 3
 
@@ -107,3 +115,100 @@ def test_when_experiments_are_batched_and_why_not():
     custom = Condenser(real, config(dis_metric="tests.user_distances:l1_rows"), device="cpu")
     batched, note = use_batched("batched", custom, 3)
     assert not batched and "distance of your own" in note and "one after another" in note
+
+
+# ---- in a run: the CLI's --experiments, checkpoints of several experiments, resume either way -------
+NAME = "intra-class_digits_ConvNetD1_2ipc"
+
+
+def run_args(save_path, *extra):  # ConvNetD1: TINY_DIGITS's ConvNetW32 is chaotic on 8x8 images (rounding grows)
+    return ["condense", *TINY_DIGITS, "--model", "ConvNetD1", "--Iteration", "3",
+            "--eval_iterations", "3", "--save_path", str(save_path), "--num_exp", "3", *extra]
+
+
+def images_of(save_path):
+    return [d[0] for d in torch.load(Path(save_path) / f"{NAME}.pt", weights_only=True)["data"]]
+
+
+def close(a, b):
+    """float32 runs: the stacked arithmetic rounds differently, and 3 iterations grow it to ~3e-4 of the
+    images' norm (as much as between the fast and batched engines of one run, measured alike)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert float((x - y).norm() / y.norm()) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def sequential_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    save = tmp_path_factory.mktemp("sequential")
+    assert main(run_args(save, "--experiments", "sequential")) == 0
+    return images_of(save)
+
+
+def test_a_batched_run_equals_the_sequential_one_and_says_so(sequential_run, tmp_path):
+    assert main(run_args(tmp_path, "--experiments", "batched")) == 0
+    close(images_of(tmp_path), sequential_run)
+    log = read_log(tmp_path / NAME / "log.jsonl")
+    engines = [r for r in log if r["event"] == "engine"]
+    assert [r["experiment"] for r in engines] == [0, 1, 2]
+    assert all(r["engine"] == "batched" and r["together"] == [0, 1, 2] for r in engines)
+    its = [r for r in log if r["event"] == "iteration"]
+    assert sorted((r["experiment"], r["iteration"]) for r in its) == [(e, i) for e in range(3) for i in (1, 2, 3)]
+    assert json.loads((tmp_path / NAME / "config.json").read_text())["experiments"] == "batched"
+
+
+def interrupt_after(monkeypatch, experiment: int, iteration: int):
+    real_append = gm_run.append_log
+
+    def append(path, record):
+        real_append(path, record)
+        at = (record.get("experiment"), record.get("iteration"))
+        if record.get("event") == "iteration" and at == (experiment, iteration):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(gm_run, "append_log", append)
+
+
+@pytest.mark.parametrize("resume_as", ["batched", "sequential"])
+def test_a_cut_batched_run_resumes_batched_or_one_by_one(sequential_run, tmp_path, monkeypatch, resume_as):
+    interrupt_after(monkeypatch, 2, 2)  # checkpoints every iteration: the last one holds iteration 1
+    assert main(run_args(tmp_path / "cut", "--experiments", "batched")) == 130
+    ckpt = load_checkpoint(tmp_path / "cut" / NAME / "checkpoint.pt")
+    assert ckpt["progress"]["experiment"] == 0 and ckpt["state"]["iteration"] == 1
+    assert sorted(ckpt["later_states"]) == [1, 2]
+    assert all(s["iteration"] == 1 for s in ckpt["later_states"].values())
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    assert main(run_args(tmp_path / "cut", "--experiments", resume_as, "--resume")) == 0
+    close(images_of(tmp_path / "cut"), sequential_run)
+    if resume_as == "batched":  # the same arithmetic as an uncut batched run: the same bits
+        assert main(run_args(tmp_path / "whole", "--experiments", "batched")) == 0
+        assert all(torch.equal(a, b) for a, b in zip(images_of(tmp_path / "cut"), images_of(tmp_path / "whole")))
+
+
+def test_a_cut_sequential_run_resumes_with_the_rest_batched(sequential_run, tmp_path, monkeypatch):
+    interrupt_after(monkeypatch, 0, 2)
+    assert main(run_args(tmp_path, "--experiments", "sequential")) == 130
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    assert main(run_args(tmp_path, "--experiments", "batched", "--resume")) == 0
+    close(images_of(tmp_path), sequential_run)
+    engines = [r for r in read_log(tmp_path / NAME / "log.jsonl") if r["event"] == "engine"]
+    assert engines[-1]["together"] == [1, 2] and "together" not in engines[-3]  # experiment 0 went on alone
+
+
+def test_a_checkpoint_with_a_broken_later_state_is_refused(tmp_path, capsys):
+    ckpt_path = tmp_path / "checkpoint.pt"
+    save_torch({"version": CHECKPOINT_VERSION, "config": {}, "progress": {}, "state": None, "images": None,
+                "labels": None, "meta": {}, "later_states": {1: {"images": torch.zeros(1)}}}, ckpt_path)
+    with pytest.raises(GradmatchError, match=r"incomplete \(no later_states\[1\]\)"):
+        load_checkpoint(ckpt_path)
+
+
+def test_batched_asked_where_it_cannot_run_is_said_once(tmp_path, capsys):
+    args = run_args(tmp_path, "--experiments", "batched", "--dis_metric", "tests.user_distances:l1_rows",
+                    "--Iteration", "1", "--eval_iterations", "1")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("batched experiments cannot serve a distance of your own") == 1
