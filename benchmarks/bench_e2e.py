@@ -13,6 +13,9 @@ warm-up iteration, for:
   as its ``epoch`` does);
 * gradmatch's ``Condenser.update`` with each engine (``--engines``) and precision (``--precisions``).
 
+Then, at ``--experiments_ipcs``, ``--experiments`` experiments advanced together
+(``gradmatch.experiments.ExperimentBatch``, the default on a GPU) against one experiment alone: the
+time of one iteration of all of them over the time of one (the issue's goal: 5 in at most 2x).
 Then the evaluation of 20 ConvNets on an ipc-10 set (``--eval_epochs`` each): the seed's
 evaluate_synset loop written out plainly, one network after the other, against ``gradmatch.evaluate``
 (its default method for the device).  Achieved TFLOP/s count the useful FLOPs of one iteration
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gradmatch.condense import CondenseConfig, Condenser, SyntheticSet  # noqa: E402
 from gradmatch.data import Dataset  # noqa: E402
 from gradmatch.evaluate import evaluate  # noqa: E402
+from gradmatch.experiments import ExperimentBatch, for_experiments  # noqa: E402
 from gradmatch.models import create_model  # noqa: E402
 from gradmatch.schedule import loops_for_ipc  # noqa: E402
 
@@ -215,6 +219,30 @@ def iteration_flops(real: Dataset, ipc: int, device) -> float:
     return outer * per_step + (outer - 1) * inner * per_epoch
 
 
+def time_experiments(train: Dataset, ipc: int, count: int, timed_iterations: int, device) -> dict:
+    """Seconds of one iteration: one experiment alone (the default engine) and ``count`` together."""
+    cfg = CondenseConfig(ipc=ipc, model="ConvNet", scheme="multi-level", dis_metric="improved", seed=0)
+    alone = Condenser(train, cfg, device=device)
+    state = alone.initial_state()
+
+    def one():
+        alone.update(state)
+        state.iteration += 1
+
+    batch = ExperimentBatch(for_experiments(alone, range(count)))
+    states = [m.initial_state() for m in batch.members]
+
+    def together():
+        batch.update(states)
+        for s in states:
+            s.iteration += 1
+
+    one_s = median_seconds(one, 1, timed_iterations, device)
+    all_s = median_seconds(together, 1, timed_iterations, device)
+    return {"ipc": ipc, "experiments": count, "one_seconds": one_s, "together_seconds": all_s,
+            "together_over_one": all_s / one_s, "speedup_vs_one_by_one": count * one_s / all_s}
+
+
 def load_data(data_path, device):
     from gradmatch.data import load
 
@@ -238,6 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default="textbook,auto,fast,batched")
     p.add_argument("--precisions", default="fp32", help="for the auto engine, e.g. fp32,tf32,bf16")
     p.add_argument("--precision_ipcs", default=None, help="the ipcs where --precisions run (default: all)")
+    p.add_argument("--experiments", type=int, default=5, help="experiments advanced together; 0: no such part")
+    p.add_argument("--experiments_ipcs", default="1,10")
     p.add_argument("--eval_epochs", type=int, default=300, help="0: no evaluation part")
     p.add_argument("--num_eval", type=int, default=20)
     p.add_argument("--eval_methods", default="auto", help="gradmatch's evaluation methods to time, e.g. auto,batched")
@@ -293,6 +323,16 @@ def main(argv=None) -> int:
             print(f"ipc {ipc:>2} {ran:<18} {precision:<5} {seconds:8.3f} s/it  "
                   f"{'x%.2f' % row['ratio'] if row['ratio'] else '':>7}  {row['tflops']:6.2f} TFLOP/s{detail}",
                   flush=True)
+    for ipc in [int(x) for x in args.experiments_ipcs.split(",")] if args.experiments else []:
+        try:
+            row = time_experiments(train, ipc, args.experiments, args.iterations, device)
+        except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
+            print(f"ipc {ipc} {args.experiments} experiments together: failed: {type(err).__name__}: {err}", flush=True)
+            continue
+        rows.append(row)
+        print(f"ipc {ipc:>2} {args.experiments} experiments together {row['together_seconds']:.3f} s/it, one alone "
+              f"{row['one_seconds']:.3f} s/it: x{row['together_over_one']:.2f} the time of one, "
+              f"x{row['speedup_vs_one_by_one']:.2f} faster than one by one", flush=True)
     if args.eval_epochs:
         ipc = 10
         g = torch.Generator().manual_seed(1)
@@ -314,6 +354,10 @@ def main(argv=None) -> int:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "1.00x"
             print(f"| {r['ipc']} | {r['engine']} | {r['precision']} | {r['seconds']:.3f} | {ratio} | "
                   f"{r['tflops']:.2f} ({100 * r['tflops'] / peak:.0f}%) |")
+        elif "experiments" in r:
+            print(f"| {r['ipc']} | {r['experiments']} experiments together | fp32 | {r['one_seconds']:.3f} -> "
+                  f"{r['together_seconds']:.3f} | {r['together_over_one']:.2f}x of one "
+                  f"({r['speedup_vs_one_by_one']:.2f}x vs one by one) | |")
         else:
             print(f"| evaluation | {r['evaluation']} | | {r['textbook_seconds']:.2f} s -> "
                   f"{r['gradmatch_seconds']:.2f} s | {r['ratio']:.2f}x | |")

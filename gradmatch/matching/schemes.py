@@ -18,6 +18,7 @@ from .distances import Metric, gradient_distance, resolve_metric, summed_distanc
 from .engines import class_gradients, needed_parameters, resolve_engine
 from .engines.batched import stacked_class_gradients
 
+TARGET_IMAGES_PER_PASS = 16384  # batched experiments: real images per vmapped target pass (~32 GB for ConvNet)
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 # The seed's script names and a few short forms.
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
@@ -122,8 +123,12 @@ def experiment_losses(base: nn.Module, params: Dict[str, Tensor], real: Batch, s
     def grouped(x: Tensor, y: Tensor):
         return x.reshape(len(x), per_class, -1, *x.shape[2:]), y.reshape(len(y), per_class, -1)
 
-    g_real = stacked_class_gradients(base, params, wanted, *grouped(real_x, real_y), target=True,
-                                     precision=precision)
+    # the targets are constants: taken a few experiments at a time, which bounds the activations' memory
+    per_pass = max(1, TARGET_IMAGES_PER_PASS // real_y[0].numel())
+    chunks = [stacked_class_gradients(base, {n: p[i:i + per_pass] for n, p in params.items()}, wanted,
+                                      *grouped(real_x[i:i + per_pass], real_y[i:i + per_pass]), target=True,
+                                      precision=precision) for i in range(0, len(real_y), per_pass)]
+    g_real = [torch.cat(parts) for parts in zip(*chunks)]
     g_syn = stacked_class_gradients(base, params, wanted, *grouped(syn_x, syn_y), target=False)
     if scheme == "inter-class":
         def one(s, r):
