@@ -45,7 +45,8 @@ EVAL_POOLS = {
 # on the 2-core CPU).
 EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
 # How the num_exp condensations run: "batched" advances them together as one stacked computation
-# (gradmatch.experiments); "auto" does so on a GPU, where one experiment leaves the device idle.
+# (gradmatch.experiments); "auto" does so where the batched engine runs (a GPU, where one experiment
+# leaves the device idle).
 EXPERIMENT_MODES = ("auto", "batched", "sequential")
 
 
@@ -264,9 +265,10 @@ class RunConfig:
     eval_method: str = setting("auto", "how the num_eval networks are trained: auto, sequential, parallel "
                                "(worker threads) or batched (one torch.func ensemble; for GPUs): same "
                                "accuracies", choices=EVAL_METHODS, what="evaluation method")
-    experiments: str = setting("auto", "how the num_exp condensations run: auto (default: batched on a GPU, "
-                               "sequential on CPU), batched (advanced together as one stacked computation) or "
-                               "sequential: same numbers", choices=EXPERIMENT_MODES, what="experiments mode")
+    experiments: str = setting("auto", "how the num_exp condensations run: auto (default: batched where the "
+                               "batched matching engine runs, i.e. on a GPU), batched (advanced together as "
+                               "one stacked computation) or sequential: same numbers", choices=EXPERIMENT_MODES,
+                               what="experiments mode")
     download: bool = setting(False, "fetch missing dataset files (checksummed)")
     overwrite: bool = setting(False, "replace a finished or unfinished run of the same name")
     quiet: bool = setting(False, "no progress bar")

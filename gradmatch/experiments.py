@@ -36,7 +36,8 @@ from .train import StackedTrainer
 def why_not(condenser: Condenser) -> Optional[str]:
     """Why this run's experiments cannot be batched (None: they can)."""
     cfg = condenser.cfg
-    probe = create_model(cfg.model, condenser.real.channel, condenser.num_classes, condenser.real.im_size)
+    with torch.random.fork_rng(devices=[]):  # no run's random stream moves
+        probe = create_model(cfg.model, condenser.real.channel, condenser.num_classes, condenser.real.im_size)
     smallest = min(len(idx) for idx in condenser.by_class)
     if condenser.group.active:
         return "runs of several processes (torchrun)"
@@ -50,9 +51,10 @@ def why_not(condenser: Condenser) -> Optional[str]:
 
 
 def use_batched(mode: str, condenser: Condenser, count: int) -> tuple[bool, Optional[str]]:
-    """Whether ``count`` experiments advance together under ``mode`` (auto: on a GPU), and, where
-    ``batched`` was asked for but cannot run, why (said once by the caller)."""
-    if mode == "sequential" or count < 2 or (mode == "auto" and condenser.device.type != "cuda"):
+    """Whether ``count`` experiments advance together under ``mode`` (auto: where the batched engine
+    runs, i.e. on a GPU), and, where ``batched`` was asked for but cannot run, why (said once by the
+    caller)."""
+    if mode == "sequential" or count < 2 or (mode == "auto" and condenser.engine != "batched"):
         return False, None
     reason = why_not(condenser)
     if reason is None:

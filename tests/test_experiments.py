@@ -69,7 +69,7 @@ def test_targets_taken_a_few_experiments_at_a_time_give_the_same_images(float64,
     import gradmatch.matching.schemes as schemes
     real, cfg = tiny_real(), config(scheme="multi-level", dis_metric="improved")
     whole = together(real, cfg, [0, 1, 2])
-    monkeypatch.setattr(schemes, "TARGET_IMAGES_PER_PASS", 2 * K * 8)  # two experiments' real batches per pass
+    monkeypatch.setitem(schemes.TARGET_IMAGES_PER_PASS, "cpu", 2 * K * 8)  # two experiments' real batches a pass
     for (a, _), (b, _) in zip(whole, together(real, cfg, [0, 1, 2])):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
 
@@ -112,7 +112,8 @@ def test_batched_experiments_resume_from_states_at_one_iteration(float64):
 def test_when_experiments_are_batched_and_why_not():
     real = tiny_real()
     cpu = Condenser(real, config(), device="cpu")
-    assert use_batched("auto", cpu, 5) == (False, None)  # auto batches on GPUs only
+    assert use_batched("auto", cpu, 5) == (False, None)  # auto batches where the batched engine runs (GPUs)
+    assert use_batched("auto", Condenser(real, config(matching="batched"), device="cpu"), 5) == (True, None)
     assert use_batched("batched", cpu, 5) == (True, None)
     assert use_batched("batched", cpu, 1) == (False, None)  # nothing to batch
     assert use_batched("sequential", cpu, 5) == (False, None)

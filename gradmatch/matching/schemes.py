@@ -18,7 +18,8 @@ from .distances import Metric, gradient_distance, resolve_metric, summed_distanc
 from .engines import class_gradients, needed_parameters, resolve_engine
 from .engines.batched import stacked_class_gradients
 
-TARGET_IMAGES_PER_PASS = 16384  # batched experiments: real images per vmapped target pass (~32 GB for ConvNet)
+# batched experiments: real images per vmapped target pass (CIFAR-10 ConvNet: ~2 MB each of activations)
+TARGET_IMAGES_PER_PASS = {"cuda": 16384, "cpu": 4096}
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 # The seed's script names and a few short forms.
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
@@ -124,7 +125,7 @@ def experiment_losses(base: nn.Module, params: Dict[str, Tensor], real: Batch, s
         return x.reshape(len(x), per_class, -1, *x.shape[2:]), y.reshape(len(y), per_class, -1)
 
     # the targets are constants: taken a few experiments at a time, which bounds the activations' memory
-    per_pass = max(1, TARGET_IMAGES_PER_PASS // real_y[0].numel())
+    per_pass = max(1, TARGET_IMAGES_PER_PASS.get(real_x.device.type, 4096) // real_y[0].numel())
     chunks = [stacked_class_gradients(base, {n: p[i:i + per_pass] for n, p in params.items()}, wanted,
                                       *grouped(real_x[i:i + per_pass], real_y[i:i + per_pass]), target=True,
                                       precision=precision) for i in range(0, len(real_y), per_pass)]
