@@ -350,14 +350,14 @@ def main(argv=None) -> int:
     print("\n| ipc | engine | precision | s / iteration | vs textbook | TFLOP/s (% of fp32 matmul peak) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        if "ipc" in r:
-            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "1.00x"
-            print(f"| {r['ipc']} | {r['engine']} | {r['precision']} | {r['seconds']:.3f} | {ratio} | "
-                  f"{r['tflops']:.2f} ({100 * r['tflops'] / peak:.0f}%) |")
-        elif "experiments" in r:
+        if "experiments" in r:
             print(f"| {r['ipc']} | {r['experiments']} experiments together | fp32 | {r['one_seconds']:.3f} -> "
                   f"{r['together_seconds']:.3f} | {r['together_over_one']:.2f}x of one "
                   f"({r['speedup_vs_one_by_one']:.2f}x vs one by one) | |")
+        elif "ipc" in r:
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "1.00x"
+            print(f"| {r['ipc']} | {r['engine']} | {r['precision']} | {r['seconds']:.3f} | {ratio} | "
+                  f"{r['tflops']:.2f} ({100 * r['tflops'] / peak:.0f}%) |")
         else:
             print(f"| evaluation | {r['evaluation']} | | {r['textbook_seconds']:.2f} s -> "
                   f"{r['gradmatch_seconds']:.2f} s | {r['ratio']:.2f}x | |")
