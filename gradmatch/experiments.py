@@ -15,6 +15,7 @@ network without running state (no batch norm) or layer norm; ``why_not`` says ot
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Iterator, List, Optional, Sequence
 
@@ -22,7 +23,9 @@ import torch
 from torch.func import stack_module_state
 
 from .augment import make_augment
-from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
+from .condense import Condenser, CondenseConfig, CondenseState, NonFiniteLoss, derive_seed
+from .config import RunConfig, check_field
+from .errors import warn
 from .matching import resolve_scheme, scheme_at
 from .matching.distances import resolve_metric
 from .matching.engines import can_vmap
@@ -159,3 +162,28 @@ def for_experiments(condenser: Condenser, experiments: Sequence[int]) -> List[Co
         member.experiment, member._net, member._trainer = e, None, None
         out.append(member)
     return out
+
+
+def condense_experiments(real, experiments=5, config=None, device=None, mode: str = "batched",
+                         **overrides) -> list:
+    """``condense`` for several experiments (an int n: 0..n-1, or their numbers), advanced together
+    where they can be (``mode`` as ``--experiments``; one by one otherwise): one SyntheticSet each,
+    each equal to ``condense(real, config, experiment=e)`` up to float rounding."""
+    check_field(RunConfig, "experiments", mode)
+    config = dataclasses.replace(config or CondenseConfig(), **overrides)
+    numbers = list(range(experiments)) if isinstance(experiments, int) else list(experiments)
+    first = Condenser(real, config, numbers[0], device)
+    members = for_experiments(first, numbers)
+    batched, note = use_batched(mode, first, len(numbers))
+    if note:
+        warn(note)
+    if batched:
+        *_, final = ExperimentBatch(members).steps()
+    else:
+        final = [_last(m.steps()) for m in members]
+    return [m.synthetic_set(s) for m, s in zip(members, final)]
+
+
+def _last(steps):
+    *_, last = steps
+    return last

@@ -222,3 +222,18 @@ def test_batched_asked_where_it_cannot_run_is_said_once(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("batched experiments cannot serve a distance of your own") == 1
+
+
+def test_the_python_api_gives_each_experiments_own_set(float64, capsys):
+    import gradmatch
+    real = tiny_real()
+    sets = gradmatch.condense_experiments(real, 2, config(), device="cpu", scheme="multi-level")  # overrides too
+    for e, syn in enumerate(sets):
+        alone = gradmatch.condense(real, config(scheme="multi-level"), experiment=e, device="cpu")
+        torch.testing.assert_close(syn.images, alone.images, rtol=1e-10, atol=1e-12)
+        assert torch.equal(syn.labels, alone.labels)
+    one_by_one = gradmatch.condense_experiments(real, [1], config(scheme="multi-level"), device="cpu",
+                                                mode="sequential")
+    torch.testing.assert_close(one_by_one[0].images, sets[1].images, rtol=1e-10, atol=1e-12)
+    with pytest.raises(GradmatchError, match="--experiments"):
+        gradmatch.condense_experiments(real, 2, config(), device="cpu", mode="together")
