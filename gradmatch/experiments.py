@@ -25,7 +25,7 @@ from torch.func import stack_module_state
 from .augment import make_augment
 from .condense import Condenser, CondenseConfig, CondenseState, NonFiniteLoss, derive_seed
 from .config import RunConfig, check_field
-from .errors import warn
+from .errors import GradmatchError, warn
 from .matching import resolve_scheme, scheme_at
 from .matching.distances import resolve_metric
 from .matching.engines import can_vmap
@@ -35,6 +35,7 @@ from .precision import run_context
 from .runtime import cpu_context
 from .schedule import inner_epochs
 from .train import StackedTrainer
+
 
 def why_not(condenser: Condenser) -> Optional[str]:
     """Why this run's experiments cannot be batched (None: they can)."""
@@ -75,7 +76,12 @@ class ExperimentBatch:
         first = self.members[0]
         self.cfg, self.device, self.num_classes = first.cfg, first.device, first.num_classes
         self.syn_labels = first.syn_labels
-        self.base = create_model(self.cfg.model, first.real.channel, self.num_classes, first.real.im_size).to("meta")
+        reason = why_not(first)
+        if reason is not None:
+            raise GradmatchError(f"batched experiments cannot serve {reason}; run them one by one")
+        with torch.random.fork_rng(devices=[]):  # the architecture only (meta): no run's random stream moves
+            self.base = create_model(self.cfg.model, first.real.channel, self.num_classes,
+                                     first.real.im_size).to("meta")
 
     def networks(self, iteration: int):
         """Each experiment's fresh network of ``iteration``, stacked: {name: (E, *shape)}."""

@@ -16,11 +16,12 @@ images after k updates; an evaluation at iteration k evaluates those images.
 What a checkpoint holds, and why that is enough for an exact resume: the synthetic images, their
 optimiser's state (SGD momentum buffers) and the iteration of every unfinished experiment (``state``
 for the first, ``later_states`` for the others that ``--experiments batched`` advances with it), the
-progress so far (finished experiments' sets, accuracies, evaluations) and the settings.  The randomness of iteration k of experiment e
-(network initialisation, real batches, shuffling) comes from its own generator seeded with
-``derive_seed(seed, e, k, ...)``, not from a global stream, so nothing else is needed to continue
-exactly.  The global RNG states (torch CPU and CUDA, numpy, Python's ``random``) are saved too and
-restored on resume, for any user code (a custom distance) that draws from them.
+progress so far (finished experiments' sets, accuracies, evaluations) and the settings.  The
+randomness of iteration k of experiment e (network initialisation, real batches, shuffling) comes
+from its own generator seeded with ``derive_seed(seed, e, k, ...)``, not from a global stream, so
+nothing else is needed to continue exactly.  The global RNG states (torch CPU and CUDA, numpy,
+Python's ``random``) are saved too and restored on resume, for any user code (a custom distance)
+that draws from them.
 """
 from __future__ import annotations
 

@@ -125,6 +125,8 @@ def test_when_experiments_are_batched_and_why_not():
     custom = Condenser(real, config(dis_metric="tests.user_distances:l1_rows"), device="cpu")
     batched, note = use_batched("batched", custom, 3)
     assert not batched and "distance of your own" in note and "one after another" in note
+    with pytest.raises(GradmatchError, match="distance of your own"):
+        ExperimentBatch(for_experiments(custom, [0, 1]))
 
 
 # ---- in a run: the CLI's --experiments, checkpoints of several experiments, resume either way -------
