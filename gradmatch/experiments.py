@@ -36,6 +36,15 @@ from .runtime import cpu_context
 from .schedule import inner_epochs
 from .train import StackedTrainer
 
+# at most this many synthetic images advanced together: their double-backward graphs are what grows
+# (CIFAR-10: 10 experiments at ipc 50; CIFAR-100: 5 at ipc 10, one at a time at ipc 50)
+SYNTHETIC_IMAGES_TOGETHER = 5000
+
+
+def most_together(condenser: Condenser) -> int:
+    """How many experiments may advance together (memory)."""
+    return max(1, SYNTHETIC_IMAGES_TOGETHER // len(condenser.syn_labels))
+
 
 def why_not(condenser: Condenser) -> Optional[str]:
     """Why this run's experiments cannot be batched (None: they can)."""
@@ -183,10 +192,11 @@ def condense_experiments(real, experiments=5, config=None, device=None, mode: st
     batched, note = use_batched(mode, first, len(numbers))
     if note:
         warn(note)
-    if batched:
-        *_, final = ExperimentBatch(members).steps()
-    else:
-        final = [_last(m.steps()) for m in members]
+    size = most_together(first) if batched else 1
+    final = []
+    for start in range(0, len(members), size):
+        group = members[start:start + size]
+        final += _last(ExperimentBatch(group).steps()) if len(group) > 1 else [_last(group[0].steps())]
     return [m.synthetic_set(s) for m, s in zip(members, final)]
 
 

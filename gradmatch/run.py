@@ -42,7 +42,7 @@ from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
 from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
 from .errors import GradmatchError, warn
 from .evaluate import check_models_fit, eval_pool, evaluate
-from .experiments import ExperimentBatch, for_experiments, use_batched
+from .experiments import ExperimentBatch, for_experiments, most_together, use_batched
 from .plots import save_image_grid
 from .results import (
     CHECKPOINT_VERSION,
@@ -278,6 +278,7 @@ class Run:
             exps += [e for e in range(exp + 1, cfg.num_exp)
                      if (self.saved[e]["iteration"] if e in self.saved else 0) == start]
             exps = exps[:next((i for i, e in enumerate(exps) if e != exp + i), len(exps))]  # consecutive only
+            exps = exps[:most_together(first)]
         members = for_experiments(first, exps)
         return [(m, self._restore_state(m, self.saved.pop(m.experiment)) if m.experiment in self.saved else None)
                 for m in members]

@@ -226,16 +226,39 @@ def test_batched_asked_where_it_cannot_run_is_said_once(tmp_path, capsys):
     assert err.count("batched experiments cannot serve a distance of your own") == 1
 
 
-def test_the_python_api_gives_each_experiments_own_set(float64, capsys):
+def test_the_python_api_gives_each_experiments_own_set(float64, monkeypatch):
     import gradmatch
+    import gradmatch.experiments as experiments
     real = tiny_real()
-    sets = gradmatch.condense_experiments(real, 2, config(), device="cpu", scheme="multi-level")  # overrides too
+    sets = gradmatch.condense_experiments(real, 3, config(), device="cpu", scheme="multi-level")  # overrides too
     for e, syn in enumerate(sets):
         alone = gradmatch.condense(real, config(scheme="multi-level"), experiment=e, device="cpu")
         torch.testing.assert_close(syn.images, alone.images, rtol=1e-10, atol=1e-12)
         assert torch.equal(syn.labels, alone.labels)
+    monkeypatch.setattr(experiments, "SYNTHETIC_IMAGES_TOGETHER", 2 * K * 2)  # two experiments at a time
+    groups = []
+
+    class Spy(experiments.ExperimentBatch):
+        def __init__(self, members):
+            groups.append([m.experiment for m in members])
+            super().__init__(members)
+
+    monkeypatch.setattr(experiments, "ExperimentBatch", Spy)
+    in_twos = gradmatch.condense_experiments(real, 3, config(scheme="multi-level"), device="cpu")
+    assert groups == [[0, 1]]  # experiment 2 alone
+    for a, b in zip(in_twos, sets):
+        torch.testing.assert_close(a.images, b.images, rtol=1e-10, atol=1e-12)
     one_by_one = gradmatch.condense_experiments(real, [1], config(scheme="multi-level"), device="cpu",
                                                 mode="sequential")
     torch.testing.assert_close(one_by_one[0].images, sets[1].images, rtol=1e-10, atol=1e-12)
     with pytest.raises(GradmatchError, match="--experiments"):
         gradmatch.condense_experiments(real, 2, config(), device="cpu", mode="together")
+
+
+def test_a_run_advances_at_most_what_memory_allows_together(sequential_run, tmp_path, monkeypatch):
+    import gradmatch.experiments as experiments
+    monkeypatch.setattr(experiments, "SYNTHETIC_IMAGES_TOGETHER", 2 * 10 * 2)  # digits, ipc 2: two at a time
+    assert main(run_args(tmp_path, "--experiments", "batched")) == 0
+    engines = [r for r in read_log(tmp_path / NAME / "log.jsonl") if r["event"] == "engine"]
+    assert [r.get("together") for r in engines] == [[0, 1], [0, 1], None]
+    close(images_of(tmp_path), sequential_run)
