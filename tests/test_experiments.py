@@ -65,15 +65,6 @@ def test_each_batched_experiment_equals_its_own_run(float64, scheme, metric, sch
     assert not torch.allclose(got[0][0], got[1][0])  # the experiments differ: each has its own seeds
 
 
-def test_targets_taken_a_few_experiments_at_a_time_give_the_same_images(float64, monkeypatch):
-    import gradmatch.matching.schemes as schemes
-    real, cfg = tiny_real(), config(scheme="multi-level", dis_metric="improved")
-    whole = together(real, cfg, [0, 1, 2])
-    monkeypatch.setitem(schemes.TARGET_IMAGES_PER_PASS, "cpu", 2 * K * 8)  # two experiments' real batches a pass
-    for (a, _), (b, _) in zip(whole, together(real, cfg, [0, 1, 2])):
-        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
-
-
 def test_experiments_stop_on_their_own_under_the_overfit_schedule(float64, monkeypatch):
     """The held-out loss rises for different experiments after different epochs; the batch must then
     freeze exactly those networks (and draw nothing more for them), as their own runs stop."""

@@ -18,8 +18,6 @@ from .distances import Metric, gradient_distance, resolve_metric, summed_distanc
 from .engines import class_gradients, needed_parameters, resolve_engine
 from .engines.batched import stacked_class_gradients
 
-# batched experiments: real images per vmapped target pass (CIFAR-10 ConvNet: ~2 MB each of activations)
-TARGET_IMAGES_PER_PASS = {"cuda": 16384, "cpu": 4096}
 SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
 # The seed's script names and a few short forms.
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
@@ -116,20 +114,13 @@ def experiment_losses(base: nn.Module, params: Dict[str, Tensor], real: Batch, s
     metric = resolve_metric(metric)
     wanted = [n for n, _ in needed_parameters(base, metric)]
     (real_x, real_y), (syn_x, syn_y) = real, syn
-    if scheme == "inter-class":  # each experiment's one mixed batch
-        per_class = 1
-    else:
-        per_class = num_classes
+    batches = 1 if scheme == "inter-class" else num_classes  # per experiment: one mixed batch, or K
 
     def grouped(x: Tensor, y: Tensor):
-        return x.reshape(len(x), per_class, -1, *x.shape[2:]), y.reshape(len(y), per_class, -1)
+        return x.reshape(len(x), batches, -1, *x.shape[2:]), y.reshape(len(y), batches, -1)
 
-    # the targets are constants: taken a few experiments at a time, which bounds the activations' memory
-    per_pass = max(1, TARGET_IMAGES_PER_PASS.get(real_x.device.type, 4096) // real_y[0].numel())
-    chunks = [stacked_class_gradients(base, {n: p[i:i + per_pass] for n, p in params.items()}, wanted,
-                                      *grouped(real_x[i:i + per_pass], real_y[i:i + per_pass]), target=True,
-                                      precision=precision) for i in range(0, len(real_y), per_pass)]
-    g_real = [torch.cat(parts) for parts in zip(*chunks)]
+    g_real = stacked_class_gradients(base, params, wanted, *grouped(real_x, real_y), target=True,
+                                     precision=precision)
     g_syn = stacked_class_gradients(base, params, wanted, *grouped(syn_x, syn_y), target=False)
     if scheme == "inter-class":
         def one(s, r):

@@ -55,9 +55,14 @@ class BatchedEngine:
 
 def stacked_class_gradients(base: nn.Module, params: Dict[str, Tensor], wanted: Sequence[str], images: Tensor,
                             labels: Tensor, *, target: bool, precision: str = "fp32") -> List[Tensor]:
-    """The batched engine for E networks at once (batched experiments): ``params`` stacked (E, *shape),
+    """The batched engine for E networks (batched experiments): ``params`` stacked (E, *shape),
     ``images`` (E, K, n, C, H, W), ``labels`` (E, K, n); returns, per name in ``wanted``, the (E, K,
-    *shape) gradients of each member's K batches.  ``base`` gives the architecture (no buffers)."""
+    *shape) gradients of each network's K batches.  ``base`` gives the architecture (no buffers).
+
+    The synthetic batches (a few images per class) go through all E networks in one vmapped pass.
+    The real targets (K x batch_real images, one pass already fills a GPU) are taken one network at
+    a time, as a single run's batched engine takes them: ordinary convolutions rather than the
+    grouped ones that stacked weights become under vmap, and one network's activations in memory."""
     chosen = {n: params[n] for n in wanted}
     rest = {n: p for n, p in params.items() if n not in chosen}
 
@@ -67,6 +72,10 @@ def stacked_class_gradients(base: nn.Module, params: Dict[str, Tensor], wanted: 
         return F.cross_entropy(out.to(x.dtype), y)
 
     per_network = vmap(grad(loss), in_dims=(None, None, 0, 0))  # over one network's K batches
-    with torch.no_grad() if target else torch.enable_grad():  # targets: constants
+    if not target:
         grads = vmap(per_network)(chosen, rest, images, labels)
-    return [grads[n] for n in wanted]
+        return [grads[n] for n in wanted]
+    with torch.no_grad():  # targets: constants
+        each = [per_network({n: p[e] for n, p in chosen.items()}, {n: p[e] for n, p in rest.items()},
+                            images[e], labels[e]) for e in range(len(labels))]
+    return [torch.stack([g[n] for g in each]) for n in wanted]
