@@ -118,8 +118,10 @@ def experiments_together():
     cfg = CondenseConfig(ipc=2, iterations=2, scheme="multi-level", dis_metric="improved", inner_loop=5,
                          batch_real=64)
     first = Condenser(real, cfg, device=DEVICE)
-    *_, together = ExperimentBatch(for_experiments(first, range(3))).steps()
-    out = {}
+    batch = ExperimentBatch(for_experiments(first, range(3)))
+    *_, together = batch.steps()
+    static = batch.trainer.static
+    out = {"training": f"stacked epoch captured as a CUDA graph: {bool(static and static['graph'] is not None)}"}
     for e, state in enumerate(together):
         *_, alone = Condenser(real, cfg, e, device=DEVICE).steps()
         diff = float((state.images - alone.images).detach().norm() / alone.images.detach().norm())

@@ -91,6 +91,7 @@ class ExperimentBatch:
         with torch.random.fork_rng(devices=[]):  # the architecture only (meta): no run's random stream moves
             self.base = create_model(self.cfg.model, first.real.channel, self.num_classes,
                                      first.real.im_size).to("meta")
+        self.trainer: Optional[StackedTrainer] = None  # one per batch: its captured epoch is reused
 
     def networks(self, iteration: int):
         """Each experiment's fresh network of ``iteration``, stacked: {name: (E, *shape)}."""
@@ -103,8 +104,12 @@ class ExperimentBatch:
         """One outer iteration of every experiment (``Condenser.update`` each): their losses."""
         cfg, it = self.cfg, states[0].iteration
         gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, m.experiment, it, 0)) for m in self.members]
-        params = self.networks(it)
-        trainer = StackedTrainer(self.base, params, cfg.lr_net, momentum=0.5)
+        if self.trainer is None:
+            self.trainer = StackedTrainer(self.base, self.networks(it), cfg.lr_net, momentum=0.5)
+        else:  # copied into the run's stacked tensors: a captured training epoch stays valid
+            self.trainer.load(self.networks(it), cfg.lr_net)
+        trainer = self.trainer
+        params = dict(zip(trainer.names, trainer.params))
         scheme = scheme_at(cfg.scheme, it)
         totals = torch.zeros(len(states), device=self.device)
         for outer_step in range(cfg.outer_loop):

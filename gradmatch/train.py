@@ -176,23 +176,38 @@ class StackedTrainer:
     on a set each (E, N, C, H, W).  ``active`` (E bools) leaves the members that stopped untouched:
     no draw from their generators, no change to their weights.  Networks with running state (batch
     norm) cannot be stacked (``evaluate.can_batch``).
+
+    ``graph`` as ``Trainer``'s: on CUDA, without augmentation, the whole epoch runs on fixed storage
+    (set, order, mask and learning rate in buffers) captured once as a CUDA graph; ``graph=True``
+    runs that fixed-storage epoch eagerly anywhere (the tests' twin), ``False`` never.
     """
 
     def __init__(self, base: nn.Module, params: Dict[str, Tensor], lr: float, momentum: float,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, graph: Optional[bool] = None):
         self.base = base  # the architecture only; may live on the meta device
         self.names = list(params)
         self.params = [params[n] for n in self.names]  # stacked, updated in place
         self.buffers = [torch.zeros_like(p) for p in self.params]
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.graph = graph
+        self.static: Optional[dict] = None  # the fixed-storage epoch: its buffers and its CUDA graph
         self._losses = vmap(self._loss)
 
     def _loss(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(functional_call(self.base, dict(zip(self.names, params)), (x,)), y)
 
+    def load(self, params: Dict[str, Tensor], lr: float) -> None:
+        """Fresh networks (copied in place, so a captured epoch stays valid) and a fresh optimiser."""
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params):
+                p.copy_(params[name])
+        self.set_lr(lr, fresh=True)
+
     def set_lr(self, lr: float, fresh: bool = True) -> None:
         """As ``Trainer.set_lr``: ``fresh`` zeroes the momentum (a new optimiser)."""
         self.lr = lr
+        if self.static is not None:
+            self.static["lr"].fill_(lr)
         if fresh:
             for buf in self.buffers:
                 buf.zero_()
@@ -204,25 +219,71 @@ class StackedTrainer:
 
     def epoch(self, images: Tensor, labels: Tensor, batch_size: int, generators: Sequence[torch.Generator],
               augments: Optional[Sequence[Augment]] = None, active: Optional[Sequence[bool]] = None) -> None:
-        members = len(generators)
-        if labels.dim() == 1:  # one set shared by every member
-            images, labels = images.expand(members, *images.shape), labels.expand(members, -1)
+        members, n = len(generators), labels.shape[-1]
         active = list(active) if active is not None else [True] * members
-        augments = augments or [None] * members
-        n = labels.shape[1]
         orders = torch.stack([torch.randperm(n, generator=g) if on else torch.arange(n)
                               for g, on in zip(generators, active)])
         orders = to_device(orders, images.device)
-        rows = torch.arange(members, device=images.device)[:, None]
+        augmented = augments is not None and any(a is not None for a in augments)
+        wanted = self.graph if self.graph is not None else images.device.type == "cuda"
+        if wanted and not augmented:
+            static = self._static_for(images, labels, batch_size)
+            static["images"].copy_(images)
+            static["order"].copy_(orders)
+            static["mask"].copy_(to_device(torch.tensor(active), images.device))
+            if static["graph"] is not None:
+                static["graph"].replay()
+            else:
+                self._run(static)
+            return
         mask = None if all(active) else torch.tensor(active, device=images.device)
         for start in range(0, n, batch_size):
-            idx = orders[:, start:start + batch_size]
-            x, y = images[rows, idx], labels[rows, idx]
-            if any(a is not None for a in augments):
+            x, y = _gather(images, labels, orders[:, start:start + batch_size])
+            if augmented:
                 x = torch.stack([a(x[k]) if a is not None and active[k] else x[k] for k, a in enumerate(augments)])
-            self._step(x, y, mask)
+            self._step(x, y, mask, self.lr)
 
-    def _step(self, x: Tensor, y: Tensor, mask: Optional[Tensor]) -> None:
+    def _static_for(self, images: Tensor, labels: Tensor, batch_size: int) -> dict:
+        key = (tuple(images.shape), tuple(labels.shape), batch_size)
+        if self.static is None or self.static["key"] != key:
+            device, members = images.device, len(self.params[0])
+            self.static = {"key": key, "images": images.detach().clone(), "labels": labels.clone(),
+                           "order": torch.zeros(members, labels.shape[-1], dtype=torch.long, device=device),
+                           "mask": torch.ones(members, dtype=torch.bool, device=device),
+                           "lr": torch.tensor(self.lr, dtype=self.params[0].dtype, device=device),
+                           "batch_size": batch_size, "graph": None}
+            if device.type == "cuda":
+                self._capture(self.static)
+        return self.static
+
+    def _run(self, static: dict) -> None:
+        n, size = static["labels"].shape[-1], static["batch_size"]
+        for start in range(0, n, size):
+            x, y = _gather(static["images"], static["labels"], static["order"][:, start:start + size])
+            self._step(x, y, static["mask"], static["lr"])
+
+    def _capture(self, static: dict) -> None:
+        """Record ``_run`` as a CUDA graph after a warm-up whose effects are undone; where capture
+        fails the epoch runs eagerly on the same storage."""
+        saved = [t.detach().clone() for t in (*self.params, *self.buffers)]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._run(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._run(static)
+            static["graph"] = graph
+        except RuntimeError:
+            static["graph"] = None
+        with torch.no_grad():
+            for t, value in zip((*self.params, *self.buffers), saved):
+                t.copy_(value)
+
+    def _step(self, x: Tensor, y: Tensor, mask: Optional[Tensor], lr) -> None:
         leaves = [p.detach().requires_grad_() for p in self.params]
         grads = torch.autograd.grad(self._losses(leaves, x, y).sum(), leaves)
         with torch.no_grad():
@@ -231,12 +292,20 @@ class StackedTrainer:
                     g = g.add(p, alpha=self.weight_decay)
                 if mask is None:
                     buf.mul_(self.momentum).add_(g)
-                    p.add_(buf, alpha=-self.lr)
+                    p.sub_(buf * lr)
                     continue
                 keep = mask.view(-1, *([1] * (p.dim() - 1)))
                 new_buf = buf * self.momentum + g
                 buf.copy_(torch.where(keep, new_buf, buf))
-                p.copy_(torch.where(keep, p - self.lr * new_buf, p))
+                p.copy_(torch.where(keep, p - lr * new_buf, p))
+
+
+def _gather(images: Tensor, labels: Tensor, idx: Tensor):
+    """Each member's mini-batch ``idx`` (E, b) of a shared set (N, ...) or of its own (E, N, ...)."""
+    if labels.dim() == 1:
+        return images[idx], labels[idx]
+    rows = torch.arange(len(idx), device=idx.device)[:, None]
+    return images[rows, idx], labels[rows, idx]
 
 
 def reset_network(net: nn.Module, source: nn.Module) -> None:

@@ -253,3 +253,50 @@ def test_a_run_advances_at_most_what_memory_allows_together(sequential_run, tmp_
     engines = [r for r in read_log(tmp_path / NAME / "log.jsonl") if r["event"] == "engine"]
     assert [r.get("together") for r in engines] == [[0, 1], [0, 1], None]
     close(images_of(tmp_path), sequential_run)
+
+
+# ---- the stacked training's fixed-storage epoch (its CUDA graph's twin) ------------------------------
+@pytest.mark.parametrize("own_sets", [False, True])
+def test_the_fixed_storage_epoch_equals_the_plain_one(float64, own_sets):
+    from gradmatch.models import create_model
+    from gradmatch.train import StackedTrainer
+    from torch.func import stack_module_state
+
+    members, n = 3, 9
+    g = torch.Generator().manual_seed(4)
+    images = torch.randn(*((members,) if own_sets else ()), n, 1, 8, 8, generator=g)
+    labels = torch.randint(0, K, (*((members,) if own_sets else ()), n), generator=g)
+    trainers = []
+    for graph in (False, True):
+        nets = []
+        for k in range(members):
+            torch.manual_seed(20 + k)
+            nets.append(create_model("ConvNetD1", 1, K, (8, 8)))
+        params, _ = stack_module_state(nets)
+        base = create_model("ConvNetD1", 1, K, (8, 8)).to("meta")
+        trainers.append(StackedTrainer(base, {k: v.detach() for k, v in params.items()}, 0.05, 0.9, 5e-4,
+                                       graph=graph))
+    for trainer in trainers:
+        gens = [torch.Generator().manual_seed(k) for k in range(members)]
+        for ep in range(4):  # batches of 4 of 9 images; the lr drop; one member stopped from epoch 2 on
+            if ep == 2:
+                trainer.set_lr(0.005, fresh=False)
+            trainer.epoch(images, labels, 4, gens, active=[True, ep < 2, True])
+    assert trainers[1].static is not None and trainers[0].static is None
+    for p, q in zip(*(t.params for t in trainers)):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(trainers[1].params[0][0], trainers[1].params[0][1])
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "overfit"])
+def test_batched_experiments_on_the_fixed_storage_epoch_equal_their_own_runs(float64, monkeypatch, schedule):
+    """What a GPU runs (the captured epoch, reused across iterations by copying fresh networks in),
+    through its eager twin."""
+    import functools
+
+    import gradmatch.experiments as experiments
+    from gradmatch.train import StackedTrainer
+    monkeypatch.setattr(experiments, "StackedTrainer", functools.partial(StackedTrainer, graph=True))
+    real, cfg = tiny_real(), config(scheme="multi-level", schedule=schedule, iterations=3)
+    for (ref, _), (got, _) in zip(alone(real, cfg, [0, 1]), together(real, cfg, [0, 1])):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
