@@ -239,8 +239,10 @@ def time_experiments(train: Dataset, ipc: int, count: int, timed_iterations: int
 
     one_s = median_seconds(one, 1, timed_iterations, device)
     all_s = median_seconds(together, 1, timed_iterations, device)
+    static = batch.trainer.static if batch.trainer else None
     return {"ipc": ipc, "experiments": count, "one_seconds": one_s, "together_seconds": all_s,
-            "together_over_one": all_s / one_s, "speedup_vs_one_by_one": count * one_s / all_s}
+            "together_over_one": all_s / one_s, "speedup_vs_one_by_one": count * one_s / all_s,
+            "graph": bool(static and static["graph"] is not None)}
 
 
 def load_data(data_path, device):
@@ -332,7 +334,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"ipc {ipc:>2} {args.experiments} experiments together {row['together_seconds']:.3f} s/it, one alone "
               f"{row['one_seconds']:.3f} s/it: x{row['together_over_one']:.2f} the time of one, "
-              f"x{row['speedup_vs_one_by_one']:.2f} faster than one by one", flush=True)
+              f"x{row['speedup_vs_one_by_one']:.2f} faster than one by one (training graph {row['graph']})", flush=True)
     if args.eval_epochs:
         ipc = 10
         g = torch.Generator().manual_seed(1)
