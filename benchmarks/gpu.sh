@@ -2,7 +2,8 @@
 # Everything a borrowed GPU measures, in one short run (under 6 minutes on one H100/H200, data
 # unpacking included).  Needs, in an ignored folder .gpu/ of the checkout: cifar10-jpg.tar.xz and
 # unpack-cifar10 (from ../shared).  Writes $OUT/e2e.json (or ./e2e.json) and prints the tables.
-#   bash benchmarks/gpu.sh            # speed: smoke checks, then bench_e2e at ipc 1, 10, 50 and the evaluation
+#   bash benchmarks/gpu.sh            # speed: smoke checks, a profile of the two main steps, then bench_e2e
+#                                     # at ipc 1, 10, 50, 5 experiments together at ipc 1 and 10, the evaluation
 #   bash benchmarks/gpu.sh accuracy   # the DSA and Table 3 presets and the precisions' accuracy, CIFAR-10 ipc 1
 #   bash benchmarks/gpu.sh seed       # the seed's own multi-level.py (its code in .gpu/seed), seconds per iteration
 set -u
@@ -27,6 +28,7 @@ if [ "${1:-}" = "seed" ]; then  # the seed's multi-level.py, its per-iteration t
     exit 0
 fi
 timeout 60 $PY benchmarks/gpu_smoke.py
+timeout 60 $PY benchmarks/profile_steps.py --device cuda --rows 12
 $PY benchmarks/bench_e2e.py --device cuda --data_path data --ipcs 1,10,50 --iterations 3 \
     --engines textbook,auto,fast --precisions tf32,bf16 --precision_ipcs 10 --eval_methods auto,batched,sequential \
     --out "$OUT/e2e.json"
