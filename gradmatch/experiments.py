@@ -65,13 +65,15 @@ def why_not(condenser: Condenser) -> Optional[str]:
 
 def use_batched(mode: str, condenser: Condenser, count: int) -> tuple[bool, Optional[str]]:
     """Whether ``count`` experiments advance together under ``mode`` (auto: where the batched engine
-    runs, i.e. on a GPU), and, where ``batched`` was asked for but cannot run, why (said once by the
-    caller)."""
+    runs, i.e. on a GPU), and what to say once where ``batched`` was asked for: why it cannot run,
+    or that on a CPU it is slower."""
     if mode == "sequential" or count < 2 or (mode == "auto" and condenser.engine != "batched"):
         return False, None
     reason = why_not(condenser)
     if reason is None:
-        return True, None
+        slow = mode == "batched" and condenser.device.type == "cpu"
+        return True, ("batched experiments run on a CPU, where they were measured slower than one by one "
+                      "(vmapped convolutions); --experiments auto runs them one by one there") if slow else None
     return False, (f"batched experiments cannot serve {reason}; the experiments run one after another "
                    "(same numbers)") if mode == "batched" else None
 

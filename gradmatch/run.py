@@ -132,7 +132,7 @@ class Run:
         self.checkpointed_at: tuple[int, int] | None = None  # (experiment, iteration) on disk
         self.group = distributed.current()  # under torchrun: every process runs, process 0 writes
         self.writes = self.group.is_main
-        self.said_why_not_batched = False  # --experiments batched where it cannot run: said once
+        self.said_experiments_note = False  # what --experiments batched has to say: said once
 
     # ---- set-up ----------------------------------------------------------------------------
     def _check_outputs(self, resume: bool) -> dict[str, Any] | None:
@@ -269,9 +269,9 @@ class Run:
         cfg, exp = self.cfg, self.progress["experiment"]
         first = Condenser(train, cfg.condense, exp, cfg.device)
         together, note = use_batched(cfg.experiments, first, cfg.num_exp - exp)
-        if note and self.writes and not self.said_why_not_batched:
+        if note and self.writes and not self.said_experiments_note:
             warn(note)
-            self.said_why_not_batched = True
+            self.said_experiments_note = True
         start = self.saved[exp]["iteration"] if exp in self.saved else 0
         exps = [exp]
         if together:

@@ -104,8 +104,9 @@ def test_when_experiments_are_batched_and_why_not():
     real = tiny_real()
     cpu = Condenser(real, config(), device="cpu")
     assert use_batched("auto", cpu, 5) == (False, None)  # auto batches where the batched engine runs (GPUs)
-    assert use_batched("auto", Condenser(real, config(matching="batched"), device="cpu"), 5) == (True, None)
-    assert use_batched("batched", cpu, 5) == (True, None)
+    assert use_batched("auto", Condenser(real, config(matching="batched"), device="cpu"), 5) == (True, None)  # unsaid
+    batched, note = use_batched("batched", cpu, 5)
+    assert batched and "slower than one by one" in note
     assert use_batched("batched", cpu, 1) == (False, None)  # nothing to batch
     assert use_batched("sequential", cpu, 5) == (False, None)
     assert why_not(cpu) is None
@@ -149,8 +150,9 @@ def sequential_run(tmp_path_factory):
     return images_of(save)
 
 
-def test_a_batched_run_equals_the_sequential_one_and_says_so(sequential_run, tmp_path):
+def test_a_batched_run_equals_the_sequential_one_and_says_so(sequential_run, tmp_path, capsys):
     assert main(run_args(tmp_path, "--experiments", "batched")) == 0
+    assert capsys.readouterr().err.count("warning: batched experiments run on a CPU") == 1
     close(images_of(tmp_path), sequential_run)
     log = read_log(tmp_path / NAME / "log.jsonl")
     engines = [r for r in log if r["event"] == "engine"]
