@@ -27,7 +27,7 @@ if [ "${1:-}" = "seed" ]; then  # the seed's multi-level.py, its per-iteration t
     $PY .gpu/run_seed.py --ipc 10 --Iteration 10 --dis_metric improved 2>&1 | grep -E "iter = |Error|error"
     exit 0
 fi
-timeout 60 $PY benchmarks/gpu_smoke.py
+timeout 90 $PY benchmarks/gpu_smoke.py
 timeout 60 $PY benchmarks/profile_steps.py --device cuda --rows 12
 $PY benchmarks/bench_e2e.py --device cuda --data_path data --ipcs 1,10,50 --iterations 3 \
     --engines textbook,auto,fast --precisions tf32,bf16 --precision_ipcs 10 --eval_methods auto,batched,sequential \
