@@ -302,3 +302,10 @@ def test_batched_experiments_on_the_fixed_storage_epoch_equal_their_own_runs(flo
     real, cfg = tiny_real(), config(scheme="multi-level", schedule=schedule, iterations=3)
     for (ref, _), (got, _) in zip(alone(real, cfg, [0, 1]), together(real, cfg, [0, 1])):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_a_batched_run_whose_loss_turns_nan_stops_in_one_line(tmp_path, capsys):
+    from tests.conftest import one_error_line
+    assert main(run_args(tmp_path, "--experiments", "batched", "--lr_img", "1e38")) == 2
+    line = one_error_line(capsys, warned=("batched experiments run on a CPU",))
+    assert "the matching loss became nan in iteration" in line and "(experiment 0)" in line
