@@ -119,20 +119,29 @@ class Condenser:
         engine = resolve_engine(self.cfg.matching, self.device)
         if engine != "batched":
             return engine, None
-        probe = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
-        if has_batchnorm(probe):  # matching runs with frozen (eval-mode) batch norm
-            probe.eval()
-        smallest = min(len(idx) for idx in self.by_class)
-        why = None
-        if not can_vmap(probe):
-            why = f"{self.cfg.model} (layer norm)"
-        elif smallest < self.cfg.batch_real and resolve_scheme(self.cfg.scheme) != "inter-class":
-            why = f"classes with fewer than --batch_real {self.cfg.batch_real} images (the smallest has {smallest})"
+        why = self.batched_obstacle()
         if why is None:
             return engine, None
         note = f"matching engine 'batched' cannot serve {why}; 'fast' runs instead (same numbers)"
         fallback_note(note)
         return "fast", note
+
+    def batched_obstacle(self, stateless: bool = False) -> Optional[str]:
+        """What keeps the batched engine from this run (None: nothing): a layer norm, or a class smaller
+        than --batch_real (its per-class batches would differ); with ``stateless`` (stacked networks,
+        which train vmapped too) also running state (batch norm)."""
+        with torch.random.fork_rng(devices=[]):  # no run's random stream moves
+            probe = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
+        if stateless and any(True for _ in probe.buffers()):
+            return f"{self.cfg.model} (batch norm)"
+        if has_batchnorm(probe):  # matching runs with frozen (eval-mode) batch norm
+            probe.eval()
+        smallest = min(len(idx) for idx in self.by_class)
+        if not can_vmap(probe):
+            return f"{self.cfg.model} (layer norm)"
+        if smallest < self.cfg.batch_real and resolve_scheme(self.cfg.scheme) != "inter-class":
+            return f"classes with fewer than --batch_real {self.cfg.batch_real} images (the smallest has {smallest})"
+        return None
 
     # ---- sampling: every draw takes the iteration's generator -------------------------------
     def real_per_class(self, n: int, gen: torch.Generator):

@@ -83,8 +83,9 @@ def train_batched(nets: Sequence[nn.Module], images: Tensor, labels: Tensor, epo
     trainer = StackedTrainer(copy.deepcopy(nets[0]).to("meta"), {n: p.detach() for n, p in params.items()},
                              lr * lr_factor(0, epochs), momentum=0.9, weight_decay=5e-4)
     for ep in range(epochs):
-        trainer.set_lr(lr * lr_factor(ep, epochs), fresh=False)
         trainer.epoch(images, labels, batch_size, generators, augments)
+        if lr_factor(ep + 1, epochs) != lr_factor(ep, epochs):
+            trainer.set_lr(lr * lr_factor(ep + 1, epochs), fresh=False)
     with torch.no_grad():
         for k, net in enumerate(nets):
             for name, p in net.named_parameters():

@@ -26,9 +26,8 @@ from .augment import make_augment
 from .condense import Condenser, CondenseConfig, CondenseState, NonFiniteLoss, derive_seed
 from .config import RunConfig, check_field
 from .errors import GradmatchError, warn
-from .matching import resolve_scheme, scheme_at
+from .matching import scheme_at
 from .matching.distances import resolve_metric
-from .matching.engines import can_vmap
 from .matching.schemes import experiment_losses
 from .models import create_model
 from .precision import run_context
@@ -47,20 +46,13 @@ def most_together(condenser: Condenser) -> int:
 
 
 def why_not(condenser: Condenser) -> Optional[str]:
-    """Why this run's experiments cannot be batched (None: they can)."""
-    cfg = condenser.cfg
-    with torch.random.fork_rng(devices=[]):  # no run's random stream moves
-        probe = create_model(cfg.model, condenser.real.channel, condenser.num_classes, condenser.real.im_size)
-    smallest = min(len(idx) for idx in condenser.by_class)
+    """Why this run's experiments cannot be batched (None: they can): torchrun, a user's distance, or
+    what keeps the batched engine (with stateless networks) from the run."""
     if condenser.group.active:
         return "runs of several processes (torchrun)"
-    if any(True for _ in probe.buffers()) or not can_vmap(probe):
-        return f"{cfg.model} (batch norm or layer norm)"
-    if not isinstance(resolve_metric(cfg.dis_metric), str):
+    if not isinstance(resolve_metric(condenser.cfg.dis_metric), str):
         return "a distance of your own (--dis_metric package.module:function)"
-    if smallest < cfg.batch_real and resolve_scheme(cfg.scheme) != "inter-class":
-        return f"classes with fewer than --batch_real {cfg.batch_real} images (the smallest has {smallest})"
-    return None
+    return condenser.batched_obstacle(stateless=True)
 
 
 def use_batched(mode: str, condenser: Condenser, count: int) -> tuple[bool, Optional[str]]:

@@ -23,6 +23,47 @@ from .runtime import FastKernels, cpu_context, to_device
 Augment = Optional[Callable[[Tensor], Tensor]]
 
 
+def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], buffers: Sequence[Tensor], lr, momentum: float,
+               weight_decay: float, mask: Optional[Tensor] = None) -> None:
+    """torch.optim.SGD's update (weight decay, then momentum into ``buffers``, dampening 0) in place;
+    ``lr`` a number or a 0-dim tensor (a captured graph's); ``mask`` (E bools, stacked networks) leaves
+    the members where it is False untouched."""
+    with torch.no_grad():
+        for p, g, buf in zip(params, grads, buffers):
+            if weight_decay:
+                g = g.add(p, alpha=weight_decay)
+            if mask is None:
+                buf.mul_(momentum).add_(g)
+                p.sub_(buf * lr)
+                continue
+            keep = mask.view(-1, *([1] * (p.dim() - 1)))
+            new_buf = buf * momentum + g
+            buf.copy_(torch.where(keep, new_buf, buf))
+            p.copy_(torch.where(keep, p - lr * new_buf, p))
+
+
+def capture_graph(run: Callable[[], None], state: Sequence[Tensor]) -> Optional["torch.cuda.CUDAGraph"]:
+    """``run`` recorded as a CUDA graph, after a warm-up on a side stream; ``state`` (the tensors
+    ``run`` changes) is restored afterwards.  None where capture is impossible: then run eagerly."""
+    saved = [t.detach().clone() for t in state]
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+    except RuntimeError:
+        graph = None
+    with torch.no_grad():
+        for t, value in zip(state, saved):
+            t.copy_(value)
+    return graph
+
+
 class StaticStep:
     """One epoch of SGD steps, mini-batches of ``batch_size`` in the order ``order``, on fixed storage
     (every tensor allocated once): ``images``/``labels`` hold the set, ``lr`` the learning rate.  The
@@ -52,33 +93,11 @@ class StaticStep:
         leaves = {n: p.detach().requires_grad_() for n, p in zip(self.names, self.params)}
         loss = F.cross_entropy(functional_call(self.net, leaves, (x,)), y)
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        with torch.no_grad():
-            for p, g, buf in zip(self.params, grads, self.buffers):
-                if self.weight_decay:
-                    g = g.add(p, alpha=self.weight_decay)
-                buf.mul_(self.momentum).add_(g)
-                p.sub_(buf * self.lr)
+        sgd_update(self.params, grads, self.buffers, self.lr, self.momentum, self.weight_decay)
 
     def capture(self) -> bool:
-        """Record ``run`` as a CUDA graph (after a warm-up whose effects are undone); False where
-        capture is impossible, and the step then runs eagerly."""
-        state = [t.detach().clone() for t in (*self.params, *self.net.buffers(), *self.buffers)]
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self.run()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.run()
-            self.graph = graph
-        except RuntimeError:
-            self.graph = None
-        with torch.no_grad():
-            for t, saved in zip((*self.params, *self.net.buffers(), *self.buffers), state):
-                t.copy_(saved)
+        """Record ``run`` as a CUDA graph; False where capture is impossible (it then runs eagerly)."""
+        self.graph = capture_graph(self.run, [*self.params, *self.net.buffers(), *self.buffers])
         return self.graph is not None
 
     def step(self, order: Tensor) -> None:
@@ -253,7 +272,7 @@ class StackedTrainer:
                            "lr": torch.tensor(self.lr, dtype=self.params[0].dtype, device=device),
                            "batch_size": batch_size, "graph": None}
             if device.type == "cuda":
-                self._capture(self.static)
+                self.static["graph"] = capture_graph(lambda: self._run(self.static), [*self.params, *self.buffers])
         return self.static
 
     def _run(self, static: dict) -> None:
@@ -262,42 +281,10 @@ class StackedTrainer:
             x, y = _gather(static["images"], static["labels"], static["order"][:, start:start + size])
             self._step(x, y, static["mask"], static["lr"])
 
-    def _capture(self, static: dict) -> None:
-        """Record ``_run`` as a CUDA graph after a warm-up whose effects are undone; where capture
-        fails the epoch runs eagerly on the same storage."""
-        saved = [t.detach().clone() for t in (*self.params, *self.buffers)]
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self._run(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._run(static)
-            static["graph"] = graph
-        except RuntimeError:
-            static["graph"] = None
-        with torch.no_grad():
-            for t, value in zip((*self.params, *self.buffers), saved):
-                t.copy_(value)
-
     def _step(self, x: Tensor, y: Tensor, mask: Optional[Tensor], lr) -> None:
         leaves = [p.detach().requires_grad_() for p in self.params]
         grads = torch.autograd.grad(self._losses(leaves, x, y).sum(), leaves)
-        with torch.no_grad():
-            for p, g, buf in zip(self.params, grads, self.buffers):
-                if self.weight_decay:
-                    g = g.add(p, alpha=self.weight_decay)
-                if mask is None:
-                    buf.mul_(self.momentum).add_(g)
-                    p.sub_(buf * lr)
-                    continue
-                keep = mask.view(-1, *([1] * (p.dim() - 1)))
-                new_buf = buf * self.momentum + g
-                buf.copy_(torch.where(keep, new_buf, buf))
-                p.copy_(torch.where(keep, p - lr * new_buf, p))
+        sgd_update(self.params, grads, self.buffers, lr, self.momentum, self.weight_decay, mask)
 
 
 def _gather(images: Tensor, labels: Tensor, idx: Tensor):

@@ -26,6 +26,18 @@ def can_vmap(net: nn.Module) -> bool:
                    for m in net.modules())
 
 
+def per_class_gradients(net: nn.Module, target: bool, precision: str):
+    """``f(wanted, others, images, labels)``: one network's gradients of the mean cross-entropy of each
+    of K stacked batches (K, n, ...) with respect to ``wanted`` ({name: tensor}), the network's other
+    tensors (parameters, buffers) given in ``others``; targets in the run's precision."""
+    def loss(wanted: Dict[str, Tensor], others: Dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        with target_context(precision if target else "fp32", x.device):
+            out = functional_call(net, {**others, **wanted}, (x,))
+        return F.cross_entropy(out.to(x.dtype), y)
+
+    return vmap(grad(loss), in_dims=(None, None, 0, 0))
+
+
 class BatchedEngine:
     name = "batched"
 
@@ -35,16 +47,9 @@ class BatchedEngine:
         images = torch.stack([x for x, _ in batches])
         labels = torch.stack([y for _, y in batches])
         chosen = dict(params)
-        rest = {n: p for n, p in net.named_parameters() if n not in chosen}
-        buffers = dict(net.named_buffers())
-
-        def loss(wanted: Dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            with target_context(precision if target else "fp32", x.device):
-                out = functional_call(net, {**rest, **wanted, **buffers}, (x,))
-            return F.cross_entropy(out.to(x.dtype), y)
-
+        others = {**{n: p for n, p in net.named_parameters() if n not in chosen}, **dict(net.named_buffers())}
         with torch.no_grad() if target else torch.enable_grad():  # targets: constants
-            grads = vmap(grad(loss), in_dims=(None, 0, 0))(chosen, images, labels)
+            grads = per_class_gradients(net, target, precision)(chosen, others, images, labels)
         return [grads[n] for n, _ in params]
 
     def why_not(self, net, batches) -> str:
@@ -65,13 +70,7 @@ def stacked_class_gradients(base: nn.Module, params: Dict[str, Tensor], wanted: 
     grouped ones that stacked weights become under vmap, and one network's activations in memory."""
     chosen = {n: params[n] for n in wanted}
     rest = {n: p for n, p in params.items() if n not in chosen}
-
-    def loss(mine: Dict[str, Tensor], others: Dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        with target_context(precision if target else "fp32", x.device):
-            out = functional_call(base, {**others, **mine}, (x,))
-        return F.cross_entropy(out.to(x.dtype), y)
-
-    per_network = vmap(grad(loss), in_dims=(None, None, 0, 0))  # over one network's K batches
+    per_network = per_class_gradients(base, target, precision)
     if not target:
         grads = vmap(per_network)(chosen, rest, images, labels)
         return [grads[n] for n in wanted]
