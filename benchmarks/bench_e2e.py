@@ -38,7 +38,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradmatch.condense import CondenseConfig, Condenser, SyntheticSet  # noqa: E402
+from gradmatch.condense import Condenser  # noqa: E402
+from gradmatch.config import CondenseConfig  # noqa: E402
+from gradmatch.synset import SyntheticSet  # noqa: E402
 from gradmatch.data import Dataset  # noqa: E402
 from gradmatch.evaluate import evaluate  # noqa: E402
 from gradmatch.experiments import ExperimentBatch, for_experiments  # noqa: E402

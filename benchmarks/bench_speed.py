@@ -226,7 +226,7 @@ def _timed(fn, device: str = "cpu") -> float:
 # ---- evaluation ----------------------------------------------------------------------------------
 def eval_worker(job: dict) -> dict:
     """Train ``num_eval`` ConvNets on an ipc-10 set for ``epochs`` (DC's schedule) and test them."""
-    from gradmatch.condense import SyntheticSet
+    from gradmatch.synset import SyntheticSet
     from gradmatch.data import Dataset
     from gradmatch.evaluate import evaluate
     from gradmatch.models import create_model

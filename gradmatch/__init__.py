@@ -9,7 +9,9 @@
     syn = gradmatch.load_synthetic("result/multi-level_CIFAR10_ConvNet_10ipc.pt")  # a saved set (DC's layout)
 """
 from . import data
-from .condense import CondenseConfig, SyntheticSet, condense
+from .condense import condense
+from .config import CondenseConfig
+from .synset import SyntheticSet
 from .errors import GradmatchError
 from .evaluate import evaluate, random_real_subset
 from .experiments import condense_experiments

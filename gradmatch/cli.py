@@ -251,13 +251,15 @@ def _export_parser(sub) -> None:
     _flag(x, "to", required=True, help="the folder to write (new or empty)")
     _flag(x, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
     _flag(x, "overwrite", action="store_true", help="replace an earlier export in --to")
+    _flag(x, "format", default="png", help="png (a folder per class, default) or hf (a Hugging Face datasets "
+          "folder, save_to_disk)")
     x.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     from .export import export
 
-    meta = export(args.file, args.to, args.experiment, args.overwrite)
+    meta = export(args.file, args.to, args.experiment, args.overwrite, format=args.format)
     print(f"wrote {len(meta['files'])} images of {len(meta['classes'])} classes to {args.to} "
           f"(experiment {meta['experiment']}; metadata.json beside them)")
     return 0

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,7 +20,7 @@ from . import distributed
 from .data import Dataset
 from .distributed import Group
 from .augment import dsa, make_augment
-from .config import INIT_CHOICES, CondenseConfig  # noqa: F401  (CondenseConfig: its old home)
+from .config import CondenseConfig
 from .errors import GradmatchError
 from .matching import matching_loss, resolve_scheme, scheme_at
 from .matching.engines import can_vmap, fallback_note, resolve_engine
@@ -29,54 +28,11 @@ from .models import create_model, has_batchnorm
 from .precision import run_context
 from .runtime import cpu_context, resolve_device, to_device, tune_cuda
 from .schedule import inner_epochs
+from .seeds import derive_seed
+from .synset import SyntheticSet
 from .train import Trainer, mean_loss, reset_network
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
-
-
-@dataclass
-class SyntheticSet:
-    """A condensed dataset: normalised images, fixed labels, and what made them."""
-    images: Tensor
-    labels: Tensor
-    classes: List[str]
-    mean: tuple
-    std: tuple
-    dataset: str = ""
-    config: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ipc(self) -> int:
-        return len(self.labels) // max(len(self.classes), 1)
-
-    @property
-    def channel(self) -> int:
-        return self.images.shape[1]
-
-    @property
-    def im_size(self) -> tuple:
-        return tuple(self.images.shape[2:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Tensors and plain data only (what a checkpoint may hold: read with weights_only)."""
-        return {"images": self.images.detach().cpu(), "labels": self.labels.cpu(), "classes": list(self.classes),
-                "mean": tuple(self.mean), "std": tuple(self.std), "dataset": self.dataset,
-                "config": dict(self.config)}
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SyntheticSet":
-        return cls(images=d["images"], labels=d["labels"], classes=list(d["classes"]), mean=tuple(d["mean"]),
-                   std=tuple(d["std"]), dataset=d.get("dataset", ""), config=dict(d.get("config") or {}))
-
-    def denormalised(self) -> Tensor:
-        """Pixels in [0, 1] (clamped), for pictures."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (self.images.detach().cpu() * std + mean).clamp(0, 1)
 
 
 @dataclass
@@ -86,12 +42,6 @@ class CondenseState:
     optimizer: torch.optim.Optimizer
     iteration: int = 0
     last_loss: float = float("nan")
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A well-mixed 63-bit seed for (seed, keys...): independent streams per experiment/iteration."""
-    entropy = [k % 2**63 for k in (seed, *keys)]  # SeedSequence takes non-negative ints only
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class Condenser:

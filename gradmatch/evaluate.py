@@ -14,7 +14,8 @@ from torch.func import stack_module_state
 
 from . import distributed
 from .augment import make_augment, strategy_for
-from .condense import SyntheticSet, derive_seed
+from .seeds import derive_seed
+from .synset import SyntheticSet
 from .config import EVAL_METHODS, EVAL_POOLS, eval_pool  # noqa: F401  (their old home)
 from .data import Dataset
 from .distributed import Group

@@ -23,7 +23,8 @@ import torch
 from torch.func import stack_module_state
 
 from .augment import make_augment
-from .condense import Condenser, CondenseConfig, CondenseState, NonFiniteLoss, derive_seed
+from .condense import Condenser, CondenseConfig, CondenseState, NonFiniteLoss
+from .seeds import derive_seed
 from .config import RunConfig, check_field
 from .errors import GradmatchError, warn
 from .matching import scheme_at

@@ -78,8 +78,10 @@ def _clear(to: Path, folders: List[str], overwrite: bool) -> None:
               "folder dataset would read too")
 
 
-def export(path, to, experiment: int = -1, overwrite: bool = False) -> dict:
+def export(path, to, experiment: int = -1, overwrite: bool = False, format: str = "png") -> dict:
     """Write experiment ``experiment`` of the set in ``path`` to ``to``; return the metadata written."""
+    if format != "png":
+        raise GradmatchError(f"unknown export format (--format) '{format}'; choose one of: png")
     from PIL import Image
 
     from . import __version__

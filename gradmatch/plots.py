@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .condense import SyntheticSet
+from .synset import SyntheticSet
 from .errors import GradmatchError
 from .results import atomic_write, read_log
 

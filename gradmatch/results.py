@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .condense import SyntheticSet
+from .synset import SyntheticSet
 from .errors import GradmatchError
 
 # 2: tensors and plain data only (read with weights_only); 1 held pickled SyntheticSet objects.

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from . import data as gm_data
 from . import distributed
-from .condense import Condenser, CondenseState, NonFiniteLoss, derive_seed
+from .condense import Condenser, CondenseState, NonFiniteLoss
+from .seeds import derive_seed
 from .config import RESUME_FREE, RunConfig  # noqa: F401  (RunConfig: its old home)
 from .errors import GradmatchError, warn
 from .evaluate import check_models_fit, eval_pool, evaluate

@@ -176,7 +176,7 @@ def test_evaluate_refuses_bad_files_and_values(case, words, tmp_path, capsys):
 
 def test_python_evaluate_refuses_a_set_of_another_shape():
     from gradmatch import data, evaluate
-    from gradmatch.condense import SyntheticSet
+    from gradmatch.synset import SyntheticSet
     from gradmatch.errors import GradmatchError
 
     test = data.load("digits", split="test")

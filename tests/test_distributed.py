@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gradmatch.condense import SyntheticSet
+from gradmatch.synset import SyntheticSet
 from gradmatch.data import Dataset
 from gradmatch.distributed import SINGLE, Group, shutdown
 from gradmatch.evaluate import evaluate

@@ -10,7 +10,9 @@ import torch
 import gradmatch.run as gm_run
 from gradmatch.augment import dsa
 from gradmatch.cli import main
-from gradmatch.condense import CondenseConfig, Condenser, SyntheticSet
+from gradmatch.condense import Condenser
+from gradmatch.config import CondenseConfig
+from gradmatch.synset import SyntheticSet
 from gradmatch.data import Dataset
 from gradmatch.evaluate import evaluate
 from tests.conftest import one_error_line

@@ -13,7 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradmatch.condense import CondenseConfig, Condenser, SyntheticSet, freeze_batchnorm
+from gradmatch.condense import Condenser
+from gradmatch.config import CondenseConfig
+from gradmatch.condense import freeze_batchnorm
+from gradmatch.synset import SyntheticSet
 from gradmatch.data import Dataset
 from gradmatch.errors import GradmatchError
 from gradmatch.evaluate import evaluate, train_batched, train_net

@@ -10,7 +10,7 @@ import torch
 
 from gradmatch import data
 from gradmatch.cli import main
-from gradmatch.condense import SyntheticSet
+from gradmatch.synset import SyntheticSet
 from gradmatch.errors import GradmatchError
 from gradmatch.export import export, folder_names
 from gradmatch.results import SET_FORMAT_VERSION, load_synthetic, reference_payload, save_torch

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gradmatch.cli import main
-from gradmatch.condense import SyntheticSet
+from gradmatch.synset import SyntheticSet
 from gradmatch.plots import (
     CURVES_SIZE,
     DPI,

@@ -7,6 +7,7 @@ name (case, ``-`` and ``_`` ignored), checks the split and the size, and calls t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def to(self, device) -> "Dataset":
+        """This dataset with its images and labels on ``device`` (itself if they are there already)."""
+        if self.images.device == torch.device(device) and self.labels.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, n={len(self)}, channel={self.channel}, "
