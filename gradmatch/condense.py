@@ -1,164 +1,101 @@
-"""The condensation loop (SPEC section 4), readable top to bottom.
+"""The condensation loop (SPEC section 4), readable top to bottom, for E >= 1 experiments at once.
 
-``condense`` learns ``ipc`` synthetic images per class.  Every outer iteration draws a fresh
-network and alternates matching steps on the images with training the network on them.  All
-randomness of iteration ``it`` of experiment ``e`` comes from a seed derived from (seed, e, it),
-so a run stopped after any iteration and resumed from its images and optimiser state continues
-exactly as if it had never stopped.
+``Condensation`` learns ``ipc`` synthetic images per class for each of its experiments (one run is
+E = 1).  Every outer iteration draws a fresh network per experiment and alternates matching steps on
+the images with training the networks on them.  Each experiment keeps everything of its own: its
+images and their momentum, and every random draw of iteration ``it`` from a generator seeded from
+(seed, experiment, it), drawn in the same order whatever else runs beside it.  So a run stopped after
+any iteration and resumed from its states continues exactly as if it had never stopped, and an
+experiment advanced with others equals its own run up to float rounding.  How the arithmetic is
+shared (engine, stacked training, graph capture) is the run's ``Plan``, decided once.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from . import distributed
+from .augment import dsa, make_augment
+from .config import CondenseConfig, RunConfig, check_field
 from .data import Dataset
 from .distributed import Group
-from .augment import dsa, make_augment
-from .config import CondenseConfig
-from .errors import GradmatchError
-from .matching import matching_loss, resolve_scheme, scheme_at
-from .matching.engines import can_vmap, fallback_note, resolve_engine
-from .models import create_model, has_batchnorm
+from .errors import GradmatchError, warn
+from .matching import matching_losses, scheme_at
+from .models.stack import Networks
+from .plan import Plan, groups, make_plan
 from .precision import run_context
 from .runtime import cpu_context, resolve_device, to_device, tune_cuda
-from .schedule import inner_epochs
+from .schedule import SCHEDULES
 from .seeds import derive_seed
 from .synset import SyntheticSet
-from .train import Trainer, mean_loss, reset_network
+from .train import Trainer, fit, sgd_update
 
 BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
+IMAGE_MOMENTUM, NETWORK_MOMENTUM = 0.5, 0.5  # the seed's SGD on the images and on the inner network
 
 
 @dataclass
-class CondenseState:
-    """Everything a resumed run needs: the images, their optimiser and the next iteration."""
+class ExperimentState:
+    """What an unfinished experiment is: its images (a leaf on the device), their SGD momentum, the
+    number of updates done and the loss of the last one."""
     images: Tensor
-    optimizer: torch.optim.Optimizer
+    momentum: Tensor
     iteration: int = 0
     last_loss: float = float("nan")
 
 
-class Condenser:
-    """Holds the real data (resident on the device, indexed by class) and runs matching iterations."""
+class NonFinite(GradmatchError):
+    """The loss or the images of update ``iteration`` (0-based; the log calls it iteration + 1) of
+    experiment ``experiment`` became nan or inf."""
 
-    def __init__(self, real: Dataset, config: CondenseConfig, experiment: int = 0,
-                 device: Optional[torch.device] = None, group: Optional[Group] = None):
+    def __init__(self, what: str, iteration: int, experiment: int):
+        super().__init__(f"{what} in iteration {iteration + 1} (experiment {experiment}); lower --lr_img or check "
+                         "the distance (--dis_metric)")
+        self.what, self.iteration, self.experiment = what, iteration, experiment
+
+
+class Condensation:
+    """Experiments ``experiments`` of one run on ``real``, advanced together; ``steps`` runs them."""
+
+    def __init__(self, real: Dataset, config: CondenseConfig, experiments: Sequence[int] = (0,), device=None,
+                 group: Optional[Group] = None, plan: Optional[Plan] = None):
         self.cfg = config.resolved(real)
         self.group = group or distributed.current()  # several processes (torchrun) share the classes
-        self.real = real
-        self.experiment = experiment
         self.device = resolve_device(device)
         tune_cuda(self.device)
-        self.images = real.images.to(self.device)
-        self.labels = real.labels.to(self.device)
-        self.by_class = [torch.nonzero(real.labels == c).flatten() for c in range(real.num_classes)]
+        self.real = real.to(self.device)  # where the caller moved it once, nothing is copied
+        self.by_class = [torch.nonzero(real.labels.cpu() == c).flatten() for c in range(real.num_classes)]
         self.num_classes = real.num_classes
+        self.experiments = list(experiments)
+        self.plan = plan or make_plan(self.cfg, real, self.device, self.group)
+        self.schedule = SCHEDULES[self.cfg.schedule]
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.cfg.ipc)
-        self.engine, self.engine_note = self._choose_engine()
-        self._net: Optional[torch.nn.Module] = None  # on CUDA: one network (and training graph) per run
-        self._trainer: Optional[Trainer] = None
+        self.nets: Optional[Networks] = None  # one stack for the whole run: a captured epoch stays valid
+        self.trainer: Optional[Trainer] = None
 
-    def _choose_engine(self):
-        """The matching engine that will run, and why another one did not (or None)."""
-        engine = resolve_engine(self.cfg.matching, self.device)
-        if engine != "batched":
-            return engine, None
-        why = self.batched_obstacle()
-        if why is None:
-            return engine, None
-        note = f"matching engine 'batched' cannot serve {why}; 'fast' runs instead (same numbers)"
-        fallback_note(note)
-        return "fast", note
+    # ---- sampling: every draw takes its experiment's generator of the iteration ------------
+    def generator(self, experiment: int, iteration: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, experiment, iteration, stream))
 
-    def batched_obstacle(self, stateless: bool = False) -> Optional[str]:
-        """What keeps the batched engine from this run (None: nothing): a layer norm, or a class smaller
-        than --batch_real (its per-class batches would differ); with ``stateless`` (stacked networks,
-        which train vmapped too) also running state (batch norm)."""
-        with torch.random.fork_rng(devices=[]):  # no run's random stream moves
-            probe = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
-        if stateless and any(True for _ in probe.buffers()):
-            return f"{self.cfg.model} (batch norm)"
-        if has_batchnorm(probe):  # matching runs with frozen (eval-mode) batch norm
-            probe.eval()
-        smallest = min(len(idx) for idx in self.by_class)
-        if not can_vmap(probe):
-            return f"{self.cfg.model} (layer norm)"
-        if smallest < self.cfg.batch_real and resolve_scheme(self.cfg.scheme) != "inter-class":
-            return f"classes with fewer than --batch_real {self.cfg.batch_real} images (the smallest has {smallest})"
-        return None
-
-    # ---- sampling: every draw takes the iteration's generator -------------------------------
     def real_per_class(self, n: int, gen: torch.Generator):
-        """n random real images of every class (all of a class if it has fewer), grouped by class;
-        with their labels on the device and on the CPU."""
+        """n random real images of every class (all of a class if it has fewer), grouped by class."""
         picks = [idx[torch.randperm(len(idx), generator=gen)[:n]] for idx in self.by_class]
         labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(picks)])
-        return self.images[to_device(torch.cat(picks), self.device)], to_device(labels, self.device), labels
+        return self.real.images[to_device(torch.cat(picks), self.device)], to_device(labels, self.device), labels
 
     def real_mixed(self, n: int, gen: torch.Generator):
-        idx = to_device(torch.randperm(len(self.labels), generator=gen)[:n], self.device)
-        return self.images[idx], self.labels[idx]
+        idx = to_device(torch.randperm(len(self.real.labels), generator=gen)[:n], self.device)
+        return self.real.images[idx], self.real.labels[idx]
 
-    # ---- state ---------------------------------------------------------------------------
-    def initial_state(self) -> CondenseState:
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.experiment, -1))
-        if self.cfg.init == "real":
-            images = self.real_per_class(self.cfg.ipc, gen)[0]
-        else:
-            shape = (self.num_classes * self.cfg.ipc, *self.images.shape[1:])
-            images = torch.randn(shape, generator=gen).to(self.device)
-        images = images.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.SGD([images], lr=self.cfg.lr_img, momentum=0.5)
-        return CondenseState(images=images, optimizer=optimizer)
-
-    def fresh_network(self, seed: int, on_device: bool = True) -> torch.nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = create_model(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size)
-        return net.to(self.device) if on_device else net
-
-    # ---- one outer iteration -------------------------------------------------------------
-    def update(self, state: CondenseState) -> float:
-        """One outer iteration (SPEC section 4, steps 1-2): returns the mean matching loss per class
-        and outer step, as DC reports it."""
-        cfg, it = self.cfg, state.iteration
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.experiment, it, 0))
-        net, trainer = self.network_and_trainer(derive_seed(cfg.seed, self.experiment, it, 1))
-        scheme = scheme_at(cfg.scheme, it)
-        freeze_bn = has_batchnorm(net)
-        total = torch.zeros((), device=self.device)
-        for outer_step in range(cfg.outer_loop):
-            if freeze_bn:
-                freeze_batchnorm(net, self.real_per_class(BN_IMAGES_PER_CLASS, gen)[0])
-            real, syn = self.matching_batches(state.images, scheme, gen)
-            loss = matching_loss(net, real, syn, scheme, cfg.dis_metric, num_classes=self.num_classes,
-                                 engine=self.engine, precision=cfg.precision, group=self.group)
-            state.optimizer.zero_grad(set_to_none=True)
-            state.images.grad = self.image_gradient(loss, state.images)
-            state.optimizer.step()
-            total += loss.detach()
-            if outer_step == cfg.outer_loop - 1:
-                break
-            self.train_network(net, trainer, state.images.detach().clone(), outer_step, gen)
-            # every process trains the same network; process 0's copy is made everyone's, in case
-            # nondeterministic kernels (GPU atomics) let the copies drift apart
-            self.group.broadcast_([*net.parameters(), *net.buffers()])
-        self.group.sum_([total])
-        loss = total.item() / (self.num_classes * cfg.outer_loop)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(it, self.experiment, loss)
-        return loss
-
-    def matching_batches(self, images: Tensor, scheme: str, gen: torch.Generator):
+    def matching_batches(self, images: Tensor, scheme, gen: torch.Generator):
         """The real and synthetic batches of one matching step, DSA-augmented if asked."""
         cfg = self.cfg
-        if scheme == "inter-class":
+        if scheme.mixed:
             real = self.real_mixed(4 * cfg.batch_real, gen)
             pick = to_device(torch.randperm(len(self.syn_labels), generator=gen)[:cfg.batch_train], self.device)
             syn = (images[pick], self.syn_labels[pick])
@@ -173,70 +110,107 @@ class Condenser:
                                     groups=self.num_classes)
         return (real_x, real[1]), (syn_x, syn[1])
 
-    def network_and_trainer(self, seed: int):
-        """A freshly initialised network and its inner-loop trainer (SGD, momentum 0.5).  On CUDA the
-        same network object is re-initialised in place every iteration, so that its training step,
-        captured once as a CUDA graph, stays valid for the whole run."""
-        if self.device.type != "cuda":
-            net = self.fresh_network(seed)
-            return net, Trainer(net, self.cfg.lr_net, momentum=0.5)
-        if self._net is None:
-            self._net = self.fresh_network(seed)
-            self._trainer = Trainer(self._net, self.cfg.lr_net, momentum=0.5)
-        else:  # initialised on the CPU, copied straight into the run's network
-            reset_network(self._net, self.fresh_network(seed, on_device=False))
-            self._trainer.set_lr(self.cfg.lr_net)
-        return self._net, self._trainer
-
-    def image_gradient(self, loss: Tensor, images: Tensor) -> Tensor:
-        """d loss / d images only (not the network's parameters), summed over processes."""
-        if loss.requires_grad:  # False for a process that has no classes of its own
-            with cpu_context(self.device):
-                (grad,) = torch.autograd.grad(loss, [images])
+    # ---- state -------------------------------------------------------------------------------
+    def initial_state(self, experiment: int) -> ExperimentState:
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, experiment, -1))
+        if self.cfg.init == "real":
+            images = self.real_per_class(self.cfg.ipc, gen)[0]
         else:
-            grad = torch.zeros_like(images)
-        self.group.sum_([grad])  # each process's share -> the whole gradient, on every process
-        return grad
+            shape = (self.num_classes * self.cfg.ipc, *self.real.images.shape[1:])
+            images = torch.randn(shape, generator=gen).to(self.device)
+        images = images.detach().clone().requires_grad_(True)
+        return ExperimentState(images=images, momentum=torch.zeros_like(images.detach()))
 
-    def train_network(self, net, trainer: Trainer, images: Tensor, outer_step: int, gen: torch.Generator):
+    def networks(self, iteration: int):
+        """Each experiment's fresh network of ``iteration`` (in the run's one stack) and its trainer."""
+        seeds = [derive_seed(self.cfg.seed, e, iteration, 1) for e in self.experiments]
+        if self.nets is None:
+            self.nets = Networks.build(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size,
+                                       seeds, self.device)
+            self.trainer = Trainer(self.nets, self.cfg.lr_net, NETWORK_MOMENTUM,
+                                   stacked=self.plan.stacked_training, capture=self.plan.capture)
+        else:  # initialised on the CPU, copied into the stack in place
+            self.nets.reset(seeds)
+        self.trainer.restart(self.cfg.lr_net)  # SGD(lr_net, momentum 0.5): one optimiser per iteration
+        return self.nets, self.trainer
+
+    # ---- one outer iteration of every experiment (SPEC section 4, steps 1-2) -------------------
+    def update(self, states: Sequence[ExperimentState]) -> List[float]:
+        """Returns each experiment's mean matching loss per class and outer step, as DC reports it."""
+        cfg, it = self.cfg, states[0].iteration
+        gens = [self.generator(e, it, 0) for e in self.experiments]
+        nets, trainer = self.networks(it)
+        scheme = scheme_at(cfg.scheme, it)
+        totals = torch.zeros(len(states), device=self.device)
+        for outer_step in range(cfg.outer_loop):
+            if nets.has_batchnorm:
+                for net, gen in zip(nets.members, gens):
+                    freeze_batchnorm(net, self.real_per_class(BN_IMAGES_PER_CLASS, gen)[0])
+            reals, syns = zip(*[self.matching_batches(s.images, scheme, g) for s, g in zip(states, gens)])
+            losses = matching_losses(nets, reals, syns, scheme, cfg.dis_metric, self.num_classes,
+                                     engine=self.plan.engine, precision=cfg.precision, group=self.group)
+            for state, grad in zip(states, self.image_gradients(losses, states)):
+                sgd_update([state.images], [grad], [state.momentum], cfg.lr_img, IMAGE_MOMENTUM)
+            totals += losses.detach()
+            if outer_step == cfg.outer_loop - 1:
+                break
+            self.train_networks(trainer, states, outer_step, gens)
+            # every process trains the same networks; process 0's copies are made everyone's, in case
+            # nondeterministic kernels (GPU atomics) let them drift apart
+            self.group.broadcast_([*nets.params.values(), *nets.buffers.values()])
+        self.group.sum_([totals])
+        out = [t / (self.num_classes * cfg.outer_loop) for t in totals.tolist()]
+        for e, state, loss in zip(self.experiments, states, out):
+            if not math.isfinite(loss):
+                raise NonFinite(f"the matching loss became {loss}", it, e)
+            if not bool(torch.isfinite(state.images).all()):
+                raise NonFinite("the synthetic images became non-finite (nan or inf)", it, e)
+        return out
+
+    def image_gradients(self, losses: Tensor, states: Sequence[ExperimentState]) -> List[Tensor]:
+        """d loss_e / d images_e only (not the networks' parameters), summed over processes."""
+        if losses.requires_grad:  # False for a process that has no classes of its own
+            with cpu_context(self.device):
+                grads = list(torch.autograd.grad(losses.sum(), [s.images for s in states]))
+        else:
+            grads = [torch.zeros_like(s.images) for s in states]
+        self.group.sum_(grads)  # each process's share -> the whole gradient, on every process
+        return grads
+
+    def train_networks(self, trainer: Trainer, states, outer_step: int, gens) -> None:
         cfg = self.cfg
-        epochs = inner_epochs(cfg.schedule, outer_step, cfg.scheme, cfg.inner_loop)
-        held = self.real_mixed(cfg.batch_real, gen) if cfg.schedule == "overfit" else None
-        previous = math.inf
-        augment = make_augment(f"dsa:{cfg.dsa_strategy}", gen) if cfg.dsa else None  # DSA trains on DSA'd batches
-        for _ in range(epochs):
-            trainer.epoch(images, self.syn_labels, cfg.batch_train, gen, augment)
-            if held is not None:  # overfitting-aware: stop once the held real loss rises
-                current = mean_loss(net, *held)
-                if current > previous:
-                    break
-                previous = current
+        epochs = self.schedule.epochs(outer_step, cfg.scheme, cfg.inner_loop)
+        stop = self.schedule.stopper(lambda: self.held_batches(gens), trainer.held_losses)
+        # with DSA the networks train on DSA-augmented batches
+        augments = [make_augment(f"dsa:{cfg.dsa_strategy}", g) for g in gens] if cfg.dsa else None
+        images = torch.stack([s.images.detach() for s in states])
+        fit(trainer, images, self.syn_labels, epochs, cfg.batch_train, gens, augments=augments, stop=stop)
 
-    def synthetic_set(self, state: CondenseState) -> SyntheticSet:
+    def held_batches(self, gens):
+        drawn = [self.real_mixed(self.cfg.batch_real, g) for g in gens]
+        return torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn])
+
+    def synthetic_set(self, state: ExperimentState) -> SyntheticSet:
         return SyntheticSet(images=state.images.detach().cpu().clone(), labels=self.syn_labels.cpu(),
                             classes=list(self.real.classes), mean=tuple(self.real.mean),
                             std=tuple(self.real.std), dataset=self.real.name, config=self.cfg.to_dict())
 
-    def steps(self, state: Optional[CondenseState] = None) -> Iterator[CondenseState]:
-        """Yield the state before every update and once more at the end; the caller may evaluate or
-        checkpoint at each yield (``state.iteration`` is the number of updates done so far)."""
-        state = state or self.initial_state()
+    def steps(self, states: Optional[Sequence[Optional[ExperimentState]]] = None) -> Iterator[List[ExperimentState]]:
+        """Yield the states before every update and once more at the end (all at one iteration); the
+        caller may evaluate or checkpoint at each yield (``iteration`` = updates done so far)."""
+        states = states or [None] * len(self.experiments)
+        states = [s or self.initial_state(e) for e, s in zip(self.experiments, states)]
+        if len({s.iteration for s in states}) != 1:
+            raise ValueError("experiments advanced together must start from the same iteration")
         while True:
-            yield state
-            if state.iteration >= self.cfg.iterations:
+            yield states
+            if states[0].iteration >= self.cfg.iterations:
                 return
             with run_context(self.cfg.precision):
-                state.last_loss = self.update(state)
-            state.iteration += 1
-
-
-class NonFiniteLoss(GradmatchError):
-    """The matching loss of update ``iteration`` (0-based; the log calls it iteration + 1) is nan/inf."""
-
-    def __init__(self, iteration: int, experiment: int, value: float):
-        super().__init__(f"the matching loss became {value} in iteration {iteration + 1} (experiment "
-                         f"{experiment}); lower --lr_img or check the distance (--dis_metric)")
-        self.iteration, self.experiment, self.value = iteration, experiment, value
+                losses = self.update(states)
+            for state, loss in zip(states, losses):
+                state.last_loss = loss
+                state.iteration += 1
 
 
 def freeze_batchnorm(net: torch.nn.Module, real_images: Tensor) -> None:
@@ -249,13 +223,32 @@ def freeze_batchnorm(net: torch.nn.Module, real_images: Tensor) -> None:
             module.eval()
 
 
-def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment: int = 0,
-             device: Optional[str] = None, **overrides) -> SyntheticSet:
+def condense_experiments(real: Dataset, experiments=5, config: Optional[CondenseConfig] = None, device=None,
+                         mode: str = "auto", **overrides) -> List[SyntheticSet]:
+    """``condense`` for several experiments (an int n: 0..n-1, or their numbers): one SyntheticSet each.
+    ``mode`` as ``--experiments``: with ``batched`` they advance together, each equal to its own run up to
+    float rounding."""
+    check_field(RunConfig, "experiments", mode)
+    config = dataclasses.replace(config or CondenseConfig(), **overrides)
+    numbers = list(range(experiments)) if isinstance(experiments, int) else list(experiments)
+    resolved = config.resolved(real)
+    where = resolve_device(device)
+    plan = make_plan(resolved, real, where, distributed.current(), mode)
+    for note in plan.notes:
+        warn(note)
+    real = real.to(where)  # once for every group
+    final = []
+    for group in groups(numbers, lambda e: 0, plan.together):
+        condensation = Condensation(real, config, group, where, plan=plan)
+        *_, last = condensation.steps()
+        final += [condensation.synthetic_set(s) for s in last]
+    return final
+
+
+def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment: int = 0, device=None,
+             **overrides) -> SyntheticSet:
     """Learn a synthetic set from ``real`` (a ``gradmatch.data.Dataset``).
 
     ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")``.
     """
-    config = dataclasses.replace(config or CondenseConfig(), **overrides)
-    condenser = Condenser(real, config, experiment, device)
-    *_, final = condenser.steps()  # run to the end; the last state holds the finished images
-    return condenser.synthetic_set(final)
+    return condense_experiments(real, [experiment], config, device, **overrides)[0]

@@ -10,39 +10,43 @@ from __future__ import annotations
 
 import time
 
-import torch
 from tqdm.auto import tqdm
 
 from . import data
-from .condense import CondenseConfig, Condenser
+from .condense import Condensation
+from .config import CondenseConfig, Protocol
 from .evaluate import evaluate, random_real_subset
+from .runtime import torch_threads
 
 MODEL = "ConvNetD1"
 
 
 def demo(ipc: int = 10, iterations: int | None = None, num_eval: int = 5, epochs: int = 300,
          quiet: bool = False, seed: int = 0) -> dict:
-    torch.set_num_threads(1)  # 8x8 images: a second thread costs more in synchronisation than it gives
+    with torch_threads(1):  # 8x8 images: a second thread costs more in synchronisation than it gives
+        return _demo(ipc, 10 if iterations is None else iterations, num_eval, epochs, quiet, seed)
+
+
+def _demo(ipc: int, iterations: int, num_eval: int, epochs: int, quiet: bool, seed: int) -> dict:
     train, test = data.load("digits", split="train"), data.load("digits", split="test")
-    iterations = 10 if iterations is None else iterations
     print(f"digits: {len(train)} training and {len(test)} test images of {train.channel}x"
           f"{train.im_size[0]}x{train.im_size[1]}, {train.num_classes} classes; network {MODEL}")
     cfg = CondenseConfig(ipc=ipc, model=MODEL, scheme="multi-level", dis_metric="improved", schedule="adaptive",
                          iterations=iterations, init="noise", batch_real=64, seed=seed)
     start = time.perf_counter()
-    condenser = Condenser(train, cfg, device="cpu")
+    condensation = Condensation(train, cfg, device="cpu")
     with tqdm(total=iterations, desc="condense", unit="it", disable=True if quiet else None) as bar:
-        for state in condenser.steps():
+        for (state,) in condensation.steps():
             if state.iteration:
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.last_loss:.3f}")
-    syn = condenser.synthetic_set(state)
+    syn = condensation.synthetic_set(state)
     took = time.perf_counter() - start
     print(f"condensed {ipc} images per class from noise in {took:.0f} s ({iterations} iterations of multi-level "
           f"matching, improved distance, adaptive step)")
-    ours = evaluate(syn, MODEL, test, num_eval=num_eval, epochs=epochs, seed=seed, device="cpu")
-    rand = evaluate(random_real_subset(train, ipc, seed), MODEL, test, num_eval=num_eval, epochs=epochs,
-                    seed=seed, device="cpu")
+    protocol = Protocol(models=(MODEL,), num_eval=num_eval, epochs=epochs, seed=seed)  # the same for both sets
+    ours = evaluate(syn, MODEL, test, protocol, device="cpu")
+    rand = evaluate(random_real_subset(train, ipc, seed), MODEL, test, protocol, device="cpu")
     print(f"test accuracy of {num_eval} fresh {MODEL}s trained {epochs} epochs on {ipc * train.num_classes} images:")
     print(f"  synthetic set       {100 * ours.mean:5.1f} +- {100 * ours.std:.1f} %")
     print(f"  random real subset  {100 * rand.mean:5.1f} +- {100 * rand.std:.1f} %")

@@ -234,13 +234,11 @@ def plot_run(run_dir) -> list[Path]:
             after = f", after {iterations} iterations" if iterations is not None else ""
             sets.append((f"experiment {e}{after}", load_synthetic(final, e)))
     elif ckpt_path.is_file():
-        from .results import load_checkpoint, synthetic_from_checkpoint
+        from .runstate import load_checkpoint
 
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["images"] is not None:
-            it = ckpt["state"]["iteration"] if ckpt["state"] else iterations
-            sets.append((f"unfinished run, experiment {ckpt['progress']['experiment']}, iteration {it}",
-                         synthetic_from_checkpoint(ckpt_path)))
+        latest = load_checkpoint(ckpt_path).latest()
+        if latest is not None:
+            sets.append(latest)
     chance = 1.0 / sets[-1][1].num_classes if sets and sets[-1][1].num_classes else None
     curves = save_curves(run_dir / "log.jsonl", run_dir / "curves.png", title=run_dir.name,
                          iterations=iterations, chance=chance)

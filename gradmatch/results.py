@@ -1,4 +1,4 @@
-"""Results on disk: the DC-compatible .pt, JSON results, checkpoints and the JSON-lines log.
+"""Results on disk: the DC-compatible .pt, JSON results and the JSON-lines log (checkpoints: ``runstate``).
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
 (even SIGKILL) never leaves a half-written file nor damages the previous version.
@@ -17,10 +17,6 @@ import torch
 
 from .synset import SyntheticSet
 from .errors import GradmatchError
-
-# 2: tensors and plain data only (read with weights_only); 1 held pickled SyntheticSet objects.
-CHECKPOINT_VERSION = 2
-
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -158,51 +154,6 @@ def load_synthetic(path, experiment: int = -1) -> SyntheticSet:
                         mean=tuple(payload.get("mean") or (0.0,) * channels),
                         std=tuple(payload.get("std") or (1.0,) * channels),
                         dataset=payload.get("dataset", ""), config=dict(payload.get("config") or {}))
-
-
-CHECKPOINT_KEYS = ("config", "progress", "state", "images", "labels", "meta")
-
-
-def load_checkpoint(path) -> dict[str, Any]:
-    """A run's checkpoint, checked: GradmatchError (one line) if it is missing, truncated, corrupt,
-    of another version, or lacks what a resume needs."""
-    hint = "start the run again with --overwrite"
-    try:
-        ckpt = load_torch(path, "checkpoint", hint)
-    except NeedsCode:
-        raise NeedsCode(f"checkpoint {path} was written by an older gradmatch or holds Python objects other "
-                        "than tensors and plain data; gradmatch reads checkpoints only with weights_only (no "
-                        f"code runs when reading); {hint}") from None
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("version"), int) and ckpt["version"] < CHECKPOINT_VERSION:
-        raise GradmatchError(f"checkpoint {path} was written by an older gradmatch (version {ckpt['version']}); "
-                             f"{hint}")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise GradmatchError(f"checkpoint {path} is not a gradmatch checkpoint of version "
-                             f"{CHECKPOINT_VERSION}; {hint}")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    later = ckpt.get("later_states") or {}  # a batched run's other unfinished experiments
-    if not isinstance(later, dict) or not all(isinstance(e, int) for e in later):
-        missing.append("later_states")
-        later = {}
-    for name, state in [("state", ckpt.get("state")), *((f"later_states[{e}]", s) for e, s in later.items())]:
-        if state is not None and not (isinstance(state, dict) and
-                                      all(k in state for k in ("images", "optimizer", "iteration", "last_loss"))):
-            missing.append(name)
-    if missing:
-        raise GradmatchError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); {hint}")
-    return ckpt
-
-
-def synthetic_from_checkpoint(path) -> SyntheticSet:
-    """The latest synthetic images of a run's checkpoint (the unfinished experiment's, else the last
-    finished one's)."""
-    ckpt = load_checkpoint(path)
-    m = ckpt["meta"]
-    if ckpt["images"] is None:
-        raise GradmatchError(f"checkpoint {path} holds no synthetic images yet")
-    return SyntheticSet(images=ckpt["images"], labels=ckpt["labels"], classes=m["classes"],
-                        mean=tuple(m["mean"]), std=tuple(m["std"]), dataset=m["dataset"],
-                        config=ckpt["config"]["condense"])
 
 
 def append_log(path, record: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -209,6 +209,8 @@ def _is_pool2x2(args, kwargs) -> bool:
     x = given.get("input")
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point() or not x.is_contiguous():
         return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):  # noqa: SLF001  inside vmap/grad: the stock kernel
+        return False
     if x.shape[2] % 2 or x.shape[3] % 2 or x.numel() == 0:
         return False
 
@@ -232,15 +234,15 @@ class FastKernels(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def cpu_context(device) -> "ExitStack | nullcontext":
+@contextmanager
+def cpu_context(device):
     """On CPU: the tuned allocator, ``job_threads()`` intra-op threads and the faster kernels; elsewhere nothing."""
     if torch.device(device).type != "cpu":
-        return nullcontext()
+        yield
+        return
     tune_cpu_allocator()
-    stack = ExitStack()
-    stack.enter_context(torch_threads(job_threads()))
-    stack.enter_context(FastKernels())
-    return stack
+    with torch_threads(job_threads()), FastKernels():
+        yield
 
 
 def to_device(cpu_tensor: Tensor, device) -> Tensor:

@@ -1,20 +1,21 @@
 """How long to train the network between matching steps (SPEC section 4).
 
 ``outer_loop`` matching steps per iteration; between two of them the network trains on the
-synthetic set for ``inner_epochs(...)`` epochs: a fixed number, the paper's adaptive schedule, or
-until a held-out real batch's loss rises (the overfitting-aware variant, at most
-``OVERFIT_MAX_EPOCHS``).
+synthetic set for as many epochs as its schedule (one entry of ``SCHEDULES``) says: a fixed number,
+the paper's adaptive schedule, or until a held-out real batch's loss rises (the overfitting-aware
+variant, at most ``OVERFIT_MAX_EPOCHS``).  A schedule that stops early keeps its state in its own
+``stopper``; the loop only asks it.
 """
 from __future__ import annotations
 
 import math
 import operator
+from typing import Any, Callable, List, Optional
 
 from .errors import GradmatchError, unknown_name
 
 # DC's published (outer_loop, inner_loop) per ipc.
 PUBLISHED_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-SCHEDULES = ("fixed", "adaptive", "overfit")
 OVERFIT_MAX_EPOCHS = 50
 
 
@@ -76,16 +77,56 @@ def adaptive_inner_epochs(outer_step: int, scheme: str) -> int:
     return 10 if outer_step <= 9 else 5
 
 
+class Schedule:
+    """Fixed: ``inner_loop`` epochs after every matching step (DC)."""
+    name = "fixed"
+
+    def epochs(self, outer_step: int, scheme: str, inner_loop: int) -> int:
+        """Epochs of network training after outer step ``outer_step`` (at most, where it may stop early)."""
+        return inner_loop
+
+    def stopper(self, draw_held: Callable[[], Any], held_losses: Callable[[Any], List[float]]) -> Optional[Stopper]:
+        """A function of the networks still training (E bools) after each epoch -> those to go on; None:
+        every network trains all its epochs.  ``draw_held()`` draws what it watches (before training),
+        ``held_losses(held)`` is each network's loss on it now."""
+        return None
+
+
+class Adaptive(Schedule):
+    """The paper's adaptive learning step."""
+    name = "adaptive"
+
+    def epochs(self, outer_step: int, scheme: str, inner_loop: int) -> int:
+        return adaptive_inner_epochs(outer_step, scheme)
+
+
+class Overfit(Schedule):
+    """Overfitting-aware: each network trains until its loss on a held real batch rises (at most
+    ``OVERFIT_MAX_EPOCHS``); a nan never stops it."""
+    name = "overfit"
+
+    def epochs(self, outer_step: int, scheme: str, inner_loop: int) -> int:
+        return OVERFIT_MAX_EPOCHS
+
+    def stopper(self, draw_held, held_losses):
+        held = draw_held()
+        previous: List[float] = []
+
+        def going_on(active: List[bool]) -> List[bool]:
+            current = held_losses(held)
+            before = previous or [math.inf] * len(current)
+            still = [on and not now > last for on, now, last in zip(active, current, before)]
+            previous[:] = [now if on else last for on, now, last in zip(still, current, before)]
+            return still
+
+        return going_on
+
+
+Stopper = Callable[[List[bool]], List[bool]]
+SCHEDULES = {s.name: s for s in (Schedule(), Adaptive(), Overfit())}
+
+
 def resolve_schedule(name: str) -> str:
     if name not in SCHEDULES:
-        raise unknown_name("inner-loop schedule", name, SCHEDULES)
+        raise unknown_name("inner-loop schedule", str(name), SCHEDULES)
     return name
-
-
-def inner_epochs(schedule: str, outer_step: int, scheme: str, fixed_inner: int) -> int:
-    """Epochs of network training after outer step ``outer_step`` (an upper bound for 'overfit')."""
-    if schedule == "adaptive":
-        return adaptive_inner_epochs(outer_step, scheme)
-    if schedule == "overfit":
-        return OVERFIT_MAX_EPOCHS
-    return fixed_inner

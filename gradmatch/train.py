@@ -1,40 +1,49 @@
-"""Training a network on a (small) labelled tensor set, and testing it: shared by the condensation
-loop (the inner loop) and the evaluation.
+"""Training networks on a (small) labelled tensor set, and testing them: one trainer for the
+condensation's inner loop and the evaluation.
 
-``Trainer`` runs DC's ``epoch('train', ...)``: shuffled mini-batches of cross-entropy SGD.  On a GPU
-the networks train on a handful of images, so a step is a few dozen tiny kernels and the time goes
-to launching them: there, when nothing is augmented, the whole epoch (per mini-batch: gather of the
-shuffled batch, forward, backward, SGD update) is captured once as a CUDA graph and replayed
-(``StaticStep``).  Elsewhere the same ``StaticStep`` runs eagerly (its non-CUDA twin,
-which the tests exercise) or, on CPU, ``torch.optim.SGD`` does as it always did.
+``Trainer`` runs DC's ``epoch('train', ...)`` (shuffled mini-batches of cross-entropy SGD) for a stack
+of E >= 1 networks (``gradmatch.models.stack.Networks``), each member with its own shuffle,
+augmentation and momentum, on one shared set or a set each.  The update is torch.optim.SGD's
+(weight decay, then momentum, dampening 0), done on the stacked tensors by ``sgd_update``, masked
+where a member has stopped.  An epoch always runs on fixed storage (set, order, mask and learning
+rate in tensors allocated once), so that with ``capture`` it is recorded once as a CUDA graph and
+replayed: on a GPU the networks train on a handful of images and a step is a few dozen tiny kernels.
+On a CPU ``capture`` runs the same epoch eagerly: the twin the tests run.  ``stacked`` computes the E
+members' gradients in one ``torch.func.vmap`` pass instead of one member after another (networks
+without running state only).  ``fit`` drives epochs: the evaluation's learning-rate drop and a
+schedule's early stop.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from .errors import warn
+from .models.stack import Networks
 from .runtime import FastKernels, cpu_context, to_device
 
 Augment = Optional[Callable[[Tensor], Tensor]]
 
 
-def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], buffers: Sequence[Tensor], lr, momentum: float,
-               weight_decay: float, mask: Optional[Tensor] = None) -> None:
-    """torch.optim.SGD's update (weight decay, then momentum into ``buffers``, dampening 0) in place;
-    ``lr`` a number or a 0-dim tensor (a captured graph's); ``mask`` (E bools, stacked networks) leaves
-    the members where it is False untouched."""
+def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], lr, momentum: float,
+               weight_decay: float = 0.0, mask: Optional[Tensor] = None) -> None:
+    """torch.optim.SGD's update in place (weight decay, then momentum into ``momenta``, dampening 0;
+    zeroed momenta equal SGD's lazily created ones): ``lr`` a number, or a 0-dim tensor (a captured
+    graph's); ``mask`` (E bools, stacked tensors) leaves the members where it is False untouched."""
     with torch.no_grad():
-        for p, g, buf in zip(params, grads, buffers):
+        for p, g, buf in zip(params, grads, momenta):
             if weight_decay:
                 g = g.add(p, alpha=weight_decay)
             if mask is None:
                 buf.mul_(momentum).add_(g)
-                p.sub_(buf * lr)
+                if isinstance(lr, Tensor):
+                    p.sub_(buf * lr)
+                else:
+                    p.add_(buf, alpha=-lr)
                 continue
             keep = mask.view(-1, *([1] * (p.dim() - 1)))
             new_buf = buf * momentum + g
@@ -44,7 +53,7 @@ def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], buffers: Seque
 
 def capture_graph(run: Callable[[], None], state: Sequence[Tensor]) -> Optional["torch.cuda.CUDAGraph"]:
     """``run`` recorded as a CUDA graph, after a warm-up on a side stream; ``state`` (the tensors
-    ``run`` changes) is restored afterwards.  None where capture is impossible: then run eagerly."""
+    ``run`` changes) is restored afterwards.  None where capture fails (said once): then run eagerly."""
     saved = [t.detach().clone() for t in state]
     try:
         side = torch.cuda.Stream()
@@ -56,7 +65,9 @@ def capture_graph(run: Callable[[], None], state: Sequence[Tensor]) -> Optional[
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             run()
-    except RuntimeError:
+    except RuntimeError as err:
+        warn(f"capturing the training epoch as a CUDA graph failed ({str(err).splitlines()[0][:120]}); it runs "
+             "eagerly instead (same numbers, slower)")
         graph = None
     with torch.no_grad():
         for t, value in zip(state, saved):
@@ -64,243 +75,136 @@ def capture_graph(run: Callable[[], None], state: Sequence[Tensor]) -> Optional[
     return graph
 
 
-class StaticStep:
-    """One epoch of SGD steps, mini-batches of ``batch_size`` in the order ``order``, on fixed storage
-    (every tensor allocated once): ``images``/``labels`` hold the set, ``lr`` the learning rate.  The
-    update is torch.optim.SGD's (weight decay, then momentum, dampening 0; zeroed buffers at the
-    start equal SGD's lazily created ones), so the numbers equal ``torch.optim.SGD`` up to rounding."""
+class _Storage:
+    """One epoch's fixed storage: the set, each member's order, the mask and the learning rate."""
 
-    def __init__(self, net: nn.Module, images: Tensor, labels: Tensor, batch_size: int, lr: float,
-                 momentum: float, weight_decay: float):
-        self.net, self.batch_size = net, batch_size
-        self.names = [n for n, p in net.named_parameters() if p.requires_grad]
-        self.params = [p for p in net.parameters() if p.requires_grad]
-        self.images, self.labels = images.detach().clone(), labels.clone()
-        self.order = torch.arange(len(labels), device=labels.device)
-        self.lr = torch.tensor(lr, device=images.device, dtype=images.dtype)
-        self.momentum, self.weight_decay = momentum, weight_decay
-        self.buffers = [torch.zeros_like(p) for p in self.params]
+    def __init__(self, images: Tensor, labels: Tensor, members: int, batch_size: int, lr: float, dtype):
+        device = images.device
+        self.key = (tuple(images.shape), tuple(labels.shape), batch_size)
+        self.images, self.labels, self.batch_size = images.detach().clone(), labels.clone(), batch_size
+        self.order = torch.zeros(members, labels.shape[-1], dtype=torch.long, device=device)
+        self.mask = torch.ones(members, dtype=torch.bool, device=device)
+        self.lr = torch.tensor(lr, dtype=dtype, device=device)
         self.graph: Optional["torch.cuda.CUDAGraph"] = None
+        self.tried = False  # capture is tried once per storage
 
-    def run(self) -> None:
-        for start in range(0, len(self.order), self.batch_size):
-            idx = self.order[start:start + self.batch_size]
-            self._sgd_step(self.images[idx], self.labels[idx])
-
-    def _sgd_step(self, x: Tensor, y: Tensor) -> None:
-        # fresh leaves sharing the parameters' storage: no autograd node outlives a step, so none
-        # made on another stream (the matching step's) meets the capture
-        leaves = {n: p.detach().requires_grad_() for n, p in zip(self.names, self.params)}
-        loss = F.cross_entropy(functional_call(self.net, leaves, (x,)), y)
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        sgd_update(self.params, grads, self.buffers, self.lr, self.momentum, self.weight_decay)
-
-    def capture(self) -> bool:
-        """Record ``run`` as a CUDA graph; False where capture is impossible (it then runs eagerly)."""
-        self.graph = capture_graph(self.run, [*self.params, *self.net.buffers(), *self.buffers])
-        return self.graph is not None
-
-    def step(self, order: Tensor) -> None:
-        self.order.copy_(order)
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self.run()
-
-    def load(self, images: Tensor) -> None:
-        """New images of the same shape (the synthetic set after an image update)."""
-        self.images.copy_(images)
-
-    def set_lr(self, lr: float, fresh: bool) -> None:
-        """A new learning rate; ``fresh``: zero momentum too (a new optimiser)."""
-        if fresh:
-            for buf in self.buffers:
-                buf.zero_()
-        self.lr.fill_(lr)
+    def batches(self):
+        n = self.labels.shape[-1]
+        for start in range(0, n, self.batch_size):
+            idx = self.order[:, start:start + self.batch_size]
+            if self.labels.dim() == 1:  # one set shared by every member
+                yield self.images[idx], self.labels[idx]
+            else:
+                rows = torch.arange(len(idx), device=idx.device)[:, None]
+                yield self.images[rows, idx], self.labels[rows, idx]
 
 
 class Trainer:
-    """Cross-entropy SGD of ``net`` with torch.optim.SGD's settings, one ``epoch`` at a time.
+    """Cross-entropy SGD of the stack ``nets`` with torch.optim.SGD's settings, one ``epoch`` at a time."""
 
-    ``graph``: None = capture a CUDA graph where it applies (CUDA, no augmentation); True = use
-    ``StaticStep`` even off CUDA (eagerly: the tests' twin of the graph
-    path); False = torch.optim.SGD, batch by batch, always.
-    """
-
-    def __init__(self, net: nn.Module, lr: float, momentum: float, weight_decay: float = 0.0,
-                 graph: Optional[bool] = None):
-        self.net, self.lr, self.momentum, self.weight_decay = net, lr, momentum, weight_decay
-        self.graph = graph
-        self.static: Optional[StaticStep] = None
-        self.optimizer = self._sgd()
-
-    def _sgd(self) -> torch.optim.SGD:
-        return torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
-
-    def set_lr(self, lr: float, fresh: bool = True) -> None:
-        """Learning rate ``lr`` from now on: with a fresh optimiser (zero momentum), or, with
-        ``fresh=False``, keeping the momentum as a learning-rate scheduler does."""
+    def __init__(self, nets: Networks, lr: float, momentum: float, weight_decay: float = 0.0, *,
+                 stacked: bool = False, capture: bool = False):
+        self.nets, self.momentum, self.weight_decay = nets, momentum, weight_decay
+        self.stacked, self.capture = stacked, capture
+        self.names = list(nets.trainable)
+        self.params = [nets.params[n] for n in self.names]  # updated in place
+        self.momenta = [torch.zeros_like(p) for p in self.params]
         self.lr = lr
-        if fresh:
-            self.optimizer = self._sgd()
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        if self.static is not None:
-            self.static.set_lr(lr, fresh)
+        self.storage: Optional[_Storage] = None
+        self._stacked_losses = vmap(self._member_loss)
 
-    def _static_for(self, images: Tensor, labels: Tensor, batch_size: int, augment: Augment) -> Optional[StaticStep]:
-        on_cuda = images.device.type == "cuda"
-        wanted = self.graph if self.graph is not None else on_cuda
-        if not wanted or augment is not None or len(images) == 0:
-            return None
-        if self.static is None or self.static.images.shape != images.shape or self.static.batch_size != batch_size:
-            self.static = StaticStep(self.net, images, labels, batch_size, self.lr, self.momentum, self.weight_decay)
-            if on_cuda:
-                self.static.capture()
-        else:
-            self.static.load(images)
-        return self.static
+    def restart(self, lr: float) -> None:
+        """A fresh optimiser: zero momentum, learning rate ``lr`` (the inner loop's, per network)."""
+        for buf in self.momenta:
+            buf.zero_()
+        self.set_lr(lr)
 
-    def epoch(self, images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
-              augment: Augment = None) -> None:
-        """One shuffled epoch (DC's ``epoch('train', ...)``); the shuffle is drawn from ``generator``."""
-        self.net.train()
-        order = to_device(torch.randperm(len(images), generator=generator), images.device)
-        static = self._static_for(images, labels, batch_size, augment)
-        if static is not None:
-            static.step(order)
-            return
-        with cpu_context(images.device):
-            for start in range(0, len(images), batch_size):
-                idx = order[start:start + batch_size]
-                x, y = images[idx], labels[idx]
-                if augment is not None:
-                    x = augment(x)
-                loss = F.cross_entropy(self.net(x), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-
-
-class StackedTrainer:
-    """SGD of E networks of one architecture at once: their parameters stacked (E, *shape), one
-    vmapped forward and backward per mini-batch instead of E small ones.
-
-    Each member keeps its own shuffling and augmentation (its own generator, drawn in the order it
-    would be drawn alone) and its own momentum; the update is torch.optim.SGD's (weight decay, then
-    momentum from zeroed buffers), element-wise on the stacked tensors, so every member follows its
-    one-by-one trajectory up to float rounding.  The members train on one shared set (N, C, H, W) or
-    on a set each (E, N, C, H, W).  ``active`` (E bools) leaves the members that stopped untouched:
-    no draw from their generators, no change to their weights.  Networks with running state (batch
-    norm) cannot be stacked (``evaluate.can_batch``).
-
-    ``graph`` as ``Trainer``'s: on CUDA, without augmentation, the whole epoch runs on fixed storage
-    (set, order, mask and learning rate in buffers) captured once as a CUDA graph; ``graph=True``
-    runs that fixed-storage epoch eagerly anywhere (the tests' twin), ``False`` never.
-    """
-
-    def __init__(self, base: nn.Module, params: Dict[str, Tensor], lr: float, momentum: float,
-                 weight_decay: float = 0.0, graph: Optional[bool] = None):
-        self.base = base  # the architecture only; may live on the meta device
-        self.names = list(params)
-        self.params = [params[n] for n in self.names]  # stacked, updated in place
-        self.buffers = [torch.zeros_like(p) for p in self.params]
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.graph = graph
-        self.static: Optional[dict] = None  # the fixed-storage epoch: its buffers and its CUDA graph
-        self._losses = vmap(self._loss)
-
-    def _loss(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(self.base, dict(zip(self.names, params)), (x,)), y)
-
-    def load(self, params: Dict[str, Tensor], lr: float) -> None:
-        """Fresh networks (copied in place, so a captured epoch stays valid) and a fresh optimiser."""
-        with torch.no_grad():
-            for name, p in zip(self.names, self.params):
-                p.copy_(params[name])
-        self.set_lr(lr, fresh=True)
-
-    def set_lr(self, lr: float, fresh: bool = True) -> None:
-        """As ``Trainer.set_lr``: ``fresh`` zeroes the momentum (a new optimiser)."""
+    def set_lr(self, lr: float) -> None:
+        """Learning rate ``lr`` from now on, keeping the momentum (as a learning-rate scheduler does)."""
         self.lr = lr
-        if self.static is not None:
-            self.static["lr"].fill_(lr)
-        if fresh:
-            for buf in self.buffers:
-                buf.zero_()
+        if self.storage is not None:
+            self.storage.lr.fill_(lr)
 
-    @torch.no_grad()
-    def losses(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Each member's mean cross-entropy on its own batch (E, n, ...): shape (E,)."""
-        return self._losses(self.params, images, labels)
+    def _member_loss(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(self.nets.members[0], dict(zip(self.names, params)), (x,)), y)
+
+    def _gradients(self, x: Tensor, y: Tensor) -> List[Tensor]:
+        """Every member's gradient on its own batch (E, b, ...), stacked (E, *shape) per parameter."""
+        # fresh leaves sharing the stack's storage: no autograd node outlives a step, so none made on
+        # another stream (the matching step's) meets a captured graph
+        leaves = [p.detach().requires_grad_() for p in self.params]
+        if self.stacked:
+            loss = self._stacked_losses(leaves, x, y).sum()
+        else:
+            loss = sum(F.cross_entropy(functional_call(net, {n: leaf[e] for n, leaf in zip(self.names, leaves)},
+                                                       (x[e],)), y[e])
+                       for e, net in enumerate(self.nets.members))
+        return list(torch.autograd.grad(loss, leaves))
+
+    def _run(self, store: _Storage, augments: Optional[Sequence[Augment]], active: Sequence[bool]) -> None:
+        mask = store.mask if len(self.nets) > 1 else None  # a stack of one never trains a stopped member
+        lr = store.lr if self.capture else self.lr
+        for x, y in store.batches():
+            if augments is not None:
+                x = torch.stack([a(x[e]) if a is not None and active[e] else x[e] for e, a in enumerate(augments)])
+            sgd_update(self.params, self._gradients(x, y), self.momenta, lr, self.momentum, self.weight_decay, mask)
 
     def epoch(self, images: Tensor, labels: Tensor, batch_size: int, generators: Sequence[torch.Generator],
               augments: Optional[Sequence[Augment]] = None, active: Optional[Sequence[bool]] = None) -> None:
-        members, n = len(generators), labels.shape[-1]
+        """One shuffled epoch of every member on ``images`` (N, C, H, W) shared or (E, N, C, H, W) each,
+        ``labels`` (N,) or (E, N); member e's shuffle (and augmentation) drawn from ``generators[e]``.
+        ``active`` (E bools): the members where it is False draw nothing and stay untouched."""
+        members = len(self.nets)
         active = list(active) if active is not None else [True] * members
+        if images.dim() == 5 and members == 1:  # a stack of one trains on its set as on a shared one
+            images, labels = images[0], labels if labels.dim() == 1 else labels[0]
+        elif images.dim() == 5 and labels.dim() == 1:
+            labels = labels.expand(members, -1)
+        n = labels.shape[-1]
         orders = torch.stack([torch.randperm(n, generator=g) if on else torch.arange(n)
                               for g, on in zip(generators, active)])
-        orders = to_device(orders, images.device)
-        augmented = augments is not None and any(a is not None for a in augments)
-        wanted = self.graph if self.graph is not None else images.device.type == "cuda"
-        if wanted and not augmented:
-            static = self._static_for(images, labels, batch_size)
-            static["images"].copy_(images)
-            static["order"].copy_(orders)
-            static["mask"].copy_(to_device(torch.tensor(active), images.device))
-            if static["graph"] is not None:
-                static["graph"].replay()
-            else:
-                self._run(static)
+        if augments is not None and all(a is None for a in augments):
+            augments = None
+        store = self.storage
+        if store is None or store.key != (tuple(images.shape), tuple(labels.shape), batch_size):
+            store = self.storage = _Storage(images, labels, members, batch_size, self.lr, self.params[0].dtype)
+        store.images.copy_(images)
+        store.order.copy_(to_device(orders, images.device))
+        store.mask.copy_(to_device(torch.tensor(active), images.device))
+        self.nets.train()
+        if self.capture and augments is None and images.device.type == "cuda" and not store.tried:
+            store.tried = True  # augmentation draws on the host every batch: never captured
+            store.graph = capture_graph(lambda: self._run(store, None, active),
+                                        [*self.params, *self.nets.buffers.values(), *self.momenta])
+        if store.graph is not None and augments is None:
+            store.graph.replay()
             return
-        mask = None if all(active) else torch.tensor(active, device=images.device)
-        for start in range(0, n, batch_size):
-            x, y = _gather(images, labels, orders[:, start:start + batch_size])
-            if augmented:
-                x = torch.stack([a(x[k]) if a is not None and active[k] else x[k] for k, a in enumerate(augments)])
-            self._step(x, y, mask, self.lr)
+        with cpu_context(images.device):
+            self._run(store, augments, active)
 
-    def _static_for(self, images: Tensor, labels: Tensor, batch_size: int) -> dict:
-        key = (tuple(images.shape), tuple(labels.shape), batch_size)
-        if self.static is None or self.static["key"] != key:
-            device, members = images.device, len(self.params[0])
-            self.static = {"key": key, "images": images.detach().clone(), "labels": labels.clone(),
-                           "order": torch.zeros(members, labels.shape[-1], dtype=torch.long, device=device),
-                           "mask": torch.ones(members, dtype=torch.bool, device=device),
-                           "lr": torch.tensor(self.lr, dtype=self.params[0].dtype, device=device),
-                           "batch_size": batch_size, "graph": None}
-            if device.type == "cuda":
-                self.static["graph"] = capture_graph(lambda: self._run(self.static), [*self.params, *self.buffers])
-        return self.static
-
-    def _run(self, static: dict) -> None:
-        n, size = static["labels"].shape[-1], static["batch_size"]
-        for start in range(0, n, size):
-            x, y = _gather(static["images"], static["labels"], static["order"][:, start:start + size])
-            self._step(x, y, static["mask"], static["lr"])
-
-    def _step(self, x: Tensor, y: Tensor, mask: Optional[Tensor], lr) -> None:
-        leaves = [p.detach().requires_grad_() for p in self.params]
-        grads = torch.autograd.grad(self._losses(leaves, x, y).sum(), leaves)
-        sgd_update(self.params, grads, self.buffers, lr, self.momentum, self.weight_decay, mask)
+    @torch.no_grad()
+    def held_losses(self, held) -> List[float]:
+        """Each member's cross-entropy on its own held batch (images (E, n, ...), labels (E, n)), in
+        eval mode (running batch-norm statistics), training mode restored."""
+        images, labels = held
+        return [mean_loss(net, images[e], labels[e]) for e, net in enumerate(self.nets.members)]
 
 
-def _gather(images: Tensor, labels: Tensor, idx: Tensor):
-    """Each member's mini-batch ``idx`` (E, b) of a shared set (N, ...) or of its own (E, N, ...)."""
-    if labels.dim() == 1:
-        return images[idx], labels[idx]
-    rows = torch.arange(len(idx), device=idx.device)[:, None]
-    return images[rows, idx], labels[rows, idx]
-
-
-def reset_network(net: nn.Module, source: nn.Module) -> None:
-    """Copy ``source``'s parameters and buffers into ``net`` in place (same storage: a captured
-    graph that reads ``net`` stays valid)."""
-    with torch.no_grad():
-        for dst, src in zip([*net.parameters(), *net.buffers()], [*source.parameters(), *source.buffers()]):
-            dst.copy_(src)
+def fit(trainer: Trainer, images: Tensor, labels: Tensor, epochs: int, batch_size: int,
+        generators: Sequence[torch.Generator], *, augments: Optional[Sequence[Augment]] = None,
+        lr_at: Optional[Callable[[int], float]] = None,
+        stop: Optional[Callable[[List[bool]], List[bool]]] = None) -> None:
+    """``epochs`` epochs of ``trainer``: ``lr_at(epoch)`` is the learning rate of each (the evaluation's
+    drop), ``stop(active)`` after each says which members go on (a schedule's early stop)."""
+    active = [True] * len(generators)
+    for epoch in range(epochs):
+        if lr_at is not None and lr_at(epoch) != trainer.lr:
+            trainer.set_lr(lr_at(epoch))
+        trainer.epoch(images, labels, batch_size, generators, augments, active)
+        if stop is not None:
+            active = stop(active)
+            if not any(active):
+                return
 
 
 @torch.no_grad()
@@ -319,12 +223,9 @@ def accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 5
     net.eval()
     device = next(net.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
-    with FastKernels() if device.type == "cpu" else nullcontext():
+    with FastKernels() if device.type == "cpu" else torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device, non_blocking=True)
             y = labels[start:start + batch_size].to(device, non_blocking=True)
             correct += (net(x).argmax(1) == y).sum()
     return correct.item() / max(len(images), 1)
-
-
-__all__: List[str] = ["StackedTrainer", "StaticStep", "Trainer", "accuracy", "mean_loss", "reset_network", "to_device"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradmatch.cli import main
-from gradmatch.config import CondenseConfig, RunConfig
+from gradmatch.config import CondenseConfig, RunConfig, apply
 from gradmatch.results import save_json
 from tests.conftest import one_error_line
 
@@ -44,8 +44,8 @@ def files_in(folder) -> dict:
 
 
 def run_dir_with(tmp_path, checkpoint_writer):
-    config = RunConfig(condense=CondenseConfig(model="ConvNetD1", iterations=2), dataset="digits",
-                       save_path=str(tmp_path), num_exp=1, num_eval=1)
+    config = apply(RunConfig(), {"model": "ConvNetD1", "iterations": 2, "dataset": "digits",
+                                 "save_path": str(tmp_path), "num_exp": 1, "num_eval": 1})
     run_dir = config.run_dir
     run_dir.mkdir(parents=True)
     save_json(config.to_dict(), run_dir / "config.json")
@@ -106,7 +106,7 @@ def test_dc_s_own_files_are_read(tmp_path, capsys):
     (["--dis_metric", "tests.user_distances:returns_rows"], "returned a tensor of shape (3,)"),
     (["--outer_loop", "-1"], "--outer_loop must be at least 1, got -1"),
     (["--inner_loop", "-5"], "--inner_loop must be at least 0, got -5"),
-    (["--epoch_eval_train", "-1"], "--epoch_eval_train must be at least 0, got -1"),
+    (["--epoch_eval_train", "0"], "--epoch_eval_train must be at least 1, got 0"),
     (["--eval_iterations", "50,60"], "none is within 0 to --Iteration 10"),
     (["--Iteration", "-1"], "--Iteration must be at least 0, got -1"),  # the flag as typed, not 'iterations'
     (["--method", "DSB"], "unknown method (--method) 'DSB'"),
@@ -186,19 +186,69 @@ def test_python_evaluate_refuses_a_set_of_another_shape():
         evaluate(syn, "MLP", test, num_eval=1, epochs=1)
 
 
-# ---- --resume RUN_DIR whose config.json is damaged ------------------------------------------------
-@pytest.mark.parametrize("text, words", [
-    ('{"condense": {"ipc": 1', "is not readable JSON"),
-    ('{"condense": {}, "colour": "red"}', "has unknown settings colour"),
-    ('[1, 2]', "is not a gradmatch run's settings"),
-])
-def test_resume_with_a_damaged_config_json(tmp_path, capsys, text, words):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(text)
-    assert main(["condense", "--resume", str(run_dir)]) == 2
-    assert words in one_error_line(capsys)
-    assert [p.name for p in run_dir.iterdir()] == ["config.json"]
+# ---- a damaged checkpoint is refused in one line, whatever is damaged --------------------------------
+def cut_run(tmp_path, experiments=2):
+    """A run cut (Ctrl-C) in its first iteration of two experiments advanced together."""
+    import gradmatch.run as gm_run
+
+    args = tiny(tmp_path, 4, "--num_exp", str(experiments), "--experiments", "batched", "--model", "ConvNetD1")
+    real_append = gm_run.append_log
+
+    def append(path, record):
+        real_append(path, record)
+        if record.get("event") == "iteration" and record["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    gm_run.append_log = append
+    try:
+        assert main(args) == 130
+    finally:
+        gm_run.append_log = real_append
+    return args, tmp_path / "intra-class_digits_ConvNetD1_2ipc" / "checkpoint.pt"
+
+
+DAMAGE = {
+    "iteration far ahead": (lambda c: c["pending"][1].update(iteration=999), "pending[1].iteration is 999"),
+    "negative iteration": (lambda c: c["pending"][1].update(iteration=-3), "pending[1].iteration is -3"),
+    "fractional iteration": (lambda c: c["pending"][0].update(iteration=4.5), "pending[0].iteration is 4.5"),
+    "momentum a dict": (lambda c: c["pending"][0].update(momentum={}), "pending[0].momentum is dict"),
+    "images a list": (lambda c: c["pending"][0].update(images=[1, 2, 3]), "pending[0].images is list"),
+    "images of another shape": (lambda c: c["pending"][0].update(images=torch.zeros(3, 1, 8, 8)),
+                                "pending[0].images is (3, 1, 8, 8), not the run's images (20, 1, 8, 8)"),
+    "nan images": (lambda c: c["pending"][0]["images"].fill_(float("nan")), "pending[0].images holds non-finite"),
+    "a state of a finished experiment": (lambda c: c["pending"].update({7: c["pending"][0]}),
+                                         "pending[7] is not an unfinished experiment"),
+    "no next experiment": (lambda c: c["pending"].pop(0), "pending lacks experiment 0"),
+    "config a string": (lambda c: c.update(config="x"), "is not a gradmatch run's settings"),
+    "unknown setting": (lambda c: c["config"].update(colour="red"), "has unknown settings colour"),
+    "a bad setting": (lambda c: c["config"]["condense"].update(ipc=0), "--ipc must be at least 1"),
+    "classes a number": (lambda c: c["meta"].update(classes=5), "meta.classes is not a list"),
+    "mean of two channels": (lambda c: c["meta"].update(mean=[0.1, 0.2]), "meta.mean/std are not one finite"),
+    "version a string": (lambda c: c.update(version="abc"), "version is 'abc', not a number"),
+    "newer version": (lambda c: c.update(version=99), "written by a newer gradmatch"),
+    "evaluations damaged": (lambda c: c.update(evaluations=[{"experiment": 0}]), "evaluations are not"),
+    "random states damaged": (lambda c: c["rng"].update(numpy={"kind": 1}), "rng holds damaged random states"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, capsys, damage):
+    args, path = cut_run(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    change, words = DAMAGE[damage]
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    line = one_error_line(capsys)
+    assert words in line and "--overwrite" in line, line
+    assert path.read_bytes() == before  # nothing written over it
+
+
+def test_an_undamaged_cut_checkpoint_resumes(tmp_path, capsys):
+    args, path = cut_run(tmp_path)
+    assert main([*args, "--resume"]) == 0
 
 
 # ---- class 2: image folders never follow a folder symlink ------------------------------------------
@@ -280,7 +330,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
     import errno
 
     from gradmatch import results
-    from gradmatch.results import load_checkpoint
+    from gradmatch.runstate import load_checkpoint
 
     real_replace, saves = os.replace, []
 
@@ -297,7 +347,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
     ckpt = tmp_path / TINY_DIGITS_NAME / "checkpoint.pt"
     assert f"cannot write {ckpt} (No space left on device)" in line
     assert "last good checkpoint (experiment 0, iteration 2) is kept intact" in line
-    assert load_checkpoint(ckpt)["state"]["iteration"] == 2
+    assert load_checkpoint(ckpt).pending[0].iteration == 2
     assert not list(ckpt.parent.glob(".*.tmp"))
 
 
@@ -311,7 +361,7 @@ def test_a_save_path_that_is_a_file(tmp_path, capsys):
 def test_an_evaluation_error_keeps_the_finished_images(tmp_path, capsys, monkeypatch):
     import gradmatch.run as gm_run
     from gradmatch.errors import GradmatchError
-    from gradmatch.results import load_checkpoint
+    from gradmatch.runstate import load_checkpoint
 
     def broken(*args, **kwargs):
         raise GradmatchError("evaluation failed")
@@ -319,8 +369,8 @@ def test_an_evaluation_error_keeps_the_finished_images(tmp_path, capsys, monkeyp
     monkeypatch.setattr(gm_run, "evaluate", broken)
     assert main(tiny(tmp_path, 3)) == 2
     assert "evaluation failed" in one_error_line(capsys, (DEEP_ON_DIGITS,))
-    state = load_checkpoint(tmp_path / TINY_DIGITS_NAME / "checkpoint.pt")["state"]
-    assert state["iteration"] == 3 and torch.isfinite(state["images"]).all()
+    state = load_checkpoint(tmp_path / TINY_DIGITS_NAME / "checkpoint.pt").pending[0]
+    assert state.iteration == 3 and torch.isfinite(state.images).all()
 
 
 def test_overwrite_keeps_the_old_results_until_the_new_ones_are_written(tmp_path, capsys, monkeypatch):
@@ -355,7 +405,7 @@ def test_half_written_results_suggest_resume_and_resume_names_ignored_flags(tmp_
     assert "half written" in line and "pass --resume" in line and "--overwrite" not in line
     assert main(["condense", "--resume", str(run_dir), "--Iteration", "9", "--ipc", "3", "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "ignoring --Iteration, --ipc" in err
+    assert "ignoring --Iteration 9 (saved: 2), --ipc 3 (saved: 2)" in err
     assert js.is_file()
     # plot SAVE_PATH: the one run there
     assert main(["plot", str(tmp_path)]) == 0

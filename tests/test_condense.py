@@ -10,12 +10,12 @@ import torch
 from gradmatch import condense, data, evaluate, random_real_subset
 from gradmatch.augment import augment, strategy_for
 from gradmatch.cli import main
-from gradmatch.condense import CondenseConfig, Condenser, freeze_batchnorm
+from gradmatch.condense import Condensation, freeze_batchnorm
+from gradmatch.config import CondenseConfig
 from gradmatch.errors import GradmatchError
-from gradmatch.evaluate import eval_pool
+from gradmatch.config import eval_pool
 from gradmatch.matching import matching_loss
 from gradmatch.models import create_model
-from gradmatch.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,8 +61,8 @@ def test_same_seed_same_images_bit_for_bit_and_other_seed_differs(digits):
 
 def test_real_init_starts_from_real_images_of_each_class(digits):
     train, _ = digits
-    c = Condenser(train, CondenseConfig(ipc=3, model="ConvNetD1", init="real"), device="cpu")
-    state = c.initial_state()
+    c = Condensation(train, CondenseConfig(ipc=3, model="ConvNetD1", init="real"), device="cpu")
+    state = c.initial_state(0)
     for i, image in enumerate(state.images.detach()):
         matches = (train.images == image).flatten(1).all(1)
         assert matches.any() and int(train.labels[matches][0]) == i // 3
@@ -162,16 +162,12 @@ def test_seed_script_writes_the_reference_pt_png_and_json(tmp_path):
 
 
 def test_overfit_schedule_stops_when_the_held_real_loss_rises(digits, monkeypatch):
-    condense_module = sys.modules["gradmatch.condense"]  # the package's `condense` name is the function
-
     train, _ = digits
-    c = Condenser(train, CondenseConfig(ipc=2, model="ConvNetD1", schedule="overfit", batch_real=16), device="cpu")
+    c = Condensation(train, CondenseConfig(ipc=2, model="ConvNetD1", schedule="overfit", batch_real=16), device="cpu")
     losses = iter([5.0, 4.0, 3.0, 3.5, 1.0, 0.5])
     epochs = []
-    monkeypatch.setattr(condense_module, "mean_loss", lambda net, x, y: next(losses))
-    net = create_model("ConvNetD1", 1, 10, (8, 8))
-    trainer = Trainer(net, 0.01, 0.5)
+    nets, trainer = c.networks(0)
+    monkeypatch.setattr(trainer, "held_losses", lambda held: [next(losses)])
     monkeypatch.setattr(trainer, "epoch", lambda *a, **k: epochs.append(1))
-    state = c.initial_state()
-    c.train_network(net, trainer, state.images.detach(), 0, torch.Generator().manual_seed(0))
+    c.train_networks(trainer, [c.initial_state(0)], 0, [torch.Generator().manual_seed(0)])
     assert len(epochs) == 4  # the fourth epoch raised the held loss (3.0 -> 3.5): stop there

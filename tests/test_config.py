@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gradmatch.cli import _run_config, build_parser
-from gradmatch.condense import CondenseConfig as FromCondense
-from gradmatch.config import RESUME_FREE, CondenseConfig, RunConfig
+from gradmatch.cli import build_parser, parse_run
+from gradmatch.config import RESUME_FREE, CondenseConfig, EvalConfig, RunConfig, apply, resume_config, to_argv
 from gradmatch.errors import GradmatchError
-from gradmatch.run import RunConfig as FromRun
+from gradmatch.reproduce import PRESETS, SCALES
 
 # every flag the CLI accepted before the settings moved to config.py (and the README's table)
 CONDENSE_FLAGS = ["Iteration", "adaptive_step", "batch_real", "batch_train", "checkpoint_every", "data_path",
@@ -43,14 +42,8 @@ def test_the_seed_scripts_have_the_flags_but_not_scheme():
     assert "--scheme" not in have and {"--Iteration", "--ipc", "--adaptive_step", "--dis-metric"} <= have
 
 
-def test_classes_keep_their_old_import_paths():
-    assert FromCondense is CondenseConfig and FromRun is RunConfig
-
-
 def parse(*argv, scheme=None):
-    args = build_parser(scheme).parse_args(list(argv) if scheme else ["condense", *argv])
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    return _run_config(given, given.pop("scheme_script", None))
+    return parse_run(list(argv), scheme)[0]
 
 
 def test_cli_defaults_are_the_dataclass_defaults():
@@ -62,6 +55,8 @@ def test_flags_land_in_their_fields():
     cfg = parse("--Iteration", "7", "--lr-img", "0.5", "--eval_iterations", "2,7", "--adaptive_step", "--ipc", "3")
     assert (cfg.condense.iterations, cfg.condense.lr_img, cfg.condense.ipc) == (7, 0.5, 3)
     assert cfg.eval_iterations == [2, 7] and cfg.condense.schedule == "adaptive"
+    assert parse("--num_eval", "3", "--eval-mode", "M").evaluation == EvalConfig(num_eval=3, eval_mode="M")
+    assert parse("--file_name_prefix", "mine").name == "mine_CIFAR10_ConvNet_1ipc"
     assert parse("--adaptive_step", "--schedule", "overfit").condense.schedule == "overfit"
     assert parse(scheme="multi-level").condense.scheme == "multi-level"
     assert parse("--method", "DC") == RunConfig()
@@ -85,23 +80,51 @@ def test_method_dsa_and_dsa_flag_turn_dsa_on():
     ({"lr_net": -1.0}, {}, "--lr_net must be a positive number"),
     ({"matching": "vectorised"}, {}, "unknown matching engine"),
     ({}, {"num_exp": 0}, "--num_exp must be at least 1"),
-    ({}, {"epoch_eval_train": -1}, "--epoch_eval_train must be at least 0"),
+    ({}, {"epoch_eval_train": 0}, "--epoch_eval_train must be at least 1"),
     ({}, {"eval_method": "fast"}, "unknown evaluation method"),
     ({}, {"eval_mode": "MLP,Nope"}, "unknown model 'Nope'"),
+    ({"iterations": 1.5}, {}, "--Iteration takes a whole number, got 1.5"),
+    ({"seed": "abc"}, {}, "--seed takes a whole number"),
+    ({"scheme": 5}, {}, "--scheme takes a name"),
+    ({"dis_metric": 42}, {}, "--dis_metric takes a distance name"),
+    ({"dsa_strategy": "flip"}, {}, "--dsa_strategy is given without --dsa"),
+    ({"dsa": True, "dsa_strategy": "none"}, {}, "names no operation"),
     ({"iterations": 10}, {"eval_iterations": [20, 30]}, "none is within 0 to --Iteration 10"),
     ({}, {"device": "bogus"}, "--device bogus is not a device"),
 ])
 def test_python_and_cli_configs_are_checked_alike(condense, run, words):
-    config = RunConfig(condense=CondenseConfig(**condense), **run)
+    config = apply(RunConfig(), {**condense, **run})
     with pytest.raises(GradmatchError, match=words):
         config.validate()
 
 
-def test_resume_rule_is_one_tuple():
-    import gradmatch.cli as cli
-    import gradmatch.run as run
+def test_resume_keeps_what_is_computed_and_takes_where_and_how():
+    saved = apply(RunConfig(), {"dataset": "digits", "ipc": 2, "num_eval": 3, "device": "cpu"})
+    given = {"ipc": 5, "num_eval": 3, "quiet": True, "eval_method": "sequential", "seed": 7}
+    config, ignored = resume_config(saved, given)
+    assert ignored == ["--ipc 5 (saved: 2)", "--seed 7 (saved: 0)"]  # given and different: named, not used
+    assert (config.condense.ipc, config.condense.seed, config.evaluation.num_eval) == (2, 0, 3)
+    assert config.quiet and config.evaluation.eval_method == "sequential" and config.device == "cpu"
+    assert set(RESUME_FREE) == {"device", "quiet", "data_path", "save_path", "download", "overwrite",
+                                "eval_method", "experiments"}
 
-    assert cli.RESUME_FREE is run.RESUME_FREE is RESUME_FREE
+
+@pytest.mark.parametrize("config", [
+    RunConfig(),
+    apply(RunConfig(), {"scheme": "multi-level", "dis_metric": "improved", "schedule": "adaptive", "ipc": 10}),
+    apply(RunConfig(), {"dsa": True, "dsa_strategy": "flip_crop", "eval_iterations": [3, 9], "iterations": 9}),
+    apply(RunConfig(), {"dataset": "digits", "model": "ConvNetD1", "lr_img": 0.5, "num_eval": 2, "eval_mode": "M",
+                        "device": "cpu", "quiet": True, "file_name_prefix": "x",
+                        "dis_metric": "tests.user_distances:l1_rows", "precision": "bf16-sim", "outer_loop": 3,
+                        "inner_loop": 0, "epoch_eval_train": 7}),
+    *[apply(RunConfig(), {**row.settings, **scale}) for rows in PRESETS.values() for row in rows
+      for scale in SCALES.values()],
+])
+def test_the_seed_command_of_a_config_parses_back_to_it(config):
+    argv = to_argv(config)
+    script = {"baseline.py": "intra-class"}.get(argv[0], argv[0][:-3])
+    assert parse(*argv[1:], scheme=script) == config
+    assert parse(*to_argv(config, script=False)) == config
 
 
 def test_from_dict_refuses_unknown_settings():

@@ -3,6 +3,7 @@ the flags, the run name, repeatability and an exact resume.  Tiny digits runs.""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 import gradmatch.run as gm_run
 from gradmatch.augment import dsa
 from gradmatch.cli import main
-from gradmatch.condense import Condenser
+from gradmatch.condense import Condensation
 from gradmatch.config import CondenseConfig
 from gradmatch.synset import SyntheticSet
 from gradmatch.data import Dataset
@@ -29,7 +30,7 @@ def tiny_real(seed=0) -> Dataset:
 def condensed(real, iterations=2, **kw) -> torch.Tensor:
     cfg = CondenseConfig(ipc=2, model="ConvNetD1", iterations=iterations, batch_real=8, batch_train=4,
                          inner_loop=2, outer_loop=2, **kw)
-    *_, final = Condenser(real, cfg, device="cpu").steps()
+    *_, (final,) = Condensation(real, cfg, device="cpu").steps()
     return final.images.detach()
 
 
@@ -129,13 +130,32 @@ def test_resume_with_dsa_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert torch.equal(a, b)
 
 
-def test_evaluate_command_takes_dsa(tmp_path, capsys):
+def test_evaluate_with_dsa_trains_the_set_and_its_baseline_alike(tmp_path, capsys, monkeypatch):
+    """`gradmatch evaluate SET.pt --dsa --baseline random`: every network, of the set and of the random
+    real subset, trains with DSA for as many epochs (one protocol object for both)."""
+    gm_evaluate = sys.modules["gradmatch.evaluate"]  # the package's `evaluate` is the function
     assert main(["condense", *TINY, "--Iteration", "1", "--save_path", str(tmp_path)]) == 0
     pt = tmp_path / "multi-level_digits_ConvNetD1_2ipc.pt"
+    trained = []
+    real_fit = gm_evaluate.fit
+
+    def spy(trainer, images, labels, epochs, batch_size, generators, augments=None, lr_at=None, stop=None):
+        trained.append((len(images), epochs, len(generators), tuple(a is not None for a in augments), lr_at(0)))
+        real_fit(trainer, images, labels, 2, batch_size, generators, augments=augments, lr_at=lr_at, stop=stop)
+
+    monkeypatch.setattr(gm_evaluate, "fit", spy)
+    calls = []
+    real_batch = dsa.augment_batch
+    monkeypatch.setattr(dsa, "augment_batch", lambda x, strategy, gen: calls.append(strategy) or real_batch(x, strategy,
+                                                                                                            gen))
     capsys.readouterr()
-    assert main(["evaluate", str(pt), "--model", "ConvNetD1", "--num_eval", "1", "--epoch_eval_train", "2",
-                 "--dsa"]) == 0
-    assert "Evaluate 1 random ConvNetD1" in capsys.readouterr().out
+    assert main(["evaluate", str(pt), "--model", "ConvNetD1", "--num_eval", "2", "--dsa", "--dsa_strategy",
+                 "flip_crop", "--baseline", "random"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Evaluate 2 random ConvNetD1") and out[1].startswith("random real subset (2 per class)")
+    assert len(trained) == 4  # two networks of the set, two of the baseline, one at a time on this CPU
+    assert {t[1:] for t in trained} == {(1000, 1, (True,), 0.01)}  # DSA's 1000 epochs, augmented, same lr
+    assert {t[0] for t in trained} == {20}  # both 2 images per class of digits' 10 classes
+    assert calls and set(calls) == {"flip_crop"}
     assert main(["evaluate", str(pt), "--model", "ConvNetD1", "--dsa", "--dsa_strategy", "zoom"]) == 2
     assert "zoom" in one_error_line(capsys)
-

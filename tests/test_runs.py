@@ -19,7 +19,8 @@ import torch
 import gradmatch.run as gm_run
 from gradmatch.cli import main
 from gradmatch.errors import GradmatchError
-from gradmatch.results import CHECKPOINT_VERSION, append_log, atomic_write, load_checkpoint, read_log, save_torch
+from gradmatch.results import append_log, atomic_write, read_log, save_torch
+from gradmatch.runstate import CHECKPOINT_VERSION, load_checkpoint
 from tests import nan_distance
 from tests.conftest import DEEP_ON_DIGITS, TINY_DIGITS, TINY_DIGITS_NAME, one_error_line
 
@@ -49,10 +50,10 @@ def reference(tmp_path_factory):
 
 def checkpoint_iteration(path) -> int:
     try:
-        ckpt = load_checkpoint(path)
+        state = load_checkpoint(path)
     except GradmatchError:
         return -1
-    return ckpt["state"]["iteration"] if ckpt["state"] is not None else -1
+    return state.pending[0].iteration if 0 in state.pending else -1
 
 
 def interrupt_at(monkeypatch, iteration: int):
@@ -113,7 +114,7 @@ def test_sigkill_then_resume_equals_uninterrupted(reference, tmp_path):
 def test_plain_resume_after_interrupt_equals_uninterrupted(reference, tmp_path, monkeypatch, capsys):
     interrupt_at(monkeypatch, 3)
     assert main(condense_args(tmp_path, ITERATIONS, "--eval_iterations", f"4,{ITERATIONS}")) == 130
-    assert "resume with --resume" in capsys.readouterr().err
+    assert "is kept intact" in capsys.readouterr().err  # and says to pass --resume
     assert checkpoint_iteration(tmp_path / NAME / "checkpoint.pt") == 2  # 3 is logged, not yet saved
     monkeypatch.undo()
     torch.set_num_threads(1)
@@ -123,7 +124,7 @@ def test_plain_resume_after_interrupt_equals_uninterrupted(reference, tmp_path, 
     assert main(condense_args(tmp_path, ITERATIONS, "--eval_iterations", f"4,{ITERATIONS}",
                               "--resume", "--epoch_eval_train", "3")) == 0
     err = capsys.readouterr().err
-    assert "note: resuming with the saved settings; ignoring epoch_eval_train 3 (saved: 2)" in err
+    assert "warning: resuming with the saved settings; ignoring --epoch_eval_train 3 (saved: 2)" in err
     assert torch.equal(final_images(tmp_path), reference["images"])
     assert not torn.exists()
 
@@ -140,9 +141,9 @@ def test_resume_in_the_second_experiment(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gm_run, "append_log", append)
     assert main(condense_args(tmp_path / "cut", 3, *two)) == 130
-    ckpt = load_checkpoint(tmp_path / "cut" / NAME / "checkpoint.pt")
-    assert ckpt["progress"]["experiment"] == 1 and ckpt["state"]["iteration"] == 1
-    assert len(ckpt["progress"]["sets"]) == 1
+    state = load_checkpoint(tmp_path / "cut" / NAME / "checkpoint.pt")
+    assert state.next_experiment == 1 and state.pending[1].iteration == 1
+    assert len(state.finished) == 1
     monkeypatch.undo()
     torch.set_num_threads(1)
     assert main(condense_args(tmp_path / "cut", 3, *two, "--resume")) == 0
@@ -154,22 +155,63 @@ def test_resume_in_the_second_experiment(tmp_path, monkeypatch):
 
 
 def test_checkpoint_holds_state_and_rng(reference):
-    ckpt = load_checkpoint(reference["save"] / NAME / "checkpoint.pt")
-    assert ckpt["progress"]["experiment"] == 1 and ckpt["state"] is None  # finished
-    assert torch.equal(ckpt["images"], reference["images"])
-    assert set(ckpt["rng_states"]) >= {"torch", "numpy", "python"}
-    assert [e["iteration"] for e in ckpt["progress"]["evaluations"]] == [4, ITERATIONS]
+    state = load_checkpoint(reference["save"] / NAME / "checkpoint.pt")
+    assert state.next_experiment == 1 and state.pending == {}  # finished
+    assert torch.equal(state.finished[0], reference["images"])
+    assert set(state.rng) >= {"torch", "numpy", "python"}
+    assert [e["iteration"] for e in state.evaluations] == [4, ITERATIONS]
+    assert state.accs_all_exps(["ConvNetW32"]) == reference["results"]["accs_all_exps"]
 
 
-def test_checkpoint_mid_run_has_images_optimiser_iteration(tmp_path, monkeypatch):
+def test_checkpoint_mid_run_has_images_momentum_iteration(tmp_path, monkeypatch):
     interrupt_at(monkeypatch, 3)
     assert main(condense_args(tmp_path, 5)) == 130
-    ckpt = load_checkpoint(tmp_path / NAME / "checkpoint.pt")
-    state = ckpt["state"]
-    assert state["iteration"] == ckpt["iteration"] == 2
-    assert state["images"].shape == (20, 1, 8, 8)
-    assert state["optimizer"]["state"][0]["momentum_buffer"].shape == (20, 1, 8, 8)
-    assert ckpt["progress"]["experiment"] == 0 and ckpt["progress"]["sets"] == []
+    state = load_checkpoint(tmp_path / NAME / "checkpoint.pt")
+    snap = state.pending[0]
+    assert snap.iteration == 2 and snap.images.shape == snap.momentum.shape == (20, 1, 8, 8)
+    assert snap.momentum.abs().sum() > 0 and state.finished == []
+    raw = torch.load(tmp_path / NAME / "checkpoint.pt", weights_only=True)
+    assert set(raw) == {"version", "config", "meta", "finished", "evaluations", "pending", "rng"}  # nothing twice
+
+
+def test_a_run_cut_between_two_checkpoints_resumes_equal_to_the_uncut_one(tmp_path, monkeypatch, capsys):
+    """--checkpoint_every 3, cut after iteration 5: the checkpoint holds iteration 3, and iterations 4-5
+    are done again on resume, from the same seeds."""
+    args = ["--checkpoint_every", "3", "--eval_iterations", "7"]
+    assert main(condense_args(tmp_path / "whole", 7, *args)) == 0
+    interrupt_at(monkeypatch, 5)
+    assert main(condense_args(tmp_path / "cut", 7, *args)) == 130
+    assert "(experiment 0, iteration 3) is kept intact" in capsys.readouterr().err
+    assert checkpoint_iteration(tmp_path / "cut" / NAME / "checkpoint.pt") == 3
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    assert main(condense_args(tmp_path / "cut", 7, *args, "--resume")) == 0
+    assert torch.equal(final_images(tmp_path / "cut"), final_images(tmp_path / "whole"))
+
+
+def test_both_resume_forms_take_the_same_settings_and_name_the_same_ignored_ones(tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, 2)
+    assert main(condense_args(tmp_path / "a", 3)) == 130
+    monkeypatch.undo()
+    import shutil as sh
+    sh.copytree(tmp_path / "a", tmp_path / "b")
+    seen = []
+    monkeypatch.setattr(gm_run.Run, "_run", lambda self, resume: seen.append(self) or {})
+    extra = ["--num_eval", "4", "--lr_net", "0.5", "--device", "cpu", "--experiments", "batched"]
+    capsys.readouterr()
+    assert main(condense_args(tmp_path / "a", 3, "--resume", *extra)) == 0
+    assert main(["condense", "--resume", str(tmp_path / "b" / NAME), *extra, "--quiet"]) == 0
+    from gradmatch.config import resume_config
+    configs = []
+    for run in seen:
+        state = load_checkpoint(run.files.checkpoint)
+        config, ignored = resume_config(state.config, run.given)
+        config.save_path = "x"
+        configs.append((config, ignored))
+    assert configs[0] == configs[1]
+    assert configs[0][1] == ["--num_eval 4 (saved: 1)", "--lr_net 0.5 (saved: 0.01)"]
+    assert configs[0][0].device == "cpu" and configs[0][0].experiments == "batched"  # where and how: taken
+    assert configs[0][0].evaluation.num_eval == 1 and configs[0][0].condense.lr_net == 0.01  # what: kept
 
 
 # ---- damaged files ----------------------------------------------------------------------------------
@@ -198,9 +240,10 @@ def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
     save_torch({"version": CHECKPOINT_VERSION, "config": {}}, path)
     with pytest.raises(GradmatchError, match="incomplete"):
         load_checkpoint(path)
-    save_torch({"version": 1, "config": {}}, path)  # the format that held pickled objects
-    with pytest.raises(GradmatchError, match="written by an older gradmatch .*--overwrite"):
-        load_checkpoint(path)
+    for old in (1, 2):  # 1 held pickled objects, 2 a progress dict
+        save_torch({"version": old, "config": {}}, path)
+        with pytest.raises(GradmatchError, match="written by an older gradmatch .*--overwrite"):
+            load_checkpoint(path)
 
 
 def test_atomic_write_never_damages_the_previous_file(tmp_path, monkeypatch):
@@ -253,16 +296,21 @@ def test_nothing_to_resume(tmp_path, capsys):
     assert main(condense_args(tmp_path, 4, "--resume")) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["condense", "--resume", str(tmp_path / "nowhere")]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "nothing to resume: no checkpoint at" in capsys.readouterr().err
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path, capsys):
-    run_dir = tmp_path / NAME
-    run_dir.mkdir()
-    with gm_run.run_lock(run_dir):
+    from gradmatch.config import RunConfig, apply
+    from gradmatch.rundir import RunFiles
+
+    config = apply(RunConfig(), {"dataset": "digits", "model": "ConvNetW32", "ipc": 2, "save_path": str(tmp_path)})
+    files = RunFiles(config)
+    with files.locked():
+        assert not (files.dir / ".lock").exists()  # the folder itself is locked: nothing a user deletes
         assert main(condense_args(tmp_path, 2)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another gradmatch process is running" in err[0]
+    assert not files.dir.exists()  # refused before writing anything: no empty folder left
 
 
 # ---- the NaN guard ----------------------------------------------------------------------------------
@@ -282,9 +330,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert "the matching loss became nan in iteration 4 of 6 (experiment 0)" in line
     assert "last good checkpoint (after iteration 3)" in line and "checkpoint.pt" in line
     name = f"{NAME}_nan_when_poisoned"  # a user's distance is named in the run's name
-    ckpt = load_checkpoint(tmp_path / name / "checkpoint.pt")
-    assert ckpt["state"]["iteration"] == 3
-    assert torch.isfinite(ckpt["state"]["images"]).all()
+    state = load_checkpoint(tmp_path / name / "checkpoint.pt")
+    assert state.pending[0].iteration == 3
+    assert torch.isfinite(state.pending[0].images).all()
     assert not (tmp_path / f"{name}.pt").exists()
 
 
@@ -340,8 +388,12 @@ def test_log_has_a_line_per_iteration_and_per_evaluation(reference):
     assert all(isinstance(r["loss"], float) and r["seconds"] >= 0 for r in iters)
     assert [(r["iteration"], r["model"]) for r in evals] == [(4, "ConvNetW32"), (ITERATIONS, "ConvNetW32")]
     assert all(len(r["accuracies"]) == 1 and 0 <= r["mean"] <= 1 and r["seconds"] > 0 for r in evals)
-    assert records[0] == {"event": "engine", "experiment": 0, "engine": "fast", "note": None}  # auto on a CPU
-    assert len(records) == ITERATIONS + 3
+    assert records[0] == {"event": "warning", "message": "ConvNetW32 has 3 pooling blocks, too many for 8x8 images "
+                          "(its accuracy stays near chance); use --model ConvNetD1 or ConvNetD2"}
+    assert records[1] == {"event": "plan", "engine": "fast", "together": 1, "stacked_training": False,
+                          "capture": False, "notes": []}  # auto on a CPU
+    assert records[2] == {"event": "experiments", "experiment": 0, "experiments": [0], "engine": "fast"}
+    assert len(records) == ITERATIONS + 5
 
 
 def test_read_log_dedupes_and_skips_torn_lines(tmp_path):
@@ -358,8 +410,7 @@ def test_read_log_dedupes_and_skips_torn_lines(tmp_path):
 
 
 def test_run_names_keep_the_reference_pattern_and_tell_the_table_3_settings_apart():
-    from gradmatch.condense import CondenseConfig
-    from gradmatch.run import RunConfig
+    from gradmatch.config import CondenseConfig, RunConfig
 
     def name(**kw):
         return RunConfig(condense=CondenseConfig(scheme="multi-level", ipc=10, **kw), dataset="CIFAR10").name
@@ -371,6 +422,8 @@ def test_run_names_keep_the_reference_pattern_and_tell_the_table_3_settings_apar
     user = name(dis_metric="tests.user_distances:l1_rows", precision="bf16")
     assert user == "multi-level_CIFAR10_ConvNet_10ipc_l1_rows_bf16"
     assert len({name(), name(dis_metric="improved"), name(dis_metric="improved", schedule="adaptive")}) == 3
+    prefixed = RunConfig(condense=CondenseConfig(scheme="multi-level", ipc=10), file_name_prefix="mine").name
+    assert prefixed == "mine_CIFAR10_ConvNet_10ipc"  # the seed's --file_name_prefix
 
 
 def test_every_file_a_run_writes_loads_with_weights_only(reference):

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ..errors import GradmatchError, unknown_name
 from . import dsa
 from .dc import STRATEGIES, augment, strategy_for
 
@@ -26,6 +27,18 @@ def dsa_strategy(strategy: Optional[str]) -> Optional[str]:
     return ops or dsa.STRATEGY
 
 
+def check_strategy(strategy: Optional[str]) -> Optional[str]:
+    """An evaluation augmentation: auto (DC's rule), none, one of DC's strategies, or dsa[:ops]."""
+    if strategy is None or strategy in ("auto", "none") or strategy in STRATEGIES:
+        return strategy
+    if isinstance(strategy, str) and dsa_strategy(strategy) is not None:
+        if not dsa.parse_strategy(dsa_strategy(strategy)):
+            raise GradmatchError(f"augmentation '{strategy}' names no DSA operation; give some of "
+                                 f"{', '.join(dsa.OPS)} joined by '_', or 'none'")
+        return strategy
+    raise unknown_name("augmentation", str(strategy), ["auto", "none", *STRATEGIES, "dsa", "dsa:<ops>"])
+
+
 def make_augment(strategy: Optional[str], generator: torch.Generator) -> Optional[Callable[[Tensor], Tensor]]:
     if strategy is None or strategy == "none":
         return None
@@ -37,4 +50,4 @@ def make_augment(strategy: Optional[str], generator: torch.Generator) -> Optiona
     return lambda images: augment(images, names, generator)
 
 
-__all__ = ["STRATEGIES", "augment", "dsa", "dsa_strategy", "make_augment", "strategy_for"]
+__all__ = ["STRATEGIES", "augment", "check_strategy", "dsa", "dsa_strategy", "make_augment", "strategy_for"]

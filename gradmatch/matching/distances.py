@@ -1,32 +1,42 @@
 """How to compare two gradients: the distances of SPEC section 6, as the seed's code computes them.
 
-Every distance works on lists of per-parameter gradient tensors.  The layer-wise ones view each
-tensor as rows, one per output unit, and skip 1-D tensors (biases and norm scales):
+Every distance works on lists of per-parameter gradient tensors and is one entry of ``DISTANCES``,
+which also says what it reads: the layer-wise ones view each tensor as rows, one per output unit,
+and skip 1-D tensors (biases and norm scales); the whole-vector ones compare the flattened gradient,
+biases included.
 
 * ``baseline``: sum over rows of 1 - cos, the cosine as the seed's ``distance_baseline`` computes it,
   ``torch.nn.functional.cosine_similarity`` (its epsilon, 1e-8, bounds each norm);
 * ``improved``: the seed's ``distance_improved``: the same cosine term plus each row's Euclidean distance;
 * ``dc`` (also ``ours``, DC's own name): DC's original ``distance_wb`` (VICO-UoE/DatasetCondensation),
   1e-6 added to the product of the two row norms; for reproducing VICO's code;
-* a user's own per-tensor function of (syn_rows, real_rows).
-
-``mse`` and ``cos`` compare the whole flattened gradient vectors, biases included, as the seed does.
+* ``mse``, ``cos``: the whole flattened vectors, as the seed does;
+* a user's own per-tensor function of (syn_rows, real_rows) (``package.module:function`` on the CLI).
 """
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import GradmatchError, unknown_name
 
 DC_EPS = 1e-6  # DC's distance_wb adds this to the product of the row norms
 
 PerTensorDistance = Callable[[Tensor, Tensor], Tensor]
-Metric = Union[str, PerTensorDistance]
+
+
+@dataclass(frozen=True)
+class Distance:
+    """``fn(syn, real)``: of two row matrices (layer-wise) or of two flat vectors (``whole_vector``)."""
+    name: str
+    fn: PerTensorDistance
+    whole_vector: bool = False
+    builtin: bool = True  # ours: vmappable; a user's function is called one class pair at a time
 
 
 def as_rows(grad: Tensor) -> Tensor:
@@ -50,26 +60,37 @@ def dc_distance(syn: Tensor, real: Tensor) -> Tensor:
     return torch.sum(1 - torch.sum(real * syn, dim=-1) / (torch.norm(real, dim=-1) * torch.norm(syn, dim=-1) + DC_EPS))
 
 
-LAYERWISE: dict[str, PerTensorDistance] = {"baseline": baseline_distance, "improved": improved_distance,
-                                           "dc": dc_distance}
+def mse_distance(syn: Tensor, real: Tensor) -> Tensor:
+    return ((syn - real) ** 2).sum()
+
+
+def cos_distance(syn: Tensor, real: Tensor) -> Tensor:
+    return 1 - F.cosine_similarity(real, syn, dim=-1)
+
+
+DISTANCES: Dict[str, Distance] = {d.name: d for d in (
+    Distance("baseline", baseline_distance), Distance("improved", improved_distance), Distance("dc", dc_distance),
+    Distance("mse", mse_distance, whole_vector=True), Distance("cos", cos_distance, whole_vector=True))}
+LAYERWISE = {name: d.fn for name, d in DISTANCES.items() if not d.whole_vector}
 ALIASES = {"ours": "dc"}  # DC's own name for its distance
-METRICS = sorted([*LAYERWISE, "mse", "cos"])
+METRICS = sorted(DISTANCES)
+Metric = Union[str, PerTensorDistance, Distance]
 
 
-def _flat(grads: Sequence[Tensor]) -> Tensor:
-    return torch.cat([g.reshape(-1) for g in grads])
-
-
-def resolve_metric(metric: Metric) -> Metric:
-    """Turn a metric name, an alias or ``package.module:function`` into what ``gradient_distance`` takes.
+def resolve_metric(metric: Metric) -> Distance:
+    """A name, an alias, ``package.module:function`` or a callable -> the ``Distance`` it means.
 
     Raises GradmatchError for an unknown name or a function that cannot be imported.
     """
-    if callable(metric):
+    if isinstance(metric, Distance):
         return metric
+    if callable(metric):
+        return Distance(getattr(metric, "__name__", "custom"), metric, builtin=False)
+    if not isinstance(metric, str):
+        raise GradmatchError(f"--dis_metric takes a distance name or package.module:function, got {metric!r}")
     name = ALIASES.get(metric, metric)
-    if name in LAYERWISE or name in ("mse", "cos"):
-        return name
+    if name in DISTANCES:
+        return DISTANCES[name]
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -81,27 +102,34 @@ def resolve_metric(metric: Metric) -> Metric:
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise GradmatchError(f"--dis_metric {metric}: module '{module_name}' has no function '{attr}'")
-        return fn
+        return Distance(attr, fn, builtin=False)
     raise unknown_name("distance (--dis_metric)", metric, METRICS + ["package.module:function"])
 
 
-def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
-    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6).
+def needed_parameters(net: nn.Module, metric: Metric) -> List[Tuple[str, Tensor]]:
+    """(name, parameter) pairs whose gradients the distance reads: every trainable one for a
+    whole-vector distance, those with more than one dimension for a layer-wise one."""
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if resolve_metric(metric).whole_vector:
+        return named
+    return [(n, p) for n, p in named if p.dim() > 1]
 
-    ``metric`` is a name (baseline, improved, mse, cos), ``package.module:function``, or a callable
-    ``d(syn_rows, real_rows) -> scalar`` applied to each multi-dimensional tensor viewed as rows
-    (1-D tensors contribute nothing, as in the seed's ``distance_improved``).
-    """
-    metric = resolve_metric(metric)
-    if metric == "mse":
-        return ((_flat(gw_syn) - _flat(gw_real)) ** 2).sum()
-    if metric == "cos":
-        return 1 - F.cosine_similarity(_flat(gw_real), _flat(gw_syn), dim=-1)
-    per_tensor = LAYERWISE[metric] if isinstance(metric, str) else metric
+
+def _flat(grads: Sequence[Tensor]) -> Tensor:
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
+    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6): a layer-wise distance on each
+    multi-dimensional tensor viewed as rows (1-D tensors contribute nothing, as in the seed's
+    ``distance_improved``), a whole-vector one on the flattened gradients."""
+    distance = resolve_metric(metric)
+    if distance.whole_vector:
+        return distance.fn(_flat(gw_syn), _flat(gw_real))
     total = gw_syn[0].new_zeros(())
     for syn, real in zip(gw_syn, gw_real):
         if syn.dim() > 1:
-            total = total + per_tensor(as_rows(syn), as_rows(real))
+            total = total + distance.fn(as_rows(syn), as_rows(real))
     return total
 
 
@@ -109,7 +137,8 @@ def summed_distance(syn: Sequence[Tensor], real: Sequence[Tensor], metric: Metri
     """sum_k D(syn[.][k], real[.][k]) over K-stacked gradients (one (K, *shape) tensor per parameter):
     ``gradient_distance`` of the K class pairs at once (``torch.func.vmap`` over the K axis), one
     batched op per parameter tensor instead of K small ones."""
-    metric = resolve_metric(metric)
-    if not isinstance(metric, str):  # a user's distance need not be vmappable: one class pair at a time
-        return sum(gradient_distance([s[i] for s in syn], [r[i] for r in real], metric) for i in range(len(syn[0])))
-    return torch.func.vmap(lambda s, r: gradient_distance(s, r, metric))(list(syn), list(real)).sum()
+    distance = resolve_metric(metric)
+    if not distance.builtin:  # a user's distance need not be vmappable: one class pair at a time
+        return sum(gradient_distance([s[i] for s in syn], [r[i] for r in real], distance)
+                   for i in range(len(syn[0])))
+    return torch.func.vmap(lambda s, r: gradient_distance(s, r, distance))(list(syn), list(real)).sum()

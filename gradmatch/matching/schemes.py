@@ -1,24 +1,69 @@
-"""What to match: the four matching schemes of SPEC section 5, composed in this one place.
+"""What to match: the matching schemes of SPEC section 5, each one entry of ``SCHEMES``.
 
-``matching_loss`` is pure: batches that the condensation loop has drawn go in, the scalar loss
-comes out, differentiable with respect to the synthetic images.  Every scheme is composed here from
-per-class (or per-batch) gradients; an engine (``gradmatch.matching.engines``) only computes those.
+``matching_losses`` is pure: batches that the condensation loop has drawn go in, one loss per
+network of the stack comes out, differentiable with respect to the synthetic images.  A scheme says
+how its batches are cut (per class, or one mixed batch) and how its loss is composed from the
+gradients an engine (``gradmatch.matching.engines``) computes; adding a scheme is one entry here.
+
+With several processes (``group``) each is given the same whole batches and returns its share: the
+terms of its own classes (its chunk of a mixed batch); the shares' values and image gradients, summed
+over processes, are those of one process.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..distributed import SINGLE, Group
 from ..errors import unknown_name
+from ..models.stack import Networks
 from .batches import Batch, class_count, own_chunk, own_classes, split_by_class
-from .distances import Metric, gradient_distance, resolve_metric, summed_distance
-from .engines import class_gradients, needed_parameters, resolve_engine
-from .engines.batched import stacked_class_gradients
+from .distances import Metric, gradient_distance, needed_parameters, resolve_metric, summed_distance
+from .engines import ENGINES, choose_engine
+from .engines.batched import batched_obstacle
 
-SCHEMES = ("intra-class", "inter-class", "interleaved", "multi-level")
+# compose(g_syn, g_real, metric, k, present, group): one network's loss from its (K, *shape) gradients
+Compose = Callable[[Sequence[Tensor], Sequence[Tensor], object, int, int, Group], Tensor]
+
+
+def mixed_term(g_syn, g_real, metric, k: int, present: int, group: Group = SINGLE) -> Tensor:
+    """Inter-class: K x D of the mixed batches' gradients (each process holding its chunk's share)."""
+    return group.share(k * gradient_distance(group.global_sum([g.sum(0) for g in g_syn]),
+                                             group.global_sum([g.sum(0) for g in g_real]), metric))
+
+
+def intra_terms(g_syn, g_real, metric, k: int, present: int, group: Group = SINGLE) -> Tensor:
+    """Intra-class: D of each class's gradients, summed (over this process's classes)."""
+    if not len(g_syn[0]):  # a process without classes of its own
+        return g_syn[0].new_zeros(())
+    return summed_distance(g_syn, g_real, metric)
+
+
+def multi_level_terms(g_syn, g_real, metric, k: int, present: int, group: Group = SINGLE) -> Tensor:
+    """Intra-class's terms plus K x D of the class-mean gradients (over all processes' classes)."""
+    mean_syn = [s / present for s in group.global_sum([g.sum(0) for g in g_syn])]
+    mean_real = [s / present for s in group.global_sum([g.sum(0) for g in g_real])]
+    return intra_terms(g_syn, g_real, metric, k, present) + group.share(
+        k * gradient_distance(mean_syn, mean_real, metric))
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    compose: Optional[Compose] = None
+    mixed: bool = False               # one mixed real and synthetic batch instead of one pair per class
+    alternates: Tuple[str, ...] = ()  # the schemes it takes turns with, one per outer iteration
+
+
+SCHEMES = {s.name: s for s in (
+    Scheme("intra-class", intra_terms),
+    Scheme("inter-class", mixed_term, mixed=True),
+    Scheme("interleaved", alternates=("intra-class", "inter-class")),
+    Scheme("multi-level", multi_level_terms),
+)}
 # The seed's script names and a few short forms.
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
            "multi": "multi-level", "multilevel": "multi-level", "intraclass": "intra-class",
@@ -26,110 +71,85 @@ ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-cl
 
 
 def resolve_scheme(name: str) -> str:
-    canonical = ALIASES.get(name.lower().replace("_", "-"), name.lower().replace("_", "-"))
+    key = str(name).lower().replace("_", "-")
+    canonical = ALIASES.get(key, key)
     if canonical not in SCHEMES:
-        raise unknown_name("scheme", name, list(SCHEMES) + ["baseline"])
+        raise unknown_name("scheme", str(name), list(SCHEMES) + ["baseline"])
     return canonical
 
 
-def scheme_at(scheme: str, iteration: int) -> str:
+def scheme_at(scheme: str, iteration: int) -> Scheme:
     """The concrete scheme of one outer iteration: interleaved is intra (even) and inter (odd)."""
-    scheme = resolve_scheme(scheme)
-    if scheme == "interleaved":
-        return "intra-class" if iteration % 2 == 0 else "inter-class"
-    return scheme
+    s = SCHEMES[resolve_scheme(scheme)]
+    return SCHEMES[s.alternates[iteration % len(s.alternates)]] if s.alternates else s
+
+
+def per_class_turns(scheme: str) -> bool:
+    """Whether any iteration of ``scheme`` matches class by class (needs a batch per class)."""
+    s = SCHEMES[resolve_scheme(scheme)]
+    return any(not SCHEMES[n].mixed for n in (s.alternates or (s.name,)))
+
+
+def matching_losses(nets: Networks, reals: Sequence[Batch], syns: Sequence[Batch], scheme: str,
+                    metric: Metric = "baseline", num_classes: Optional[int] = None, *, engine: str = "loop",
+                    precision: str = "fp32", group: Optional[Group] = None, iteration: int = 0) -> Tensor:
+    """The matching loss L of one outer step (SPEC section 5) for each network of ``nets``: shape (E,).
+
+    ``reals[e]`` and ``syns[e]`` are member e's (images, labels).  For the per-class schemes both hold
+    every class, grouped by label; for inter-class they are mixed batches.  ``num_classes`` (K)
+    defaults to the classes in ``syns[0]``; ``engine`` (loop, fast, batched) computes the gradients,
+    the same numbers up to rounding; ``precision`` is the real targets' arithmetic."""
+    distance = resolve_metric(metric)
+    concrete = scheme_at(scheme, iteration) if isinstance(scheme, str) else scheme
+    group = group or SINGLE
+    names = [n for n, _ in needed_parameters(nets.members[0], distance)]
+    k = num_classes if num_classes is not None else class_count(syns[0][1])
+    present = class_count(syns[0][1])
+
+    def gradients(batches: List[List[Batch]], target: bool, weight: float = 1.0) -> List[Tensor]:
+        if not len(batches[0]):  # this process holds no share: no gradient, only the collectives
+            return [nets.params[n].new_zeros(len(nets), 0, *nets.params[n].shape[1:]) for n in names]
+        grads = ENGINES[engine].gradients(nets, names, batches, target=target, precision=precision)
+        return grads if weight == 1.0 else [weight * g for g in grads]
+
+    if concrete.mixed:  # one mixed batch per member (this process's chunk of it, weighted by its size)
+        (real_chunks, real_weights), (syn_chunks, syn_weights) = (zip(*[own_chunk(b, group) for b in batches])
+                                                                  for batches in (reals, syns))
+        g_real = gradients([[b] if len(b[1]) else [] for b in real_chunks], True, real_weights[0])
+        g_syn = gradients([[b] if len(b[1]) else [] for b in syn_chunks], False, syn_weights[0])
+    else:
+        real_parts = [{c: (x, y) for c, x, y in split_by_class(*own_classes(b, group))} for b in reals]
+        syn_parts = [split_by_class(*own_classes(b, group)) for b in syns]
+        missing = {c for c, _, _ in syn_parts[0]} - set(real_parts[0])
+        if missing:
+            raise ValueError(f"real batch lacks classes {sorted(missing)}")
+        g_real = gradients([[parts[c] for c, _, _ in own] for parts, own in zip(real_parts, syn_parts)], True)
+        g_syn = gradients([[(x, y) for _, x, y in own] for own in syn_parts], False)
+    return torch.stack([concrete.compose([g[e] for g in g_syn], [g[e] for g in g_real], distance, k, present, group)
+                        for e in range(len(nets))])
 
 
 def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-class",
                   metric: Metric = "baseline", iteration: int = 0, num_classes: Optional[int] = None, *,
                   engine: str = "loop", precision: str = "fp32", group: Optional[Group] = None) -> Tensor:
-    """The matching loss L of one outer step (SPEC section 5).
+    """``matching_losses`` of one network: the scalar loss.  ``iteration`` picks the half of the
+    interleaved scheme; ``engine`` may be ``auto``; where ``batched`` cannot serve the network or the
+    batches, ``fast`` runs and it is said once."""
+    from ..errors import warn
 
-    ``real`` and ``syn`` are (images, labels).  For intra-class and multi-level both hold every
-    class, grouped by label; for inter-class they are mixed batches.  ``iteration`` picks the half
-    of the interleaved scheme; ``num_classes`` (K) defaults to the classes in ``syn``.  ``engine``
-    (loop, fast, batched, auto) computes the gradients, the same numbers up to rounding;
-    ``precision`` is the real targets' arithmetic (``gradmatch.precision``).
-
-    ``group`` (``gradmatch.distributed``): with several processes each is given the same whole
-    batches and returns its share: the terms of its classes (its chunk of a mixed batch).  The
-    shares' values and image gradients, summed over processes, are those of one process.
-    """
-    metric = resolve_metric(metric)
-    scheme = scheme_at(scheme, iteration)
-    group = group or SINGLE
-    engine = resolve_engine(engine, syn[0].device)
-    params = needed_parameters(net, metric)
-    k = num_classes if num_classes is not None else class_count(syn[1])
-
-    def gradients(batches, target: bool):
-        return class_gradients(engine, net, params, batches, target=target, precision=precision)
-
-    if scheme == "inter-class":  # K x D of the mixed batches' gradients
-        (real, real_weight), (syn, syn_weight) = own_chunk(real, group), own_chunk(syn, group)
-        g_real = [real_weight * g[0] for g in gradients([real], True)] if len(real[1]) else _zeros(params)
-        g_syn = [syn_weight * g[0] for g in gradients([syn], False)] if len(syn[1]) else _zeros(params)
-        return mixed_term(g_syn, g_real, metric, k, group)
-
-    present = class_count(syn[1])
-    real_parts = {c: (x, y) for c, x, y in split_by_class(*own_classes(real, group))}
-    syn_parts = split_by_class(*own_classes(syn, group))
-    missing = {c for c, _, _ in syn_parts} - set(real_parts)
-    if missing:
-        raise ValueError(f"real batch lacks classes {sorted(missing)}")
-    if not syn_parts:  # a process with no class of its own (more processes than classes)
-        return class_terms(scheme, None, None, metric, k, present, group, params)
-    g_real = gradients([real_parts[c] for c, _, _ in syn_parts], True)
-    g_syn = gradients([(x, y) for _, x, y in syn_parts], False)
-    return class_terms(scheme, g_syn, g_real, metric, k, present, group, params)
+    concrete = scheme_at(scheme, iteration)
+    equal = concrete.mixed or (_equal_classes(real[1]) and _equal_classes(syn[1]))
+    engine, note = choose_engine(engine, net, syn[0].device, None if equal else "batches of unequal size")
+    if note:
+        warn(note)
+    return matching_losses(Networks.wrap(net), [real], [syn], concrete, metric, num_classes, engine=engine,
+                           precision=precision, group=group)[0]
 
 
-def mixed_term(g_syn, g_real, metric: Metric, k: int, group: Group = SINGLE) -> Tensor:
-    """Inter-class: K x D of the mixed batches' gradients (each process holding its chunk's share)."""
-    return group.share(k * gradient_distance(group.global_sum(g_syn), group.global_sum(g_real), metric))
+def _equal_classes(labels: Tensor) -> bool:
+    counts = torch.bincount(labels.cpu())
+    return len(set(counts[counts > 0].tolist())) <= 1
 
 
-def class_terms(scheme: str, g_syn, g_real, metric: Metric, k: int, present: int, group: Group = SINGLE,
-                params=None) -> Tensor:
-    """Intra-class: D of each class's gradients, summed; multi-level adds K x D of the class means
-    (over all processes' classes).  ``g_syn``/``g_real``: K-stacked, None for a process without classes."""
-    if g_syn is None:
-        loss, syn_sum, real_sum = params[0][1].new_zeros(()), _zeros(params), _zeros(params)
-    else:
-        loss = summed_distance(g_syn, g_real, metric)
-        syn_sum, real_sum = [g.sum(0) for g in g_syn], [g.sum(0) for g in g_real]
-    if scheme == "multi-level":
-        mean_syn = [s / present for s in group.global_sum(syn_sum)]
-        mean_real = [s / present for s in group.global_sum(real_sum)]
-        loss = loss + group.share(k * gradient_distance(mean_syn, mean_real, metric))
-    return loss
-
-
-def experiment_losses(base: nn.Module, params: Dict[str, Tensor], real: Batch, syn: Batch, scheme: str,
-                      metric: Metric, num_classes: int, precision: str = "fp32") -> Tensor:
-    """``matching_loss`` of E experiments at once (one process, batched engine): network e has the
-    parameters ``params[name][e]`` and the batches ``real[.][e]``, ``syn[.][e]``, stacked (E, ...);
-    for intra-class and multi-level every class has the same number of images, grouped by label.
-    Returns the E losses, shape (E,)."""
-    metric = resolve_metric(metric)
-    wanted = [n for n, _ in needed_parameters(base, metric)]
-    (real_x, real_y), (syn_x, syn_y) = real, syn
-    batches = 1 if scheme == "inter-class" else num_classes  # per experiment: one mixed batch, or K
-
-    def grouped(x: Tensor, y: Tensor):
-        return x.reshape(len(x), batches, -1, *x.shape[2:]), y.reshape(len(y), batches, -1)
-
-    g_real = stacked_class_gradients(base, params, wanted, *grouped(real_x, real_y), target=True,
-                                     precision=precision)
-    g_syn = stacked_class_gradients(base, params, wanted, *grouped(syn_x, syn_y), target=False)
-    if scheme == "inter-class":
-        def one(s, r):
-            return mixed_term([g[0] for g in s], [g[0] for g in r], metric, num_classes)
-    else:
-        def one(s, r):
-            return class_terms(scheme, s, r, metric, num_classes, num_classes)
-    return torch.func.vmap(one)(g_syn, g_real)
-
-
-def _zeros(params):
-    return [torch.zeros_like(p) for _, p in params]
+__all__ = ["SCHEMES", "Scheme", "batched_obstacle", "matching_loss", "matching_losses", "per_class_turns",
+           "resolve_scheme", "scheme_at"]

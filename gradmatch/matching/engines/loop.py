@@ -22,13 +22,19 @@ def batch_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor, lab
     return [g.detach() for g in grads] if target else list(grads)
 
 
+def stack_gradients(per_member: Sequence[Sequence[Sequence[Tensor]]]) -> List[Tensor]:
+    """[member][batch][parameter] gradients -> per parameter one (E, K, *shape) tensor."""
+    return [torch.stack([torch.stack([batch[j] for batch in member]) for member in per_member])
+            for j in range(len(per_member[0][0]))]
+
+
 class LoopEngine:
     name = "loop"
 
-    def gradients(self, net, params, batches, *, target: bool, precision: str = "fp32"):
-        tensors = [p for _, p in params]
-        per_batch = [batch_gradient(net, tensors, x, y, target=target, precision=precision) for x, y in batches]
-        return [torch.stack(g) for g in zip(*per_batch)]
-
-    def why_not(self, net, batches) -> str:
-        return "nothing"
+    def gradients(self, nets, names, batches, *, target: bool, precision: str = "fp32") -> List[Tensor]:
+        per_member = []
+        for net, member_batches in zip(nets.members, batches):
+            params = [net.get_parameter(n) for n in names]
+            per_member.append([batch_gradient(net, params, x, y, target=target, precision=precision)
+                               for x, y in member_batches])
+        return stack_gradients(per_member)

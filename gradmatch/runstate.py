@@ -1,0 +1,249 @@
+"""A run's state as its checkpoint holds it: typed, versioned, and checked when read.
+
+``<run>/checkpoint.pt`` (tensors and plain data only, read with ``weights_only``) holds
+``RunState.to_dict()``: the settings, what a set needs that the settings do not say (class names,
+normalisation, image size), the images of every finished experiment, every evaluation, the state of
+every unfinished experiment (its images, their momentum, its iteration and last loss) and the global
+random states.  Nothing is stored twice: labels follow from the classes and ipc, the accuracies of
+the final sets from the evaluations.  Why that is enough for an exact resume: the randomness of
+iteration k of experiment e comes from generators seeded with (seed, e, k, ...), not from a global
+stream; the global states are kept for user code (a custom distance) that draws from them.
+
+``RunState.from_dict`` checks every value against the run's settings (types, ranges, shapes, finite
+pixels) and refuses a damaged checkpoint in one line rather than trusting it.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import RunConfig
+from .errors import GradmatchError
+from .results import NeedsCode, load_torch, save_torch
+from .synset import SyntheticSet
+
+CHECKPOINT_VERSION = 3  # 3: typed RunState; 2 held a progress dict and optimiser state dicts
+
+
+@dataclass
+class Snapshot:
+    """An unfinished experiment on disk (CPU tensors)."""
+    images: Tensor
+    momentum: Tensor
+    iteration: int
+    last_loss: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"images": self.images, "momentum": self.momentum, "iteration": self.iteration,
+                "last_loss": self.last_loss}
+
+
+@dataclass
+class RunState:
+    config: RunConfig
+    classes: List[str]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    dataset: str
+    image_size: Tuple[int, int]
+    finished: List[Tensor] = field(default_factory=list)       # the final images of experiments 0, 1, ...
+    evaluations: List[Dict[str, Any]] = field(default_factory=list)
+    pending: Dict[int, Snapshot] = field(default_factory=dict)  # unfinished experiments by number
+    rng: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def next_experiment(self) -> int:
+        return len(self.finished)
+
+    @property
+    def labels(self) -> Tensor:
+        return torch.arange(len(self.classes)).repeat_interleave(self.config.condense.ipc)
+
+    def synthetic_set(self, images: Tensor) -> SyntheticSet:
+        return SyntheticSet(images=images, labels=self.labels, classes=list(self.classes), mean=tuple(self.mean),
+                            std=tuple(self.std), dataset=self.dataset, config=self.config.condense.to_dict())
+
+    def accs_all_exps(self, models: List[str]) -> Dict[str, List[float]]:
+        """The accuracies of every finished experiment's final set, by model (DC's ``accs_all_exps``)."""
+        last = self.config.condense.iterations
+        out: Dict[str, List[float]] = {m: [] for m in models}
+        for e in range(self.next_experiment):
+            for rec in self.evaluations:
+                if rec["experiment"] == e and rec["iteration"] == last and rec["model"] in out:
+                    out[rec["model"]] += rec["accuracies"]
+        return out
+
+    def latest(self) -> Optional[Tuple[str, SyntheticSet]]:
+        """The newest images: the first unfinished experiment's, else the last finished one's."""
+        if self.pending:
+            e = min(self.pending)
+            return (f"unfinished run, experiment {e}, iteration {self.pending[e].iteration}",
+                    self.synthetic_set(self.pending[e].images))
+        if self.finished:
+            return f"experiment {self.next_experiment - 1}", self.synthetic_set(self.finished[-1])
+        return None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+                "meta": {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+                         "dataset": self.dataset, "image_size": list(self.image_size)},
+                "finished": list(self.finished), "evaluations": list(self.evaluations),
+                "pending": {e: s.to_dict() for e, s in self.pending.items()}, "rng": self.rng}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, hint: str) -> "RunState":
+        """``d`` checked value by value: GradmatchError naming ``where`` and the damaged key otherwise."""
+        def bad(key: str, what: str) -> GradmatchError:
+            return GradmatchError(f"checkpoint {where}: {key} {what}; {hint}")
+
+        if not isinstance(d, dict) or "version" not in d:
+            raise GradmatchError(f"checkpoint {where} is not a gradmatch checkpoint; {hint}")
+        version = d["version"]
+        if not _is_int(version):
+            raise bad("version", f"is {version!r}, not a number")
+        if version < CHECKPOINT_VERSION:
+            raise GradmatchError(f"checkpoint {where} was written by an older gradmatch (version {version}); {hint}")
+        if version > CHECKPOINT_VERSION:
+            raise GradmatchError(f"checkpoint {where} was written by a newer gradmatch (version {version}); upgrade "
+                                 f"gradmatch to resume it, or {hint}")
+        missing = [k for k in ("config", "meta", "finished", "evaluations", "pending", "rng") if k not in d]
+        if missing:
+            raise GradmatchError(f"checkpoint {where} is incomplete (no {', '.join(missing)}); {hint}")
+        try:
+            config = RunConfig.from_dict(d["config"], "its config").validate()
+        except GradmatchError as err:
+            raise GradmatchError(f"checkpoint {where}: its settings are damaged ({err}); {hint}") from None
+        except (TypeError, ValueError):
+            raise bad("config", "is not a run's settings") from None
+        meta = d["meta"]
+        if not isinstance(meta, dict):
+            raise bad("meta", "is not a dict")
+        classes = meta.get("classes")
+        if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+            raise bad("meta.classes", "is not a list of two or more class names")
+        mean, std, size = meta.get("mean"), meta.get("std"), meta.get("image_size")
+        if not (_numbers(mean) and _numbers(std) and len(mean) == len(std) and all(s > 0 for s in std)):
+            raise bad("meta.mean/std", "are not one finite number per channel (std above 0)")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
+            raise bad("meta.image_size", "is not a pair of positive whole numbers")
+        if not isinstance(meta.get("dataset"), str):
+            raise bad("meta.dataset", "is not a name")
+        shape = (len(classes) * config.condense.ipc, len(mean), *size)
+        last = config.condense.iterations
+
+        def images(key: str, value: Any) -> Tensor:
+            if not (isinstance(value, Tensor) and value.is_floating_point() and tuple(value.shape) == shape):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise bad(key, f"is {got}, not the run's images {shape}")
+            if not bool(torch.isfinite(value).all()):
+                raise bad(key, "holds non-finite (nan or inf) pixels")
+            return value.float()
+
+        finished = d["finished"]
+        if not isinstance(finished, list) or len(finished) > config.num_exp:
+            raise bad("finished", f"is not a list of at most {config.num_exp} experiments' images")
+        finished = [images(f"finished[{e}]", x) for e, x in enumerate(finished)]
+        evaluations = d["evaluations"]
+        if not isinstance(evaluations, list) or not all(_evaluation(r, config.num_exp, last) for r in evaluations):
+            raise bad("evaluations", "are not evaluation records (experiment, iteration, model, accuracies)")
+        pending_in = d["pending"]
+        if not isinstance(pending_in, dict):
+            raise bad("pending", "is not a dict of unfinished experiments")
+        pending = {}
+        for e, s in pending_in.items():
+            key = f"pending[{e}]"
+            if not (_is_int(e) and len(finished) <= e < config.num_exp):
+                raise bad(key, f"is not an unfinished experiment of {config.num_exp} ({len(finished)} finished)")
+            if not isinstance(s, dict) or set(s) != {"images", "momentum", "iteration", "last_loss"}:
+                raise bad(key, "is not (images, momentum, iteration, last_loss)")
+            if not (_is_int(s["iteration"]) and 0 <= s["iteration"] <= last):
+                raise bad(f"{key}.iteration", f"is {s['iteration']!r}, not within 0 to --Iteration {last}")
+            if not (isinstance(s["last_loss"], float) and (s["iteration"] == 0 or math.isfinite(s["last_loss"]))):
+                raise bad(f"{key}.last_loss", f"is {s['last_loss']!r}, not a finite loss")
+            pending[e] = Snapshot(images(f"{key}.images", s["images"]), images(f"{key}.momentum", s["momentum"]),
+                                  s["iteration"], s["last_loss"])
+        if len(finished) < config.num_exp and len(finished) not in pending and pending:
+            raise bad("pending", f"lacks experiment {len(finished)}, the next unfinished one")
+        if not isinstance(d["rng"], dict):
+            raise bad("rng", "is not a dict of random states")
+        return cls(config, list(classes), tuple(float(m) for m in mean), tuple(float(s) for s in std),
+                   meta["dataset"], (size[0], size[1]), finished, evaluations, pending, d["rng"])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(values: Any) -> bool:
+    return (isinstance(values, (list, tuple)) and len(values) > 0 and
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def _evaluation(rec: Any, num_exp: int, last: int) -> bool:
+    return (isinstance(rec, dict) and _is_int(rec.get("experiment")) and 0 <= rec["experiment"] < num_exp
+            and _is_int(rec.get("iteration")) and 0 <= rec["iteration"] <= last and isinstance(rec.get("model"), str)
+            and isinstance(rec.get("accuracies"), list)
+            and all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in rec["accuracies"]))
+
+
+def save_checkpoint(state: RunState, path) -> None:
+    save_torch(state.to_dict(), path)
+
+
+def load_checkpoint(path) -> RunState:
+    """A run's checkpoint, checked: GradmatchError (one line) if it is missing, truncated, corrupt, of
+    another version, or holds a value that does not fit the run."""
+    hint = "start the run again with --overwrite"
+    try:
+        d = load_torch(path, "checkpoint", hint)
+    except NeedsCode:
+        raise NeedsCode(f"checkpoint {path} was written by an older gradmatch or holds Python objects other "
+                        "than tensors and plain data; gradmatch reads checkpoints only with weights_only (no "
+                        f"code runs when reading); {hint}") from None
+    return RunState.from_dict(d, str(path), hint)
+
+
+# ---- the global random states (for user code that draws from them) -----------------------------------
+def rng_states() -> Dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's state as a tensor and numbers: a checkpoint holds tensors and plain data only
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any], where: str, hint: str) -> None:
+    """Restore ``rng_states()``; a damaged entry is refused in one line (nothing is half restored)."""
+    if not states:
+        return
+    try:
+        n = states["numpy"]
+        numpy_state = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        torch_state = states["torch"]
+        python_state = states["python"]
+        if not (isinstance(python_state, tuple) and len(python_state) == 3):
+            raise TypeError("python")
+        old = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        try:
+            torch.set_rng_state(torch_state)
+            np.random.set_state(numpy_state)
+            random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+        except Exception:
+            torch.set_rng_state(old[0])
+            np.random.set_state(old[1])
+            random.setstate(old[2])
+            raise
+    except Exception as err:  # noqa: BLE001 - a damaged state can fail in many ways
+        raise GradmatchError(f"checkpoint {where}: rng holds damaged random states ({type(err).__name__}); {hint}") \
+            from None
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
