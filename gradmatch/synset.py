@@ -97,8 +97,8 @@ class SyntheticSet:
 
         images: a float tensor (N, C, H, W), every size >= 1, finite.  Integer pixels (uint8 0..255)
         are refused: they are not normalised, and a network trained on them would score near chance.
-        labels: N integer class indices >= 0 (any integer dtype).  classes: a list or tuple of str with
-        at least max label + 1 names.  mean, std: one finite number per channel, std > 0.  dataset:
+        labels: N integer class indices >= 0 (any integer dtype).  classes: a list or tuple of distinct
+        str, at least max label + 1 of them.  mean, std: one finite number per channel, std > 0.  dataset:
         a str ("" when unknown).  config: a dict that JSON can hold (str keys)."""
         fail = _failure(where, names, fix)
         self._check_tensors(fail)
@@ -136,6 +136,11 @@ class SyntheticSet:
         odd = [c for c in classes if not isinstance(c, str)]
         if odd:
             raise fail("classes", f"holds {_show(odd[0])} ({type(odd[0]).__name__})", "class names as str")
+        seen: set = set()
+        for name in classes:
+            if name in seen:
+                raise fail("classes", f"names {name!r} twice", "one distinct name per class")
+            seen.add(name)
         if len(classes) <= top:
             raise fail("classes", f"names {len(classes)} classes but the labels go up to {top}",
                        f"at least {top + 1} names, one per label")

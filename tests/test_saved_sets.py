@@ -54,6 +54,7 @@ MALFORMED = [
     ("classes", 5, "'classes' is 5; expected a list of 10 or more class names (str)"),
     ("classes", list(range(10)), "'classes' holds 0 (int); expected class names as str"),
     ("classes", ["a", "b"], "'classes' names 2 classes but the labels go up to 9; expected at least 10 names"),
+    ("classes", ["a", "b", "a", *"cdefghi"], "'classes' names 'a' twice; expected one distinct name per class"),
     ("config", "x", "'config' is 'x'; expected a dict of the settings"),
     ("config", {(1, 2): 3}, "'config' cannot be written as JSON"),
     ("dataset", 5, "'dataset' is 5; expected the dataset's name (str)"),
