@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .synset import SET_FORMAT_VERSION, SyntheticSet  # noqa: F401 - SET_FORMAT_VERSION: read here too
+from .synset import SET_FORMAT_VERSION, SyntheticSet  # the format's version lives beside its reader
 from .errors import GradmatchError
 
 # 2: tensors and plain data only (read with weights_only); 1 held pickled SyntheticSet objects.
@@ -102,7 +102,8 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
         with open(path, "rb") as f:
             f.read(1)
     except OSError as err:
-        raise GradmatchError(f"{what} {path} cannot be read: {err.strerror}") from None
+        raise GradmatchError(f"{what} {path} cannot be read: {err.strerror}; make it readable to you "
+                             "(chmod, or ask its owner)") from None
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one line only
             warnings.simplefilter("ignore")
@@ -113,8 +114,8 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
         corrupt = err
     except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
         corrupt = err
-    raise GradmatchError(f"{what} {path} is not a torch file, or is truncated or corrupt "
-                         f"({type(corrupt).__name__}, {path.stat().st_size} bytes); {hint}")
+    raise GradmatchError(f"{what} {path} is not a torch file or corrupt (a foreign, truncated or corrupt file: "
+                         f"{type(corrupt).__name__}, {path.stat().st_size} bytes); {hint}")
 
 
 _SCAN_LIMIT = 64 << 20  # a pickle that names objects does so in its first bytes; never read a huge file whole
@@ -258,7 +259,6 @@ def summarise(accs_all_exps: dict[str, list[float]]) -> dict[str, dict[str, floa
         t = torch.tensor(accs, dtype=torch.float64)
         out[model] = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "n": len(accs)} if accs else None
     return out
-
 
 
 def _version() -> str:
