@@ -9,13 +9,16 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .synset import SyntheticSet
+from .synset import SET_FORMAT_VERSION, SyntheticSet  # the format's version lives beside its reader
 from .errors import GradmatchError
 
 def _read_umask() -> int:
@@ -83,22 +86,64 @@ def needs_code_message(path, what: str, hint: str) -> str:
 def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/lists/dicts") -> Any:
     """``torch.load`` with ``weights_only=True``: tensors and plain data (dict, list, tuple, str, int,
     float, bool, None) only, so reading a file never runs code from it.  GradmatchError (one line) for
-    a missing, truncated or corrupt file, and ``NeedsCode`` for one that holds other objects."""
+    a missing, unreadable, truncated, corrupt or foreign file, and ``NeedsCode`` for a well-formed
+    pickle that names Python objects weights_only refuses (told apart by reading the pickle's opcodes
+    with pickletools, which runs nothing)."""
     path = Path(path)
+    if path.is_dir():
+        raise GradmatchError(f"{what} {path} is a folder; give the file")
     if not path.is_file():
         raise GradmatchError(f"{what} not found: {path}")
+    try:  # the file system's refusal (permissions, I/O) is not a corrupt file: say which
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise GradmatchError(f"{what} {path} cannot be read: {err.strerror}; make it readable to you "
+                             "(chmod, or ask its owner)") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one line only
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
+        if _names_python_objects(path):
             raise NeedsCode(needs_code_message(path, what, hint)) from None
-        size = path.stat().st_size
-        raise GradmatchError(f"{what} {path} is truncated or corrupt ({type(err).__name__}, {size} bytes); "
-                             f"{hint}") from None
+        corrupt = err
     except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
-        size = path.stat().st_size
-        raise GradmatchError(f"{what} {path} is truncated or corrupt ({type(err).__name__}, {size} bytes); "
-                             f"{hint}") from None
+        corrupt = err
+    raise GradmatchError(f"{what} {path} is not a torch file or corrupt (a foreign, truncated or corrupt file: "
+                         f"{type(corrupt).__name__}, {path.stat().st_size} bytes); {hint}")
+
+
+_SCAN_LIMIT = 64 << 20  # a pickle that names objects does so in its first bytes; never read a huge file whole
+
+
+def _names_python_objects(path: Path) -> bool:
+    """Whether ``path`` holds a well-formed pickle (torch's zip ``data.pkl``, or the pickles at the
+    start of torch's legacy format or of a plain pickle) that names Python objects (GLOBAL,
+    STACK_GLOBAL, INST).  Random or truncated bytes are not a well-formed pickle.  Nothing is
+    unpickled: pickletools only decodes the opcodes."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return False
+                stream = io.BytesIO(archive.read(member))
+        else:
+            with open(path, "rb") as f:
+                stream = io.BytesIO(f.read(_SCAN_LIMIT))  # BytesIO: a bogus length cannot allocate it
+        names = False
+        for count in range(5):  # torch's legacy format: magic, protocol, sys info, object, storage keys
+            try:
+                ops = [op.name for op, _, _ in pickletools.genops(stream)]
+            except Exception:  # noqa: BLE001 - not (or no longer) a pickle
+                return names if count else False
+            names = names or bool({"GLOBAL", "STACK_GLOBAL", "INST"} & set(ops))
+            if stream.tell() >= len(stream.getbuffer()):
+                break
+        return names
+    except Exception:  # noqa: BLE001 - an unreadable zip or file is corrupt, not code
+        return False
 
 
 def reference_payload(sets: list[SyntheticSet | dict], accs_all_exps: dict[str, list[float]]) -> dict[str, Any]:
@@ -121,39 +166,10 @@ def reference_payload(sets: list[SyntheticSet | dict], accs_all_exps: dict[str, 
 
 
 def load_synthetic(path, experiment: int = -1) -> SyntheticSet:
-    """Read one experiment's synthetic set from a .pt in DC's layout (ours or DC's own)."""
-    payload = load_torch(path, "synthetic-set file")
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), (list, tuple)) or not payload["data"]:
-        raise GradmatchError(f"{path} holds no synthetic set (expected a dict with 'data' as DC saves it)")
-    try:
-        entry = payload["data"][experiment]
-    except (IndexError, TypeError):
-        raise GradmatchError(f"{path} has {len(payload['data'])} experiments; "
-                             f"--experiment {experiment} is out of range") from None
-    if not (isinstance(entry, (list, tuple)) and len(entry) == 2
-            and all(isinstance(t, torch.Tensor) for t in entry)):
-        raise GradmatchError(f"{path}: data[{experiment}] is not an [images, labels] pair of tensors, as DC "
-                             "saves each experiment's set")
-    images, labels = entry
-    if images.dim() != 4 or labels.dim() != 1 or len(labels) != len(images) or not len(labels):
-        raise GradmatchError(f"{path}: data[{experiment}] holds images {tuple(images.shape)} and labels "
-                             f"{tuple(labels.shape)}; expected N images (N, C, H, W) and N labels")
-    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
-        raise GradmatchError(f"{path}: data[{experiment}] holds non-finite (nan or inf) pixels; it cannot be "
-                             "evaluated; use a set saved before the values diverged")
-    if labels.is_floating_point() or int(labels.min()) < 0:
-        raise GradmatchError(f"{path}: data[{experiment}]'s labels must be class indices 0, 1, ...")
-    num_classes = int(labels.max()) + 1
-    channels = images.shape[1]
-    if int(payload.get("format_version", 0)) > SET_FORMAT_VERSION:  # a newer layout: refuse, not misread
-        raise GradmatchError(f"{path} is a set of format {payload['format_version']} (gradmatch "
-                             f"{payload.get('gradmatch_version', '?')}); this gradmatch reads up to "
-                             f"{SET_FORMAT_VERSION}; upgrade gradmatch")
-    return SyntheticSet(images=images.float(), labels=labels.long(),
-                        classes=list(payload.get("classes") or [str(c) for c in range(num_classes)]),
-                        mean=tuple(payload.get("mean") or (0.0,) * channels),
-                        std=tuple(payload.get("std") or (1.0,) * channels),
-                        dataset=payload.get("dataset", ""), config=dict(payload.get("config") or {}))
+    """Read one experiment's synthetic set from a .pt in DC's layout (ours or DC's own), every key
+    checked once (``SyntheticSet.from_payload``): GradmatchError, one line naming the key, if any is
+    malformed."""
+    return SyntheticSet.from_payload(load_torch(path, "synthetic-set file"), experiment, str(path))
 
 
 def append_log(path, record: dict[str, Any]) -> None:
@@ -194,9 +210,6 @@ def summarise(accs_all_exps: dict[str, list[float]]) -> dict[str, dict[str, floa
         t = torch.tensor(accs, dtype=torch.float64)
         out[model] = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "n": len(accs)} if accs else None
     return out
-
-
-SET_FORMAT_VERSION = 1  # the .pt of a synthetic set: DC's layout + reference_payload's metadata keys
 
 
 def _version() -> str:
