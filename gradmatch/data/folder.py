@@ -1,6 +1,6 @@
 """A user's own images, one subfolder per class (class names are the sorted subfolder names):
 
-    root/<class>/*.png|jpg|jpeg|bmp                       one set of images, or
+    root/<class>/*.png|jpg|jpeg|bmp|tif|tiff|gif|webp    one set of images, or
     root/train/<class>/...  and  root/test/<class>/...    separate splits.
 
 The split layout is used when ``root/train`` or ``root/test`` holds subfolders. Without split folders
@@ -9,34 +9,30 @@ recursively under each class folder; names starting with "." are skipped.
 
 The training split decides everything the two splits must share: the classes (test class folders
 must be among them; a test split may lack some), the channels (3 if any training image is in
-colour, else 1; images are converted with Pillow to "RGB" or "L"), the image size (``size``, else
-the first training image's size in sorted order; others are resized bilinearly) and the per-channel
-mean/std used to normalise both splits. So loading "test" reads the training images too.
+colour, else 1), the image size (``size``, else the first training image's size in sorted order;
+others are resized bilinearly) and the per-channel mean/std used to normalise both splits. So
+loading "test" reads the training images too. Every Pillow mode, 16-bit grey included, becomes
+pixels in [0, 1] as ``gradmatch.data.images`` says, or is refused in one line.
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
+from gradmatch.data.images import channels_of, read_image, stack
 from gradmatch.data.registry import (
     Dataset,
     Size,
     channel_stats,
     make_dataset,
     register_dataset,
-    resize,
-    to_unit,
 )
 from gradmatch.errors import GradmatchError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 Files = list[tuple[Path, int]]
 
 
@@ -79,39 +75,8 @@ def _scan(folder: Path, classes: list[str], every_class: bool) -> Files:
     return files
 
 
-def _decode(path: Path, mode: str | None = None) -> np.ndarray:
-    """Decode one image to H x W x C uint8, converted to ``mode`` ("L" or "RGB"); ``None`` picks "L"
-    for grayscale files and "RGB" for the rest."""
-    try:
-        with Image.open(path) as im:
-            if mode is None:
-                mode = "L" if im.mode in GRAY_MODES or im.mode.startswith("I;") else "RGB"
-            arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise GradmatchError(f"folder: cannot read image {path} ({e}); remove or replace the file") from None
-    return arr.reshape(arr.shape[0], arr.shape[1], -1)
-
-
-def _decode_all(files: Files, mode: str | None = None) -> list[np.ndarray]:
-    return [_decode(path, mode) for path, _ in files]
-
-
-def _to_tensor(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """H x W x (1 or 3) uint8 arrays -> N x channels x H x W in [0, 1], each source size resized as one batch.
-    Grayscale arrays are repeated to 3 channels (what Pillow's "L" -> "RGB" conversion does)."""
-    groups = defaultdict(list)  # by size and channel count, so each group stacks
-    for i, arr in enumerate(arrays):
-        groups[arr.shape].append(i)
-    out = None if len(groups) == 1 else torch.empty(len(arrays), channels, *size)
-    for idx in groups.values():
-        batch = np.stack([arrays[i] for i in idx])
-        if batch.shape[3] < channels:
-            batch = np.repeat(batch, channels, axis=3)
-        images = resize(to_unit(batch.transpose(0, 3, 1, 2)), size)
-        if out is None:
-            return images
-        out.index_copy_(0, torch.as_tensor(idx), images)
-    return out
+def _decode_all(files: Files, grey: bool = False) -> list[np.ndarray]:
+    return [read_image(path, str(path), grey) for path, _ in files]
 
 
 @register_dataset("folder")
@@ -129,9 +94,9 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
                              f"{train_dir}/<class>/<image>")
     train_files = _scan(train_dir, classes, every_class=True)
     arrays = _decode_all(train_files)
-    channels = 3 if any(arr.shape[2] == 3 for arr in arrays) else 1
+    channels = channels_of(arrays)
     size = size or arrays[0].shape[:2]
-    train = _to_tensor(arrays, channels, size)
+    train = stack(arrays, channels, size)
     del arrays
     mean, std = channel_stats(train)
     if split == "test" and split_layout:
@@ -144,7 +109,7 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
             raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no "
                                  f"training folder in {train_dir}; rename or remove them")
         files = _scan(test_dir, classes, every_class=False)
-        images = _to_tensor(_decode_all(files, "RGB" if channels == 3 else "L"), channels, size)
+        images = stack(_decode_all(files, grey=channels == 1), channels, size)
     else:
         files, images = train_files, train
     return make_dataset("folder", images, [label for _, label in files], classes, mean, std, size)
