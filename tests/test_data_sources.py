@@ -10,10 +10,19 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from gradmatch.data import load
 from gradmatch.errors import GradmatchError
-from tests.test_data import assert_pixels, cifar_images, write_cifar10
+from tests.test_data import assert_pixels, cifar_images, pixels_back, save_png, write_cifar10
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """Each test sees its own warnings: ``warn_once`` remembers what this process has said."""
+    from gradmatch.data import registry
+
+    monkeypatch.setattr(registry, "_WARNED", set())
+
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -134,3 +143,197 @@ def test_bytes_keys_and_names_read_like_str(tmp_path):
     ds = load("CIFAR100", tmp_path)
     assert ds.classes[:3] == ["c0", "c1", "c2"] and ds.labels.tolist() == [3, 1, 4]
     assert_pixels(ds, train)
+
+
+# ------------------------------------------------------------------------------ symlinked class folders
+
+def test_symlinked_folders_are_skipped_and_said_once(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for cls, value in (("a", 10), ("b", 200)):
+        save_png(root / cls / "1.png", np.full((4, 4), value))
+    save_png(tmp_path / "outside" / "far.png", np.full((4, 4), 50))
+    os.symlink(root / "a", root / "c")  # a class folder that is a link
+    os.symlink(tmp_path / "outside", root / "b" / "out")  # a folder inside a class that is a link
+    train = load(str(root), split="train")
+    test = load(str(root), split="test")
+    assert train.classes == test.classes == ["a", "b"] and train.labels.tolist() == [0, 1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: folder: skipped 2 symlinked folder(s)")
+    assert str(root / "c") in lines[0] and str(root / "b" / "out") in lines[0]
+    load(str(root))
+    assert capsys.readouterr().err == ""  # once per process, not once per load
+
+
+# ------------------------------------------------------------------------------- held-out test split
+
+def make_folder(root, counts: dict[str, int]) -> dict[int, str]:
+    """One 4 x 4 grey PNG per image, each a constant, unique value: {value: class}."""
+    owner, value = {}, 1
+    for cls, n in counts.items():
+        for i in range(n):
+            save_png(root / cls / f"{i:02d}.png", np.full((4, 4), value))
+            owner[value] = cls
+            value += 3
+    return owner
+
+
+def values_of(ds) -> list[int]:
+    return [int(round(v)) for v in (pixels_back(ds).mean(dim=(1, 2, 3)) * 255).tolist()]
+
+
+def test_folder_without_splits_holds_out_a_fixed_stratified_part(tmp_path):
+    owner = make_folder(tmp_path, {"a": 10, "b": 5, "c": 3, "d": 2, "e": 1})
+    train, test = load(str(tmp_path)), load(str(tmp_path), split="test")
+    seen_train, seen_test = values_of(train), values_of(test)
+    assert not set(seen_train) & set(seen_test) and sorted(seen_train + seen_test) == sorted(owner)
+    held = {cls: sum(owner[v] == cls for v in seen_test) for cls in "abcde"}
+    assert held == {"a": 2, "b": 1, "c": 1, "d": 0, "e": 0}  # round(n * 0.2), every class keeps one
+    assert [train.classes[i] for i in train.labels] == [owner[v] for v in seen_train]  # labels follow
+    assert [test.classes[i] for i in test.labels] == [owner[v] for v in seen_test]
+    assert seen_train == sorted(seen_train)  # original order kept
+    expected_note = (f"folder {tmp_path} has no test split: 20% of each class's images (4 of 21, stratified, "
+                     f"fixed seed) are held out for testing")
+    assert train.note == test.note == expected_note
+    train_pixels = np.array(seen_train) / 255  # mean/std from the training part only
+    assert train.mean[0] == pytest.approx(train_pixels.mean(), abs=1e-5)
+    assert train.std[0] == pytest.approx(train_pixels.std(), abs=1e-5)
+    assert test.mean == train.mean and test.std == train.std
+
+    np.random.seed(123)
+    torch.manual_seed(123)  # the global RNGs do not move the split
+    again = load(str(tmp_path), split="test")
+    assert values_of(again) == seen_test
+
+
+def test_test_fraction_zero_half_and_too_small(tmp_path):
+    owner = make_folder(tmp_path, {"a": 6, "b": 4})
+    half = load(str(tmp_path), split="test", test_fraction=0.5)
+    assert sorted(owner[v] for v in values_of(half)) == ["a"] * 3 + ["b"] * 2
+    for fraction in (0, 0.0):
+        train, test = (load(str(tmp_path), split=s, test_fraction=fraction) for s in ("train", "test"))
+        assert values_of(train) == values_of(test) == sorted(owner)
+        assert "test_fraction is 0" in train.note and "accuracy is measured on the images the set is condensed from" \
+            in train.note and train.note == test.note
+    small = tmp_path / "small"
+    make_folder(small, {"a": 2, "b": 1})  # round(2 * 0.2) = 0: nothing can be held out
+    test = load(str(small), split="test")
+    assert len(test) == 3 and "no class has enough images to hold 20% out" in test.note
+    assert "the test images are the training images" in test.note
+
+
+@pytest.mark.parametrize("bad", [1, 1.5, -0.1, "0.2", True, float("nan")])
+def test_test_fraction_out_of_range_is_refused(tmp_path, bad):
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    with pytest.raises(GradmatchError, match=r"test_fraction must be a number in \[0, 1\)"):
+        load(str(tmp_path), test_fraction=bad)
+
+
+def test_split_layout_and_official_splits_ignore_test_fraction_in_one_warning(tmp_path, capsys):
+    for split in ("train", "test"):
+        save_png(tmp_path / split / "a" / "1.png", np.full((3, 3), 9))
+    ds = load(str(tmp_path), split="test", test_fraction=0.3)
+    assert len(ds) == 1 and ds.note is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has its own test split" in err and "test_fraction ignored" in err
+    assert load("digits", test_fraction=0.25, image_column="img").note is None
+    err = capsys.readouterr().err
+    assert err == ("warning: digits has its own test split: test_fraction ignored\n"
+                   "warning: digits is not an hf: dataset: image_column ignored\n")
+
+
+def test_split_of_a_dataset(tmp_path):
+    from gradmatch.data import Dataset, split
+
+    labels = torch.arange(4).repeat_interleave(torch.tensor([10, 10, 5, 1]))
+    pixels = torch.arange(26, dtype=torch.float32).view(26, 1, 1, 1).expand(26, 2, 2, 2) / 26
+    ds = Dataset(images=(pixels - 0.5) / 0.25, labels=labels, classes=["w", "x", "y", "z"], mean=(0.5, 0.5),
+                 std=(0.25, 0.25), name="toy")
+    train, test = split(ds, 0.2, seed=3)
+    ids = [[int(round(float(v) * 26)) for v in pixels_back(part)[:, 0, 0, 0]] for part in (train, test)]
+    assert sorted(ids[0] + ids[1]) == list(range(26)) and not set(ids[0]) & set(ids[1])
+    assert [int(labels[i]) for i in ids[1]] == [0, 0, 1, 1, 2]  # 2 + 2 + 1 + 0 held out, in order
+    assert train.labels.tolist() == [int(labels[i]) for i in ids[0]]
+    assert train.mean[0] == pytest.approx(np.mean(ids[0]) / 26, abs=1e-6)  # the training part's stats
+    assert train.std[0] == pytest.approx(np.std(ids[0]) / 26, abs=1e-6)
+    assert test.mean == train.mean and train.note == test.note
+    assert train.note == "toy: 20% of each class's images (5 of 26, stratified, seed 3) are held out for testing"
+    again, _ = split(ds, 0.2, seed=3)
+    other, _ = split(ds, 0.2, seed=4)
+    assert torch.equal(again.labels, train.labels) and torch.equal(again.images, train.images)
+    assert not torch.equal(other.images, train.images)  # another seed, another split
+    same_train, same_test = split(ds, 0)
+    assert torch.equal(same_train.images, same_test.images) and len(same_test) == 26
+    assert "accuracy is measured on the images the set is condensed from" in same_test.note
+    with pytest.raises(GradmatchError, match="split: dataset must be a gradmatch.data.Dataset"):
+        split({"images": pixels}, 0.2)
+
+
+# --------------------------------------------------------------------------------- the Dataset check
+
+def good_dataset(**change):
+    from gradmatch.data import Dataset
+
+    fields = dict(images=torch.zeros(4, 3, 5, 5), labels=torch.tensor([0, 1, 2, 1]), classes=["a", "b", "c"],
+                  mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), name="toy")
+    fields.update(change)
+    return Dataset(**fields)
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(images=torch.zeros(4, 3, 5, 5, dtype=torch.float64)), "images must be a float32 tensor N x C x H x W"),
+    (dict(images=torch.zeros(4, 5, 5)), "got torch.float32 of shape (4, 5, 5)"),
+    (dict(images=torch.zeros(0, 3, 5, 5), labels=torch.zeros(0, dtype=torch.int64)), "with N >= 1"),
+    (dict(images=np.zeros((4, 3, 5, 5), np.float32)), "got ndarray"),
+    (dict(images=torch.zeros(4, 3, 5, 5).index_fill_(0, torch.tensor([1, 3]), float("nan"))),
+     "2 image(s) hold non-finite"),
+    (dict(labels=torch.tensor([0, 1, 2, 1], dtype=torch.int32)), "labels must be an int64 tensor of 4 values"),
+    (dict(labels=torch.tensor([0, 1, 2])), "got torch.int64 of shape (3,)"),
+    (dict(labels=torch.tensor([[0, 1, 2, 1]])), "got torch.int64 of shape (1, 4)"),
+    (dict(labels=torch.tensor([0, 1, 3, 1])), "labels run 0..3 but there are 3 classes"),
+    (dict(labels=torch.tensor([0, -1, 2, 1])), "labels run -1..2"),
+    (dict(classes=("a", "b", "c")), "classes must be a non-empty list of str"),
+    (dict(classes=["a", 1, "c"]), "classes must be a non-empty list of str"),
+    (dict(classes=[]), "classes must be a non-empty list of str"),
+    (dict(classes=["a", "b", "a"]), "class names must be unique; 'a' appear"),
+    (dict(mean=(0.5, 0.5)), "mean must be a tuple of 3 finite numbers"),
+    (dict(mean=(0.5, float("nan"), 0.5)), "mean must be a tuple of 3 finite numbers"),
+    (dict(std=(0.2, 0.0, 0.2)), "std must be positive in every channel"),
+    (dict(std="0.2"), "std must be a tuple of 3 finite numbers"),
+])
+def test_check_dataset_refuses_each_fault_in_one_line(change, words):
+    from gradmatch.data import check_dataset
+
+    with pytest.raises(GradmatchError) as err:
+        check_dataset(good_dataset(**change), "condense: real")
+    message = str(err.value)
+    assert message.startswith("condense: real: ") and words in message and "\n" not in message
+
+
+def test_check_dataset_names_what_it_got_instead():
+    from gradmatch.data import check_dataset
+
+    good = good_dataset()
+    assert check_dataset(good) is good
+    cases = [({"images": 1}, "got dict"), (torch.zeros(2, 3, 4, 4), "got Tensor (images: wrap them"),
+             (torch.utils.data.TensorDataset(torch.zeros(2)), "got TensorDataset (a torch dataset: wrap it with "
+                                                              "gradmatch.data.from_torch)")]
+    for obj, words in cases:
+        with pytest.raises(GradmatchError) as err:
+            check_dataset(obj, "condense: real")
+        assert str(err.value).startswith("condense: real must be a gradmatch.data.Dataset (from gradmatch.data.load, "
+                                         "from_tensors or from_torch); ") and words in str(err.value)
+
+
+def test_load_checks_what_a_reader_returns(monkeypatch):
+    from gradmatch.data import registry
+
+    reader, splits = registry._READERS["digits"]
+
+    def off_by_one(root, split, download, size):
+        ds = reader(root, split, download, size)
+        ds.labels += 1  # labels 1..10 for 10 classes
+        return ds
+
+    monkeypatch.setitem(registry._READERS, "digits", (off_by_one, splits))
+    with pytest.raises(GradmatchError, match=r"^digits train: labels run 1\.\.10 but there are 10 classes"):
+        load("digits")
