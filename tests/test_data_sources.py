@@ -337,3 +337,166 @@ def test_load_checks_what_a_reader_returns(monkeypatch):
     monkeypatch.setitem(registry._READERS, "digits", (off_by_one, splits))
     with pytest.raises(GradmatchError, match=r"^digits train: labels run 1\.\.10 but there are 10 classes"):
         load("digits")
+
+
+# ----------------------------------------------------------------------------- arrays and torch datasets
+
+REF = np.random.default_rng(5).integers(0, 256, (6, 3, 4, 5), dtype=np.uint8)  # N C H W, built by hand
+REF_LABELS = [2, 0, 1, 2, 0, 1]
+
+
+def layouts():
+    """The same images in every accepted layout and dtype: (images, what they should read back as)."""
+    unit = REF / 255.0
+    grey = REF[:, :1]
+    deep = (REF.astype(np.uint16) * 257)  # 16-bit with the same [0, 1] values
+    cases = {
+        "uint8 NCHW": (REF, unit), "uint8 NHWC": (REF.transpose(0, 2, 3, 1), unit),
+        "float32 NCHW": (unit.astype(np.float32), unit), "float64 NHWC": (unit.transpose(0, 2, 3, 1), unit),
+        "float16 NCHW": (unit.astype(np.float16), unit.astype(np.float16).astype(float)),
+        "uint16 NHWC": (deep.transpose(0, 2, 3, 1), unit),
+        "grey NHW": (grey[:, 0], grey / 255.0), "grey NCHW": (grey, grey / 255.0),
+        "grey NHWC": (grey.transpose(0, 2, 3, 1), grey / 255.0),
+    }
+    for key in list(cases):
+        array, expected = cases[key]
+        cases["torch " + key] = (torch.from_numpy(np.ascontiguousarray(array)), expected)
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(layouts()))
+def test_from_tensors_every_layout_and_dtype(case):
+    from gradmatch.data import from_tensors
+
+    images, expected = layouts()[case]
+    before = images.clone() if isinstance(images, torch.Tensor) else images.copy()
+    ds = from_tensors(images, REF_LABELS, classes=["cat", "dog", "emu"])
+    assert ds.name == "tensors" and ds.classes == ["cat", "dog", "emu"] and ds.labels.tolist() == REF_LABELS
+    assert ds.images.dtype == torch.float32 and ds.labels.dtype == torch.int64
+    torch.testing.assert_close(pixels_back(ds).double(), torch.from_numpy(expected).double(), atol=1e-6, rtol=0)
+    flat = expected.transpose(1, 0, 2, 3).reshape(expected.shape[1], -1)  # stats from the data itself
+    np.testing.assert_allclose(ds.mean, flat.mean(1), atol=1e-6)
+    np.testing.assert_allclose(ds.std, flat.std(1), atol=1e-6)
+    assert (images == before).all()  # the caller's array is not changed
+
+
+def test_from_tensors_given_stats_classes_by_default_and_explicit_layout():
+    from gradmatch.data import from_tensors, split
+
+    ds = from_tensors(torch.from_numpy(REF), torch.tensor(REF_LABELS), mean=(0.5, 0.4, 0.3), std=[0.2, 0.25, 0.3],
+                      name="mine")
+    assert ds.mean == (0.5, 0.4, 0.3) and ds.std == (0.2, 0.25, 0.3) and ds.name == "mine"
+    assert ds.classes == ["0", "1", "2"] and ds.note is None
+    expected = (REF / 255.0 - np.array([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1)) / np.array([0.2, 0.25, 0.3]).reshape(
+        1, 3, 1, 1)
+    np.testing.assert_allclose(ds.images.numpy(), expected, atol=1e-5)
+    two = np.random.default_rng(1).integers(0, 256, (4, 6, 7, 2), dtype=np.uint8)  # 2 channels: say the layout
+    ds = from_tensors(two, [0, 1, 0, 1], layout="NHWC")
+    assert ds.channel == 2 and ds.im_size == (6, 7)
+    np.testing.assert_allclose(pixels_back(ds).numpy(), two.transpose(0, 3, 1, 2) / 255, atol=1e-6)
+    assert from_tensors(REF, np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])).labels.tolist() == [0, 1, 2, 0, 1, 2]
+    train, test = split(from_tensors(REF, REF_LABELS), 0.5)  # 2 images a class: 1 held out of each
+    assert sorted(test.labels.tolist()) == [0, 1, 2] and sorted(train.labels.tolist()) == [0, 1, 2]
+    assert test.note.startswith("tensors: 50% of each class's images (3 of 6, stratified, seed 0)")
+
+
+@pytest.mark.parametrize("images,labels,kwargs,words", [
+    ([[1, 2]], REF_LABELS, {}, "images must be a numpy array or a torch tensor; got list"),
+    (REF[None], REF_LABELS, {}, "images must be 4-D"),
+    (np.zeros((6, 5, 6, 7), np.uint8), REF_LABELS, {}, 'cannot tell the channel axis of images of shape (6, 5, 6, 7)'),
+    (REF, REF_LABELS, {"layout": "CHW"}, "layout must be one of auto, NCHW, NHWC"),
+    (REF / 1.0, REF_LABELS, {}, "images are floats in [0, 255]; float images must be pixels in [0, 1]"),
+    (np.full((6, 3, 4, 5), np.nan, np.float32), REF_LABELS, {}, "nan or inf"),
+    (REF.astype(np.int64), REF_LABELS, {}, "images are int64; pass uint8"),
+    (REF > 3, REF_LABELS, {}, "images are bool"),
+    (REF[:0], [], {}, "hold no pixels"),
+    (REF, [2, 0, -1, 2, 0, 1], {}, "label 2 is -1"),
+    (REF, [2, 0, 1.5, 2, 0, 1], {}, "label 2 is 1.5"),
+    (REF, np.array(REF_LABELS)[:, None], {}, "labels must be 1-D, one per image; got shape (6, 1) (flatten"),
+    (REF, REF_LABELS[:5], {}, "5 labels for 6 images"),
+    (REF, ["a", "b", "c", "a", "b", "c"], {}, "labels must be integers 0..K-1; got <U1"),
+    (REF, [True] * 6, {}, "got bool"),
+    (REF, REF_LABELS, {"classes": ["a", "b"]}, "label 2 needs 3 classes but 2 are named"),
+    (REF, REF_LABELS, {"classes": [0, 1, 2]}, "classes must be a list of str"),
+    (REF, REF_LABELS, {"classes": ["a", "b", "a"]}, "class names must be unique"),
+    (REF, REF_LABELS, {"mean": (0.5, 0.5)}, "mean must be 3 finite numbers"),
+    (REF, REF_LABELS, {"std": (0.5, 0, 0.5)}, "std must be 3 finite positive numbers"),
+    (REF, REF_LABELS, {"name": 3}, "name must be a str"),
+])
+def test_from_tensors_refuses_bad_input_in_one_line(images, labels, kwargs, words):
+    from gradmatch.data import from_tensors
+
+    with pytest.raises(GradmatchError) as err:
+        from_tensors(images, labels, **kwargs)
+    assert str(err.value).startswith("from_tensors: ") and words in str(err.value) and "\n" not in str(err.value)
+
+
+class MapStyle(torch.utils.data.Dataset):
+    """A map-style dataset as users write them: items made on access."""
+
+    def __init__(self, items, classes=None):
+        self.items = items
+        if classes is not None:
+            self.classes = classes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def test_from_torch_tensors_and_pil_images():
+    from PIL import Image
+
+    from gradmatch.data import from_torch
+
+    float_items = [(torch.from_numpy(REF[i] / 255.0).float(), torch.tensor(REF_LABELS[i])) for i in range(6)]
+    ds = from_torch(MapStyle(float_items, classes=["cat", "dog", "emu"]))
+    assert ds.classes == ["cat", "dog", "emu"] and ds.name == "MapStyle" and ds.labels.tolist() == REF_LABELS
+    torch.testing.assert_close(pixels_back(ds), torch.from_numpy(REF / 255.0).float(), atol=1e-6, rtol=0)
+
+    uint8_items = [(torch.from_numpy(REF[i]), np.int64(REF_LABELS[i])) for i in range(6)]
+    ds = from_torch(MapStyle(uint8_items), name="bytes")
+    assert ds.classes == ["0", "1", "2"] and ds.name == "bytes"
+    torch.testing.assert_close(pixels_back(ds), torch.from_numpy(REF / 255.0).float(), atol=1e-6, rtol=0)
+
+    pil = [(Image.fromarray(REF[i].transpose(1, 2, 0)), REF_LABELS[i]) for i in range(5)]
+    pil.append((Image.fromarray(REF[5, 0]), REF_LABELS[5]))  # one grey image among colour: repeated
+    ds = from_torch(MapStyle(pil))
+    expected = REF / 255.0
+    expected[5] = expected[5, :1]
+    torch.testing.assert_close(pixels_back(ds), torch.from_numpy(expected).float(), atol=1e-6, rtol=0)
+    deep = [(Image.fromarray(REF[i, 0].astype(np.uint16) * 257), 0) for i in range(2)]  # 16-bit PIL images
+    torch.testing.assert_close(pixels_back(from_torch(MapStyle(deep)))[:, 0],
+                               torch.from_numpy(REF[:2, 0] / 255.0).float(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("items,words", [
+    ([], "the dataset is empty"),
+    ([(torch.zeros(3, 4, 4),)], "item 0 is tuple of 1; the dataset must give (image, label) pairs"),
+    ([(np.zeros((4, 4, 3), np.uint8), 0)], "item 0's image is a ndarray"),
+    ([(torch.zeros(3, 4, 4), 0), (torch.zeros(3, 5, 4), 1)], "item 0's image is 4x4 but item 1's is 5x4"),
+    ([(torch.zeros(3, 4, 4), 0), (torch.zeros(2, 4, 4), 1)], "the images have 2 and 3 channels"),
+    ([(torch.full((3, 4, 4), 2.0), 0)], "item 0's image values are floats in [2, 2]"),
+    ([(torch.zeros(3, 4, 4), "cat")], "item 0's label is str 'cat'"),
+    ([(torch.zeros(3, 4, 4), 0.5)], "label 0 is 0.5"),
+    ([(torch.zeros(1, 3, 4, 4), 0)], "item 0's image has shape (1, 3, 4, 4)"),
+])
+def test_from_torch_refuses_bad_items_in_one_line(items, words):
+    from gradmatch.data import from_torch
+
+    with pytest.raises(GradmatchError) as err:
+        from_torch(MapStyle(items))
+    assert str(err.value).startswith("from_torch: ") and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_from_torch_refuses_an_iterable_dataset():
+    from gradmatch.data import from_torch
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(3, 4, 4), 0
+
+    with pytest.raises(GradmatchError, match="must be map-style .* got Stream .*use from_tensors"):
+        from_torch(Stream())

@@ -6,7 +6,9 @@ Each reader module registers its datasets when imported below.
 """
 
 from gradmatch.data import cifar, digits, folder, idx, svhn  # noqa: F401  (registers the readers)
+from gradmatch.data.arrays import from_tensors, from_torch
 from gradmatch.data.registry import Dataset, check_dataset, list_datasets, load, register_dataset
 from gradmatch.data.splits import split
 
-__all__ = ["Dataset", "check_dataset", "list_datasets", "load", "register_dataset", "split"]
+__all__ = ["Dataset", "check_dataset", "from_tensors", "from_torch", "list_datasets", "load", "register_dataset",
+           "split"]
