@@ -500,3 +500,233 @@ def test_from_torch_refuses_an_iterable_dataset():
 
     with pytest.raises(GradmatchError, match="must be map-style .* got Stream .*use from_tensors"):
         from_torch(Stream())
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets
+
+HF_CLASSES = ["ant", "bee", "cow"]
+
+
+@pytest.fixture
+def hf(tmp_path, monkeypatch):
+    """The datasets library with its cache under tmp_path (never the user's ~/.cache)."""
+    datasets = pytest.importorskip("datasets")
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "downloads")
+    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted")
+    return datasets
+
+
+def toy(counts=(4, 3, 3), size=(8, 8), seed=0, channels=3):
+    """Images (N x H x W x C uint8) and labels of a small classification set."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    shape = (len(labels), *size) + ((channels,) if channels > 1 else ())
+    return rng.integers(0, 256, shape, dtype=np.uint8), labels
+
+
+def hf_table(datasets, images, labels, **columns):
+    """A datasets.Dataset with an Image column "image" and a ClassLabel column "label" (plus ``columns``:
+    name -> (values, feature))."""
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=HF_CLASSES)}
+    data = {"image": list(images), "label": [int(v) for v in labels]}
+    for name, (values, feature) in columns.items():
+        features[name], data[name] = feature, values
+    return datasets.Dataset.from_dict(data, features=datasets.Features(features))
+
+
+def nchw(images):
+    return images.transpose(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
+
+
+def check_hf(ds, images, labels, name):
+    assert ds.name == name and ds.classes == HF_CLASSES and ds.labels.tolist() == list(labels)
+    assert_pixels(ds, nchw(images))
+
+
+def test_hf_save_to_disk_and_parquet_folders_read_back_exactly(tmp_path, hf):
+    train_images, train_labels = toy()
+    test_images, test_labels = toy((1, 2, 2), seed=1)
+    splits = hf.DatasetDict({"train": hf_table(hf, train_images, train_labels),
+                             "test": hf_table(hf, test_images, test_labels)})
+    splits.save_to_disk(str(tmp_path / "disk"))
+    (tmp_path / "pq").mkdir()
+    for split, part in splits.items():
+        part.to_parquet(str(tmp_path / "pq" / f"{split}.parquet"))
+    flat = nchw(train_images).transpose(1, 0, 2, 3).reshape(3, -1) / 255  # stats of the training images
+    for folder in ("disk", "pq"):
+        spec = f"hf:{tmp_path / folder}"
+        train, test = load(spec), load(spec, split="test")
+        check_hf(train, train_images, train_labels, spec)
+        check_hf(test, test_images, test_labels, spec)
+        assert train.note is None and test.note is None  # the dataset's own test split
+        np.testing.assert_allclose(train.mean, flat.mean(1), atol=1e-5)
+        np.testing.assert_allclose(train.std, flat.std(1), atol=1e-5)
+        assert test.mean == train.mean and test.std == train.std
+    one = load(f"hf:{tmp_path / 'pq' / 'test.parquet'}")  # one parquet file: its rows are "train"
+    check_hf(one, test_images, test_labels, f"hf:{tmp_path / 'pq' / 'test.parquet'}")
+
+
+def test_hf_without_a_test_split_holds_out_part_of_train(tmp_path, hf, capsys):
+    images, labels = toy((10, 5, 2))
+    hf_table(hf, images, labels).save_to_disk(str(tmp_path / "plain"))  # a Dataset, not a DatasetDict
+    spec = f"hf:{tmp_path / 'plain'}"
+    train, test = load(spec), load(spec, split="test")
+    assert len(train) + len(test) == 17 and test.labels.tolist() == [0, 0, 1]  # 2 + 1 + 0 held out
+    pixels = torch.cat([pixels_back(train), pixels_back(test)]) * 255
+    assert sorted(map(tuple, pixels.round().flatten(1).tolist())) == sorted(
+        map(tuple, nchw(images).reshape(17, -1).astype(float).tolist()))  # disjoint, together all images
+    assert train.note == test.note == (f"{spec} has no test split: 20% of each class's images (3 of 17, "
+                                       f"stratified, fixed seed) are held out for testing")
+    everything = load(spec, split="test", test_fraction=0)
+    check_hf(everything, images, labels, spec)
+    assert "accuracy is measured on the images the set is condensed from" in everything.note
+
+    hf.DatasetDict({"train": hf_table(hf, images, labels), "validation": hf_table(hf, images[:3], labels[:3])}
+                   ).save_to_disk(str(tmp_path / "val"))
+    spec = f"hf:{tmp_path / 'val'}"
+    capsys.readouterr()  # the test's own save_to_disk progress bars
+    val = load(spec, split="test", test_fraction=0.3)
+    check_hf(val, images[:3], labels[:3], spec)
+    assert val.note == f"{spec} has no test split: its validation split is used for testing"
+    # reading is quiet (no progress bars, no library logs): only the one warning
+    assert capsys.readouterr().err == f"warning: {spec} has its own validation split: test_fraction ignored\n"
+
+
+def put_in_hub_cache(cache, repo, data_files):
+    """Leave ``repo`` in the cache as datasets does after downloading it from the hub:
+    <cache>/<user>___<name>/<config>/<version>/<hash>/<name>-<split>.arrow and dataset_info.json."""
+    import shutil
+
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    name = repo.split("/")[-1]
+    builder = Parquet(cache_dir=str(cache.parent / "build"), dataset_name=name, hash="0123abcd",
+                      data_files=data_files)
+    builder.download_and_prepare()
+    target = cache / repo.replace("/", "___") / "default" / "0.0.0" / "0123abcd"
+    target.parent.mkdir(parents=True)
+    shutil.move(builder.cache_dir, target)
+
+
+def test_hf_hub_name_reads_from_the_cache_offline(tmp_path, hf, monkeypatch):
+    images, labels = toy()
+    hf_table(hf, images, labels).to_parquet(str(tmp_path / "train.parquet"))
+    put_in_hub_cache(hf.config.HF_DATASETS_CACHE, "someone/toy", {"train": str(tmp_path / "train.parquet")})
+    calls = []
+    real = hf.load_dataset
+
+    def spy(*args, **kwargs):
+        calls.append(hf.config.HF_HUB_OFFLINE)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "load_dataset", spy)
+    before = hf.config.HF_HUB_OFFLINE
+    ds = load("hf:someone/toy", split="test")  # the hub copy has no test split: part held out
+    assert calls == [True] and hf.config.HF_HUB_OFFLINE == before  # offline during the call only
+    assert ds.name == "hf:someone/toy" and ds.classes == HF_CLASSES and "held out" in ds.note
+    with pytest.raises(GradmatchError) as err:
+        load("hf:someone/missing")
+    message = str(err.value)
+    assert message.startswith("hf:someone/missing is not in the local Hugging Face cache")
+    assert "pass --download (download=True from Python)" in message and "\n" not in message
+    assert calls == [True, True]
+
+
+def test_hf_download_goes_through_the_library_online(hf, monkeypatch):
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append((args, hf.config.HF_HUB_OFFLINE))
+        raise ConnectionError("Couldn't reach 'someone/new' on the Hub\nsecond line")
+
+    monkeypatch.setattr(hf.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf, "load_dataset", refuse)
+    with pytest.raises(GradmatchError) as err:
+        load("hf:someone/new", download=True)
+    assert calls == [(("someone/new",), False)]  # the library's own client, not offline
+    assert str(err.value) == ("hf:someone/new: the datasets library could not fetch it (ConnectionError: Couldn't "
+                              "reach 'someone/new' on the Hub)")
+
+
+def test_hf_without_the_library_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with pytest.raises(GradmatchError) as err:
+        load(f"hf:{tmp_path}")
+    assert "pip install gradmatch[hf]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hf_columns_found_or_named(tmp_path, hf):
+    images, labels = toy()
+    names = [HF_CLASSES[v] for v in labels]
+    other = np.ascontiguousarray(images[::-1])
+    table = hf_table(hf, images, labels, thumb=(list(other), hf.Image()),
+                     kind=(names, hf.Value("string")), number=([int(v) for v in labels], hf.Value("int64")),
+                     coarse=([0] * len(labels), hf.ClassLabel(names=["animal"])))
+    table.save_to_disk(str(tmp_path / "cols"))
+    spec = f"hf:{tmp_path / 'cols'}"
+    with pytest.raises(GradmatchError) as err:
+        load(spec)
+    assert "has 2 Image columns (image, thumb); pass image_column=NAME" in str(err.value)
+    with pytest.raises(GradmatchError) as err:
+        load(spec, image_column="image")
+    assert "has 2 ClassLabel columns (label, coarse); pass label_column=NAME" in str(err.value)
+    ds = load(spec, image_column="thumb", label_column="label", test_fraction=0)
+    check_hf(ds, other, labels, spec)
+    by_name = load(spec, image_column="image", label_column="kind", test_fraction=0)  # strings: sorted classes
+    check_hf(by_name, images, labels, spec)
+    by_number = load(spec, image_column="image", label_column="number", test_fraction=0)
+    assert by_number.classes == ["0", "1", "2"] and by_number.labels.tolist() == labels.tolist()
+    for option, value, words in (("label_column", "nope", "has no column 'nope' (label_column); its columns: "
+                                                          "image (Image), label (ClassLabel), thumb (Image)"),
+                                 ("label_column", "thumb", "column 'thumb' holds Image; labels must be"),
+                                 ("image_column", "kind", "column 'kind' holds string, not images")):
+        with pytest.raises(GradmatchError) as err:
+            load(spec, **{"image_column": "image", option: value})
+        assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hf_refusals_in_one_line(tmp_path, hf):
+    images, labels = toy()
+    plain = hf.Dataset.from_dict({"pixels": [[1, 2]] * 3, "label": [0, 1, 0]})
+    plain.save_to_disk(str(tmp_path / "noimage"))
+    names = hf.Dataset.from_dict({"image": list(images), "kind": [HF_CLASSES[v] for v in labels]},
+                                 features=hf.Features({"image": hf.Image(), "kind": hf.Value("string")}))
+    names.save_to_disk(str(tmp_path / "strings"))
+    mixed = hf.Dataset.from_dict({"image": [images[0], images[1, :6, :5]], "label": [0, 1]},
+                                 features=hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=["a", "b"])}))
+    mixed.save_to_disk(str(tmp_path / "mixed"))
+    unlabelled = hf.DatasetDict({"train": hf_table(hf, images, labels), "test": hf_table(hf, images[:2], [-1, -1])})
+    unlabelled.save_to_disk(str(tmp_path / "unlabelled"))
+    cases = [
+        ("noimage", {}, "has no Image column; its columns: pixels (List), label (int64); cast one"),
+        ("strings", {}, "has no ClassLabel column; its columns: image (Image), kind (string); pass label_column=NAME"),
+        ("mixed", {}, "images differ in size (8x8 (1), 6x5 (1)); pass size=(H, W)"),
+        ("unlabelled", {"split": "test"}, "test: 2 rows have label -1 (unlabelled"),
+        ("nothing/here/at/all", {}, "no such file or folder"),
+    ]
+    for folder, kwargs, words in cases:
+        spec = f"hf:{tmp_path / folder}"
+        with pytest.raises(GradmatchError) as err:
+            load(spec, **kwargs)
+        assert str(err.value).startswith(spec) and words in str(err.value) and "\n" not in str(err.value), folder
+    resized = load(f"hf:{tmp_path / 'mixed'}", size=(4, 4), test_fraction=0)
+    assert resized.images.shape == (2, 3, 4, 4)
+    with pytest.raises(GradmatchError, match="hf: needs a dataset after it"):
+        load("hf:")
+    with pytest.raises(GradmatchError, match="or hf:NAME for a Hugging Face dataset"):
+        load("no-such-dataset")
+
+
+def test_hf_grey_and_16bit_images(tmp_path, hf):
+    grey, labels = toy(channels=1)
+    deep = grey.astype(np.uint16) * 257 + 3  # 16-bit values the 8-bit ones cannot hold
+    for name, images, scale in (("grey", grey, 255), ("deep", deep, 65535)):
+        hf_table(hf, list(images), labels).save_to_disk(str(tmp_path / name))
+        ds = load(f"hf:{tmp_path / name}", test_fraction=0)
+        assert ds.channel == 1 and ds.labels.tolist() == labels.tolist()
+        torch.testing.assert_close(pixels_back(ds), torch.from_numpy(images[:, None] / scale).float(), atol=1e-6,
+                                   rtol=0)
