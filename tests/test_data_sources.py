@@ -314,6 +314,8 @@ def test_check_dataset_names_what_it_got_instead():
 
     good = good_dataset()
     assert check_dataset(good) is good
+    huge = good_dataset(images=torch.full((4, 3, 5, 5), 3e38))  # finite, though their sum overflows
+    assert check_dataset(huge) is huge
     cases = [({"images": 1}, "got dict"), (torch.zeros(2, 3, 4, 4), "got Tensor (images: wrap them"),
              (torch.utils.data.TensorDataset(torch.zeros(2)), "got TensorDataset (a torch dataset: wrap it with "
                                                               "gradmatch.data.from_torch)")]

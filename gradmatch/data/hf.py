@@ -208,15 +208,16 @@ def _labels(part, column: str, classes: list[str] | None, what: str) -> tuple[np
 
 
 def _images(part, column: str, what: str, grey: bool = False) -> list[np.ndarray]:
-    """Every row's image as pixels (``gradmatch.data.images``), decoded by Pillow from the stored file."""
+    """Every row's image as pixels (``gradmatch.data.images``), decoded by Pillow from the stored file
+    (its bytes, read as Arrow without the library's per-row formatting, or its path)."""
     datasets = library()
-    files = part.select_columns([column]).cast_column(column, datasets.Image(decode=False))[column]
+    files = part.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    table = files.with_format("arrow")[:][column].combine_chunks()
     arrays = []
-    for row, file in enumerate(files):
-        source = f"{what} row {row}"
-        if not file or not (file.get("bytes") or file.get("path")):
+    for row, (data, path) in enumerate(zip(table.field("bytes").to_pylist(), table.field("path").to_pylist())):
+        if not (data or path):
             raise GradmatchError(f"{what}: row {row} has no image; fill or drop it")
-        arrays.append(read_image(file["bytes"] or file["path"], source, grey))
+        arrays.append(read_image(data or path, f"{what} row {row}", grey))
     return arrays
 
 

@@ -59,7 +59,7 @@ def pixels(image: Image.Image, source: str, grey: bool = False) -> np.ndarray:
     if mode in COLOUR:
         if mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")
-        rgb = image.convert("RGB")  # un-premultiplies RGBa; looks palettes up
+        rgb = image if mode == "RGB" else image.convert("RGB")  # un-premultiplies RGBa; looks palettes up
         array = np.asarray(rgb.convert("L") if grey else rgb)
     elif mode in GREY_8BIT:
         array = np.asarray((image.convert("LA") if mode == "La" else image).convert("L"))
