@@ -703,11 +703,14 @@ def test_hf_refusals_in_one_line(tmp_path, hf):
     mixed.save_to_disk(str(tmp_path / "mixed"))
     unlabelled = hf.DatasetDict({"train": hf_table(hf, images, labels), "test": hf_table(hf, images[:2], [-1, -1])})
     unlabelled.save_to_disk(str(tmp_path / "unlabelled"))
+    hf.DatasetDict({"train": hf_table(hf, images, labels), "test": hf_table(hf, images[:0], labels[:0])}
+                   ).save_to_disk(str(tmp_path / "emptytest"))
     cases = [
         ("noimage", {}, "has no Image column; its columns: pixels (List), label (int64); cast one"),
         ("strings", {}, "has no ClassLabel column; its columns: image (Image), kind (string); pass label_column=NAME"),
         ("mixed", {}, "images differ in size (8x8 (1), 6x5 (1)); pass size=(H, W)"),
         ("unlabelled", {"split": "test"}, "test: 2 rows have label -1 (unlabelled"),
+        ("emptytest", {"split": "test"}, ": the datasets library cannot read it (IndexError: "),  # its own failure
         ("nothing/here/at/all", {}, "no such file or folder"),
     ]
     for folder, kwargs, words in cases:

@@ -128,7 +128,7 @@ def load(name: str, root: str | os.PathLike = ".", split: str = "train", downloa
         if split not in ("train", "test"):
             raise unknown_name("hf: split", str(split), ("train", "test"))
         dataset = read_hf(name[3:], split, bool(download), parse_size(size), **given)
-        return _checked(dataset, name, split)
+        return check_dataset(dataset, f"{name} {split}")
     canonical = {_key(n): n for n in _READERS}.get(_key(str(name)))
     if canonical is None:
         path = Path(os.path.expanduser(str(name)))
@@ -149,12 +149,7 @@ def load(name: str, root: str | os.PathLike = ".", split: str = "train", downloa
         warn_once(f"{canonical} is not an hf: dataset: {' and '.join(columns)} ignored")
     options = {k: v for k, v in given.items() if k not in unused}
     dataset = reader(root, split, bool(download), parse_size(size), **options)
-    return _checked(dataset, canonical, split)
-
-
-def _checked(dataset: Dataset, what: str, split: str) -> Dataset:
-    # non-finite pixels are said here, not later as a diverging loss
-    return check_dataset(dataset, f"{what} {split}")
+    return check_dataset(dataset, f"{canonical} {split}")  # e.g. nan pixels: said now, not as a diverging loss
 
 
 _WARNED: set[str] = set()
