@@ -1,74 +1,85 @@
 """A user's own images, one subfolder per class (class names are the sorted subfolder names):
 
-    root/<class>/*.png|jpg|jpeg|bmp                       one set of images, or
+    root/<class>/*.png|jpg|jpeg|bmp|tif|tiff|gif|webp    one set of images, or
     root/train/<class>/...  and  root/test/<class>/...    separate splits.
 
 The split layout is used when ``root/train`` or ``root/test`` holds subfolders. Without split folders
-the same images serve as both "train" and "test" (there is nothing else to test on). Files are found
-recursively under each class folder; names starting with "." are skipped.
+a fixed, seeded, stratified part of each class (``test_fraction``, 0.2 by default) is held out as the
+"test" split and the rest is "train" (``gradmatch.data.splits``); the datasets' ``note`` says so.
+Files are found recursively under each class folder; names starting with "." are skipped. Symlinked
+folders are skipped (they may loop or lead out of the tree), and said once in a warning line.
 
 The training split decides everything the two splits must share: the classes (test class folders
 must be among them; a test split may lack some), the channels (3 if any training image is in
-colour, else 1; images are converted with Pillow to "RGB" or "L"), the image size (``size``, else
-the first training image's size in sorted order; others are resized bilinearly) and the per-channel
-mean/std used to normalise both splits. So loading "test" reads the training images too.
+colour, else 1), the image size (``size``, else the first training image's size in sorted order;
+others are resized bilinearly) and the per-channel mean/std used to normalise both splits (from
+the training part only). So loading "test" reads the training images too. Every Pillow mode,
+16-bit grey included, becomes pixels in [0, 1] as ``gradmatch.data.images`` says, or is refused in
+one line.
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from gradmatch.data.images import channels_of, read_image, stack
 from gradmatch.data.registry import (
     Dataset,
     Size,
     channel_stats,
     make_dataset,
     register_dataset,
-    resize,
-    to_unit,
+    warn_once,
 )
+from gradmatch.data.splits import DEFAULT_TEST_FRACTION, held_out, note
 from gradmatch.errors import GradmatchError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 Files = list[tuple[Path, int]]
 
 
-def _subfolders(folder: Path) -> list[str]:
-    # a symlinked folder is skipped: it may lead out of the tree or back into it (a loop)
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+def _subfolders(folder: Path, linked: list[Path]) -> list[str]:
+    """Sorted names of the class folders in ``folder``. A symlinked folder is skipped (it may lead out of
+    the tree or back into it, a loop) and added to ``linked``, to be said."""
+    names = []
+    for path in folder.iterdir():
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        if path.is_symlink():
+            linked.append(path)
+        else:
+            names.append(path.name)
+    return sorted(names)
 
 
 def _has_split_folders(root: Path) -> bool:
-    return any((root / s).is_dir() and _subfolders(root / s) for s in ("train", "test"))
+    return any((root / s).is_dir() and _subfolders(root / s, []) for s in ("train", "test"))
 
 
-def _images_under(folder: Path) -> list[Path]:
+def _images_under(folder: Path, linked: list[Path]) -> list[Path]:
     """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path.  Symlinked
-    folders are not followed (``a/loop -> ..`` would repeat the tree forever, ``a/out -> /`` leave it);
-    a symlink to an image file is read like the file."""
+    folders are not followed (``a/loop -> ..`` would repeat the tree forever, ``a/out -> /`` leave it)
+    but added to ``linked``; a symlink to an image file is read like the file."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        linked += [Path(dirpath) / d for d in sorted(dirnames) if os.path.islink(os.path.join(dirpath, d))]
         rel = os.path.relpath(dirpath, folder)
         found += [os.path.normpath(os.path.join(rel, f)) for f in filenames
                   if not f.startswith(".") and os.path.splitext(f)[1].lower() in EXTENSIONS]
     return [folder / rel for rel in sorted(found)]
 
 
-def _scan(folder: Path, classes: list[str], every_class: bool) -> Files:
+def _scan(folder: Path, classes: list[str], every_class: bool, linked: list[Path]) -> Files:
     files: Files = []
     for label, name in enumerate(classes):
         if not (folder / name).is_dir():
             continue
-        images = _images_under(folder / name)
+        images = _images_under(folder / name, linked)
         if every_class and not images:
             raise GradmatchError(f"folder: class folder {folder / name} holds no images "
                                  f"({'/'.join(EXTENSIONS)}); add some or remove the folder")
@@ -79,43 +90,20 @@ def _scan(folder: Path, classes: list[str], every_class: bool) -> Files:
     return files
 
 
-def _decode(path: Path, mode: str | None = None) -> np.ndarray:
-    """Decode one image to H x W x C uint8, converted to ``mode`` ("L" or "RGB"); ``None`` picks "L"
-    for grayscale files and "RGB" for the rest."""
-    try:
-        with Image.open(path) as im:
-            if mode is None:
-                mode = "L" if im.mode in GRAY_MODES or im.mode.startswith("I;") else "RGB"
-            arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise GradmatchError(f"folder: cannot read image {path} ({e}); remove or replace the file") from None
-    return arr.reshape(arr.shape[0], arr.shape[1], -1)
+def _decode_all(files: Files, grey: bool = False) -> list[np.ndarray]:
+    return [read_image(path, str(path), grey) for path, _ in files]
 
 
-def _decode_all(files: Files, mode: str | None = None) -> list[np.ndarray]:
-    return [_decode(path, mode) for path, _ in files]
+def _say_skipped(linked: list[Path]) -> None:
+    if linked:
+        names = ", ".join(str(p) for p in linked[:5]) + (f" and {len(linked) - 5} more" if len(linked) > 5 else "")
+        warn_once(f"folder: skipped {len(linked)} symlinked folder(s), which may loop or lead out of the tree: "
+                  f"{names}; copy or move their images into the tree to use them")
 
 
-def _to_tensor(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """H x W x (1 or 3) uint8 arrays -> N x channels x H x W in [0, 1], each source size resized as one batch.
-    Grayscale arrays are repeated to 3 channels (what Pillow's "L" -> "RGB" conversion does)."""
-    groups = defaultdict(list)  # by size and channel count, so each group stacks
-    for i, arr in enumerate(arrays):
-        groups[arr.shape].append(i)
-    out = None if len(groups) == 1 else torch.empty(len(arrays), channels, *size)
-    for idx in groups.values():
-        batch = np.stack([arrays[i] for i in idx])
-        if batch.shape[3] < channels:
-            batch = np.repeat(batch, channels, axis=3)
-        images = resize(to_unit(batch.transpose(0, 3, 1, 2)), size)
-        if out is None:
-            return images
-        out.index_copy_(0, torch.as_tensor(idx), images)
-    return out
-
-
-@register_dataset("folder")
-def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
+@register_dataset("folder", options=("test_fraction",))
+def read_folder(root: Path, split: str, download: bool, size: Size,
+                test_fraction: float | None = None) -> Dataset:
     if not root.is_dir():
         raise GradmatchError(f"folder: {root} is not a directory; point --data_path at a folder holding "
                              f"<class>/ subfolders of images")
@@ -123,28 +111,43 @@ def read_folder(root: Path, split: str, download: bool, size: Size) -> Dataset:
     train_dir = root / "train" if split_layout else root
     if split_layout and not train_dir.is_dir():
         raise GradmatchError(f"folder: {root} has test/ but no train/ folder; expected {train_dir}/<class>/")
-    classes = _subfolders(train_dir)
+    if split_layout and test_fraction is not None:
+        warn_once(f"folder {root} has its own test split ({root / 'test'}): test_fraction ignored")
+    linked: list[Path] = []
+    classes = _subfolders(train_dir, linked)
     if not classes:
+        _say_skipped(linked)
         raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected "
                              f"{train_dir}/<class>/<image>")
-    train_files = _scan(train_dir, classes, every_class=True)
-    arrays = _decode_all(train_files)
-    channels = 3 if any(arr.shape[2] == 3 for arr in arrays) else 1
+    files = _scan(train_dir, classes, every_class=True, linked=linked)
+    arrays = _decode_all(files)
+    channels = channels_of(arrays)
     size = size or arrays[0].shape[:2]
-    train = _to_tensor(arrays, channels, size)
+    images = stack(arrays, channels, size)
     del arrays
-    mean, std = channel_stats(train)
-    if split == "test" and split_layout:
-        test_dir = root / "test"
-        if not test_dir.is_dir():
-            raise GradmatchError(f"folder: expected {test_dir}/<class>/ for the test split "
-                                 f"(beside {train_dir})")
-        extra = sorted(set(_subfolders(test_dir)) - set(classes))
-        if extra:
-            raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no "
-                                 f"training folder in {train_dir}; rename or remove them")
-        files = _scan(test_dir, classes, every_class=False)
-        images = _to_tensor(_decode_all(files, "RGB" if channels == 3 else "L"), channels, size)
-    else:
-        files, images = train_files, train
-    return make_dataset("folder", images, [label for _, label in files], classes, mean, std, size)
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    if split_layout:
+        mean, std = channel_stats(images)
+        if split == "test":
+            test_dir = root / "test"
+            if not test_dir.is_dir():
+                raise GradmatchError(f"folder: expected {test_dir}/<class>/ for the test split "
+                                     f"(beside {train_dir})")
+            extra = sorted(set(_subfolders(test_dir, linked)) - set(classes))
+            if extra:
+                raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no "
+                                     f"training folder in {train_dir}; rename or remove them")
+            files = _scan(test_dir, classes, every_class=False, linked=linked)
+            images = stack(_decode_all(files, grey=channels == 1), channels, size)
+            labels = np.array([label for _, label in files], dtype=np.int64)
+        _say_skipped(linked)
+        return make_dataset("folder", images, labels, classes, mean, std, size)
+    _say_skipped(linked)
+    fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+    train_idx, test_idx = held_out(labels, fraction)
+    line = note(f"folder {root} has no test split", fraction, len(test_idx), len(labels))
+    mean, std = channel_stats(images[torch.as_tensor(train_idx)] if len(test_idx) else images)
+    if len(test_idx):
+        pick = torch.as_tensor(train_idx if split == "train" else test_idx)
+        images, labels = images[pick], labels[pick.numpy()]
+    return make_dataset("folder", images, labels, classes, mean, std, size, note=line)
