@@ -24,7 +24,6 @@ from .errors import GradmatchError, Interrupted, scope, unknown_name
 
 METHOD_CHOICES = ("DC", "DSA")
 BASELINES = ("random",)
-EXPORT_FORMATS = ("png", "hf")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,8 +225,6 @@ def owner_of_or_none(name: str) -> bool:
 def cmd_export(args) -> int:
     from .export import export
 
-    if args.format not in EXPORT_FORMATS:
-        raise unknown_name("export format (--format)", args.format, EXPORT_FORMATS)
     meta = export(args.file, args.to, args.experiment, bool(getattr(args, "overwrite", False)), format=args.format)
     print(f"wrote {len(meta['files'])} images of {len(meta['classes'])} classes to {args.to} "
           f"(experiment {meta['experiment']}; metadata.json beside them)")
