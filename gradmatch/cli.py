@@ -20,7 +20,7 @@ from .config import (
     fields_for_cli,
     owner_of,
 )
-from .errors import GradmatchError, Interrupted, scope, unknown_name
+from .errors import GradmatchError, Interrupted, scope, unknown_name, warn
 
 METHOD_CHOICES = ("DC", "DSA")
 BASELINES = ("random",)
@@ -121,7 +121,7 @@ def cmd_condense(args) -> int:
 
 # ---- evaluate -----------------------------------------------------------------------------------------
 EVALUATE_CONDENSE = ("model", "lr_net", "batch_train", "seed", "dsa", "dsa_strategy")
-EVALUATE_RUN = ("dataset", "data_path", "device", "download")
+EVALUATE_RUN = ("dataset", "data_path", "device", "download", "test_fraction", "image_column", "label_column", "size")
 
 
 def cmd_evaluate(args) -> int:
@@ -133,6 +133,8 @@ def cmd_evaluate(args) -> int:
     given = _given(args)
     settings = {k: v for k, v in given.items() if k not in ("file", "experiment", "baseline")}
     config = apply(RunConfig(dataset=None), settings)  # no dataset: the set's own, unless given
+    if config.size is not None or config.test_fraction is not None:
+        dataclasses.replace(config, dataset="x").validate()  # the data settings' own checks
     config.condense.validate()
     config.evaluation.validate(config.condense.model)
     check_device(config.device)
@@ -143,7 +145,9 @@ def cmd_evaluate(args) -> int:
     dataset = config.dataset or syn.dataset
     if not dataset:
         raise GradmatchError(f"{args.file} does not say its dataset; pass --dataset")
-    test = data.load(dataset, config.data_path, "test", download=config.download)
+    test = data.load(dataset, config.data_path, "test", **config.data_options())
+    if test.note:
+        warn(test.note)
     check_normalisation(syn, test, args.file)
     if test.images.shape[1:] != syn.images.shape[1:]:
         raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {dataset} test images "
@@ -157,7 +161,7 @@ def cmd_evaluate(args) -> int:
         if main_process:
             print(result.line())
     if args.baseline == "random":  # a random real subset of the same ipc, the same protocol
-        train = data.load(dataset, config.data_path, "train", download=config.download)
+        train = data.load(dataset, config.data_path, "train", **config.data_options())
         subset = random_real_subset(train, syn.ipc, seed=protocol.seed)
         counts = subset.labels.bincount(minlength=subset.num_classes).tolist()
         size = f"{syn.ipc} per class" if min(counts) == syn.ipc else \
@@ -194,7 +198,8 @@ def cmd_demo(args) -> int:
 
 
 REPRODUCE_CONDENSE = ("ipc", "model")
-REPRODUCE_RUN = ("dataset", "data_path", "save_path", "device", "download", "quiet", "overwrite", "experiments")
+REPRODUCE_RUN = ("dataset", "data_path", "save_path", "device", "download", "quiet", "overwrite", "experiments",
+                 "test_fraction", "image_column", "label_column", "size")
 
 
 def cmd_reproduce(args) -> int:

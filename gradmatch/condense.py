@@ -11,7 +11,6 @@ shared (engine, stacked training, graph capture) is the run's ``Plan``, decided 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
@@ -22,12 +21,12 @@ from torch import Tensor
 from . import distributed
 from .augment import dsa, make_augment
 from .config import CondenseConfig, RunConfig, check_field
-from .data import Dataset
+from .data import Dataset, check_dataset
 from .distributed import Group
 from .errors import GradmatchError, warn
 from .matching import matching_losses, scheme_at
 from .models.stack import Networks
-from .plan import Plan, groups, make_plan
+from .plan import BN_IMAGES_PER_CLASS, Plan, groups, make_plan
 from .precision import run_context
 from .runtime import cpu_context, resolve_device, to_device, tune_cuda
 from .schedule import SCHEDULES
@@ -35,7 +34,6 @@ from .seeds import derive_seed
 from .synset import SyntheticSet
 from .train import Trainer, fit, sgd_update
 
-BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
 IMAGE_MOMENTUM, NETWORK_MOMENTUM = 0.5, 0.5  # the seed's SGD on the images and on the inner network
 
 
@@ -228,9 +226,13 @@ def condense_experiments(real: Dataset, experiments=5, config: Optional[Condense
     """``condense`` for several experiments (an int n: 0..n-1, or their numbers): one SyntheticSet each.
     ``mode`` as ``--experiments``: with ``batched`` they advance together, each equal to its own run up to
     float rounding."""
+    real = check_dataset(real, "condense: real")
     check_field(RunConfig, "experiments", mode)
-    config = dataclasses.replace(config or CondenseConfig(), **overrides)
-    numbers = list(range(experiments)) if isinstance(experiments, int) else list(experiments)
+    if config is not None and not isinstance(config, CondenseConfig):
+        raise GradmatchError(f"condense: config must be a gradmatch.CondenseConfig (or left out, with the settings "
+                             f"as keywords); got {type(config).__name__}")
+    config = (config or CondenseConfig()).replace(**overrides)
+    numbers = experiment_numbers(experiments)
     resolved = config.resolved(real)
     where = resolve_device(device)
     plan = make_plan(resolved, real, where, distributed.current(), mode)
@@ -245,10 +247,29 @@ def condense_experiments(real: Dataset, experiments=5, config: Optional[Condense
     return final
 
 
+def experiment_numbers(experiments) -> List[int]:
+    """An int n (experiments 0..n-1, n >= 1) or distinct numbers >= 0; one line naming the argument otherwise."""
+    if isinstance(experiments, int) and not isinstance(experiments, bool):
+        if experiments < 1:
+            raise GradmatchError(f"condense_experiments: experiments must be at least 1, got {experiments}")
+        return list(range(experiments))
+    try:
+        numbers = list(experiments)
+    except TypeError:
+        numbers = None
+    if not numbers or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in numbers) or \
+            len(set(numbers)) != len(numbers):
+        raise GradmatchError(f"condense_experiments: experiments must be a whole number of at least 1 or distinct "
+                             f"experiment numbers of at least 0, got {experiments!r}")
+    return numbers
+
+
 def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment: int = 0, device=None,
              **overrides) -> SyntheticSet:
     """Learn a synthetic set from ``real`` (a ``gradmatch.data.Dataset``).
 
     ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")``.
     """
+    if not isinstance(experiment, int) or isinstance(experiment, bool) or experiment < 0:
+        raise GradmatchError(f"condense: experiment must be a whole number of at least 0, got {experiment!r}")
     return condense_experiments(real, [experiment], config, device, **overrides)[0]

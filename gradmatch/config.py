@@ -25,7 +25,7 @@ from .matching.distances import ALIASES as METRIC_ALIASES
 from .matching.distances import resolve_metric
 from .matching.engines import CHOICES as ENGINES
 from .matching.schemes import SCHEMES, resolve_scheme
-from .models import is_model, list_models
+from .models import check_model_name, is_model, is_user_model, list_models
 from .precision import PRECISIONS
 from .runtime import resolve_device
 from .schedule import SCHEDULES, loops_for_ipc
@@ -158,7 +158,7 @@ def eval_pool(eval_mode: str, model: str) -> List[str]:
     """Models to evaluate on: S = the training model without its batch-norm suffix (too few synthetic
     images to estimate batch statistics), M/W/D/A/P/N the pools above, or model names, comma-separated."""
     if eval_mode == "S":
-        return [model[:model.index("BN")] if "BN" in model else model]
+        return [model[:model.index("BN")] if "BN" in model and not is_user_model(model) else model]
     if eval_mode in EVAL_POOLS:
         return list(EVAL_POOLS[eval_mode])
     names = [m.strip() for m in eval_mode.split(",") if m.strip()]
@@ -174,6 +174,19 @@ def check_eval_models(eval_mode: str, model: str) -> List[str]:
             raise GradmatchError(f"--eval_mode names unknown model '{name}'; choose S, M, W, D, A, P, N or "
                                  f"names from: {', '.join(list_models())}")
     return models
+
+
+def parse_size(text: str) -> List[int]:
+    """``--size 32`` -> [32, 32]; ``--size 28,32`` -> [28, 32]."""
+    try:
+        parts = [int(x) for x in str(text).replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise GradmatchError(f"--size takes H,W or N (positive whole numbers), got '{text}'")
+    return parts
 
 
 def parse_iterations(text: str) -> List[int]:
@@ -198,7 +211,8 @@ def _replace(config, what: str, overrides: Dict[str, Any]):
 class CondenseConfig:
     """Settings of one condensation; field names follow the seed's flags where it has one."""
     ipc: int = setting(1, "images per class (the seed's scripts default to 1)", minimum=1)
-    model: str = setting("ConvNet", "see `gradmatch models`")
+    model: str = setting("ConvNet", "see `gradmatch models`, or package.module:function (your own network: called "
+                         "with channel, num_classes, im_size, it returns an nn.Module)")
     scheme: str = setting("intra-class", "intra-class (the baseline), inter-class, interleaved, multi-level")
     dis_metric: Any = setting("baseline", "baseline (DC; also 'ours'), improved, dc, mse, cos, or "
                               "package.module:function (a per-tensor distance of two row matrices)")
@@ -233,8 +247,7 @@ class CondenseConfig:
         _check_fields(self)
         resolve_scheme(self.scheme)
         check_metric(self.dis_metric)
-        if not is_model(self.model):
-            raise unknown_name("model", self.model, list_models())
+        check_model_name(self.model)
         check_learning_rate("--lr_img", self.lr_img)
         check_learning_rate("--lr_net", self.lr_net)
         if self.dsa:
@@ -368,6 +381,15 @@ class RunConfig:
     dataset: str = setting("CIFAR10", "MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, digits, folder, or a "
                            "path to an image folder")
     data_path: str = setting("data", "the folder holding the datasets")
+    test_fraction: Optional[float] = setting(None, "the share of each class held out for testing where the data has "
+                                             "no test split of its own (default 0.2; 0: test on the training "
+                                             "images, said)", type=float)
+    image_column: Optional[str] = setting(None, "the image column of an hf: dataset, where its features leave it "
+                                          "ambiguous", type=str)
+    label_column: Optional[str] = setting(None, "the label column of an hf: dataset, where its features leave it "
+                                          "ambiguous", type=str)
+    size: Optional[List[int]] = setting(None, "resize every image to H,W (or N for NxN), e.g. for a folder or hf: "
+                                        "dataset of mixed sizes", type=parse_size)
     save_path: str = setting("result", "where runs are written")
     file_name_prefix: Optional[str] = setting(None, "the prefix of the run's file names (default: the scheme, "
                                               "as the seed's scripts name theirs)", type=str)
@@ -392,6 +414,11 @@ class RunConfig:
         self.evaluation.validate(self.condense.model)
         _check_fields(self)
         check_device(self.device)
+        if self.size is not None and not (isinstance(self.size, (list, tuple)) and len(self.size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.size)):
+            raise GradmatchError(f"--size takes H,W (two positive whole numbers), got {self.size!r}")
+        if self.test_fraction is not None and not 0 <= self.test_fraction < 1:
+            raise GradmatchError(f"--test_fraction must be at least 0 and below 1, got {self.test_fraction}")
         if self.file_name_prefix is not None and (not self.file_name_prefix or "/" in self.file_name_prefix
                                                   or self.file_name_prefix.startswith(".")):
             raise GradmatchError(f"--file_name_prefix '{self.file_name_prefix}' is not a file name; give a name "
@@ -414,7 +441,9 @@ class RunConfig:
         file each."""
         c = self.condense
         prefix = self.file_name_prefix or c.scheme
-        name = f"{prefix}_{Path(str(self.dataset)).name}_{c.model}_{c.ipc}ipc"
+        dataset = Path(str(self.dataset).removeprefix("hf:").rstrip("/")).name  # a path or hub name: its last part
+        model = c.model.rpartition(":")[2]  # package.module:function -> function
+        name = f"{prefix}_{dataset}_{model}_{c.ipc}ipc"
         metric = c.dis_metric if isinstance(c.dis_metric, str) else getattr(c.dis_metric, "__name__", "custom")
         metric = METRIC_ALIASES.get(metric, metric).rpartition(":")[2]  # package.module:function -> function
         for value, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32")):
@@ -438,6 +467,13 @@ class RunConfig:
 
     def protocol(self, seed: Optional[int] = None) -> Protocol:
         return self.evaluation.protocol(self.condense, seed)
+
+    def data_options(self) -> Dict[str, Any]:
+        """The keywords of ``gradmatch.data.load`` these settings give (those given only)."""
+        options = {"download": self.download or None, "size": tuple(self.size) if self.size else None,
+                   "test_fraction": self.test_fraction, "image_column": self.image_column,
+                   "label_column": self.label_column}
+        return {k: v for k, v in options.items() if v is not None}
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -559,7 +595,7 @@ def to_argv(config: RunConfig, script: bool = True, always: Sequence[str] = ()) 
             argv += ["--method", "DSA"]
         elif value is True:
             argv.append(flag)
-        elif name == "eval_iterations":
+        elif name in ("eval_iterations", "size"):
             argv += [flag, ",".join(map(str, value))]
         else:
             argv += [flag, _show(value)]

@@ -20,10 +20,11 @@ import torch
 from . import distributed
 from .augment import make_augment, strategy_for
 from .config import Protocol
-from .data import Dataset
+from .data import Dataset, check_dataset
 from .distributed import Group
 from .errors import GradmatchError
-from .models import create_model, has_batchnorm
+from .models import check_model_name, check_network, create_model, has_batchnorm
+from .models.layers import ImageTooSmallError
 from .models.stack import Networks, fresh_network
 from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator, tune_cuda
 from .seeds import derive_seed
@@ -61,12 +62,14 @@ def check_models_fit(models: Sequence[str], channel: int, num_classes: int, im_s
     """Build each evaluation model once for this image shape (under a forked RNG, so no run's random
     stream moves) and refuse, before any work, models whose feature maps would shrink to nothing."""
     unfit = []
-    with torch.random.fork_rng(devices=[]):
-        for name in models:
-            try:
+    for name in models:
+        try:
+            with torch.random.fork_rng(devices=[]):
                 create_model(name, channel, num_classes, im_size)
-            except GradmatchError:
-                unfit.append(name)
+        except ImageTooSmallError:
+            unfit.append(name)
+            continue
+        check_network(name, channel, num_classes, im_size)  # scores of the right shape, trainable
     if unfit:
         fits = [m for m in models if m not in unfit]
         size = "x".join(str(s) for s in im_size)
@@ -81,16 +84,10 @@ def check_set(syn: SyntheticSet, test: Optional[Dataset] = None) -> None:
     if not isinstance(syn, SyntheticSet):
         raise GradmatchError(f"evaluate: the set must be a gradmatch SyntheticSet (from condense or load_synthetic); "
                              f"got {type(syn).__name__}")
-    images, labels = syn.images, syn.labels
-    if images.dim() != 4 or labels.dim() != 1 or len(labels) != len(images):
-        raise GradmatchError(f"a synthetic set needs N images (N, C, H, W) and N labels; got images "
-                             f"{tuple(images.shape)} and labels {tuple(labels.shape)}")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= max(syn.num_classes, 1)):
-        raise GradmatchError(f"the synthetic set's labels run from {int(labels.min())} to {int(labels.max())}, "
-                             f"beyond its {syn.num_classes} classes")
-    if not bool(torch.isfinite(images).all()):
-        raise GradmatchError("the synthetic set holds non-finite (nan or inf) pixels; it cannot be evaluated; "
-                             "use a set saved before the values diverged")
+    syn.validate("evaluate: the set")
+    images = syn.images
+    if test is not None:
+        check_dataset(test, "evaluate: test")
     if test is not None and tuple(test.images.shape[1:]) != tuple(images.shape[1:]):
         raise GradmatchError(f"the synthetic images are {tuple(images.shape[1:])} but the test images are "
                              f"{tuple(test.images.shape[1:])}; evaluate on the dataset the set was made from")
@@ -105,6 +102,9 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Pr
     (``group``, default: torch.distributed's if initialised) network k is trained by process
     ``k % world``; every process returns all the accuracies.
     """
+    if protocol is not None and not isinstance(protocol, Protocol):
+        raise GradmatchError(f"evaluate: protocol must be a gradmatch.Protocol; got {type(protocol).__name__}")
+    check_model_name(model)
     protocol = (protocol or Protocol(models=(model,))).replace(**settings)
     check_set(syn, test)
     device = resolve_device(device)

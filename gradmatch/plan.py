@@ -27,6 +27,7 @@ from .models.stack import fresh_network
 # at most this many synthetic images advance together: their double-backward graphs are what grows
 # (CIFAR-10: 10 experiments at ipc 50; CIFAR-100: 5 at ipc 10, one at a time at ipc 50)
 SYNTHETIC_IMAGES_TOGETHER = 5000
+BN_IMAGES_PER_CLASS = 16  # real images per class that set the frozen batch-norm statistics
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ def make_plan(cfg: CondenseConfig, real: Dataset, device: torch.device, group: G
         unequal = f"classes with fewer than --batch_real {cfg.batch_real} images (the smallest has {smallest})"
     engine, note = choose_engine(cfg.matching, probe, device, unequal)
     notes = [note] if note else []
+    if has_batchnorm(probe):  # DC's rule for batch norm, which a user's own network may not expect
+        notes.append(f"{cfg.model} has batch norm: every matching step sets its statistics from "
+                     f"{BN_IMAGES_PER_CLASS} real images per class and freezes them (as DC); its networks train one "
+                     "after another")
     together = 1
     if experiments == "batched" and group.active:
         notes.append("batched experiments cannot serve runs of several processes (torchrun); the experiments "

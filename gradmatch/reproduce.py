@@ -238,7 +238,8 @@ class Reproduction:
     def config(self, row: Row) -> RunConfig:
         """The row's whole run: the seed command at this scale, with the base's paths and devices."""
         base = {k: getattr(self.base, k) for k in ("data_path", "device", "download", "quiet", "overwrite",
-                                                    "experiments")}
+                                                    "experiments", "test_fraction", "image_column", "label_column",
+                                                    "size")}
         config = apply(self.seed_config(row), {**SCALES[self.scale], **base})
         config.save_path = str(self.save / row.slug)
         return config.validate()
@@ -354,8 +355,8 @@ class Reproduction:
         from .evaluate import evaluate, random_real_subset
         from .plots import save_image_grid
 
-        train = data.load(config.dataset, config.data_path, "train", download=config.download)
-        test = data.load(config.dataset, config.data_path, "test", download=config.download)
+        train = data.load(config.dataset, config.data_path, "train", **config.data_options())
+        test = data.load(config.dataset, config.data_path, "test", **config.data_options())
         accs: Dict[str, List[float]] = {}
         for exp in range(config.num_exp):
             protocol = config.protocol(seed=exp)

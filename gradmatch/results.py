@@ -89,6 +89,8 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
     a missing, unreadable, truncated, corrupt or foreign file, and ``NeedsCode`` for a well-formed
     pickle that names Python objects weights_only refuses (told apart by reading the pickle's opcodes
     with pickletools, which runs nothing)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise GradmatchError(f"{what}: give the path of a file (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         raise GradmatchError(f"{what} {path} is a folder; give the file")

@@ -50,6 +50,7 @@ class Run:
         self.files = RunFiles(config)
         self.state: Optional[RunState] = None
         self.saved_at: Optional[tuple] = None  # (experiment, iteration) of the checkpoint on disk
+        self.said: List[str] = []  # warnings said before the log could take them
         self.log_open = False
 
     def start(self, resume: bool = False) -> Dict[str, Any]:
@@ -73,7 +74,14 @@ class Run:
                                   "again to start") from None
 
     def _log_warning(self, message: str) -> None:
+        self.said.append(message)
         if self.log_open:
+            append_log(self.files.log, {"event": "warning", "message": message})
+
+    def _open_log(self) -> None:
+        """From now on warnings go into the log too; those said before (loading the data) first."""
+        self.log_open = self.writes
+        for message in self.said if self.writes else []:
             append_log(self.files.log, {"event": "warning", "message": message})
 
     def _log(self, record: Dict[str, Any]) -> None:
@@ -89,8 +97,10 @@ class Run:
             if ignored:
                 warn(f"resuming with the saved settings; ignoring {', '.join(ignored)}")
         cfg = self.cfg
-        train = gm_data.load(cfg.dataset, cfg.data_path, "train", download=cfg.download)
-        test = gm_data.load(cfg.dataset, cfg.data_path, "test", download=cfg.download)
+        train = gm_data.load(cfg.dataset, cfg.data_path, "train", **cfg.data_options())
+        test = gm_data.load(cfg.dataset, cfg.data_path, "test", **cfg.data_options())
+        for note in {train.note, test.note} - {None}:  # how the test images were chosen, where not obvious
+            warn(note)
         cfg.condense = cfg.condense.resolved(train)
         self.protocol = cfg.protocol()
         # every network this run will build, tried on the data's shape before any work
@@ -110,7 +120,8 @@ class Run:
                 self.saved_at = (e, state.pending[e].iteration)
             if state.next_experiment >= cfg.num_exp and self.writes:
                 warn(f"{self.files.dir} had finished all {cfg.num_exp} experiments; writing its results again")
-        self.state, self.log_open = state, self.writes
+        self.state = state
+        self._open_log()
         if self.writes:
             warn_if_too_deep(cfg.condense.model, train.im_size)
         device = resolve_device(cfg.device)

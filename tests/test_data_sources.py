@@ -13,16 +13,8 @@ import pytest
 import torch
 
 from gradmatch.data import load
-from gradmatch.errors import GradmatchError
+from gradmatch.errors import GradmatchError, scope
 from tests.test_data import assert_pixels, cifar_images, pixels_back, save_png, write_cifar10
-
-@pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch):
-    """Each test sees its own warnings: ``warn_once`` remembers what this process has said."""
-    from gradmatch.data import registry
-
-    monkeypatch.setattr(registry, "_WARNED", set())
-
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -154,14 +146,13 @@ def test_symlinked_folders_are_skipped_and_said_once(tmp_path, capsys):
     save_png(tmp_path / "outside" / "far.png", np.full((4, 4), 50))
     os.symlink(root / "a", root / "c")  # a class folder that is a link
     os.symlink(tmp_path / "outside", root / "b" / "out")  # a folder inside a class that is a link
-    train = load(str(root), split="train")
-    test = load(str(root), split="test")
+    with scope():  # a command or a run: each warning said once
+        train = load(str(root), split="train")
+        test = load(str(root), split="test")
     assert train.classes == test.classes == ["a", "b"] and train.labels.tolist() == [0, 1]
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: folder: skipped 2 symlinked folder(s)")
     assert str(root / "c") in lines[0] and str(root / "b" / "out") in lines[0]
-    load(str(root))
-    assert capsys.readouterr().err == ""  # once per process, not once per load
 
 
 # ------------------------------------------------------------------------------- held-out test split

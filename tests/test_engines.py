@@ -130,7 +130,8 @@ def test_the_plan_names_the_engine_that_runs():
     assert small.engine == "fast" and "fewer than --batch_real 16 images (the smallest has 10)" in small.notes[0]
     assert plan(batch_real=16, matching="batched", scheme="inter-class").engine == "batched"  # mixed batches
     bn = plan(model="ConvNetBN", batch_real=8, matching="batched")
-    assert bn.engine == "batched" and bn.notes == ()  # frozen batch norm: served
+    assert bn.engine == "batched" and len(bn.notes) == 1  # frozen batch norm: served, and how is said
+    assert "ConvNetBN has batch norm: every matching step sets its statistics from 16 real images" in bn.notes[0]
 
 
 def test_fast_path_in_float32_is_close_to_the_loop():

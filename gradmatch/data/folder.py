@@ -33,10 +33,9 @@ from gradmatch.data.registry import (
     channel_stats,
     make_dataset,
     register_dataset,
-    warn_once,
 )
 from gradmatch.data.splits import DEFAULT_TEST_FRACTION, held_out, note
-from gradmatch.errors import GradmatchError
+from gradmatch.errors import GradmatchError, warn
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 Files = list[tuple[Path, int]]
@@ -97,7 +96,7 @@ def _decode_all(files: Files, grey: bool = False) -> list[np.ndarray]:
 def _say_skipped(linked: list[Path]) -> None:
     if linked:
         names = ", ".join(str(p) for p in linked[:5]) + (f" and {len(linked) - 5} more" if len(linked) > 5 else "")
-        warn_once(f"folder: skipped {len(linked)} symlinked folder(s), which may loop or lead out of the tree: "
+        warn(f"folder: skipped {len(linked)} symlinked folder(s), which may loop or lead out of the tree: "
                   f"{names}; copy or move their images into the tree to use them")
 
 
@@ -112,7 +111,7 @@ def read_folder(root: Path, split: str, download: bool, size: Size,
     if split_layout and not train_dir.is_dir():
         raise GradmatchError(f"folder: {root} has test/ but no train/ folder; expected {train_dir}/<class>/")
     if split_layout and test_fraction is not None:
-        warn_once(f"folder {root} has its own test split ({root / 'test'}): test_fraction ignored")
+        warn(f"folder {root} has its own test split ({root / 'test'}): test_fraction ignored")
     linked: list[Path] = []
     classes = _subfolders(train_dir, linked)
     if not classes:

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from gradmatch.data.images import channels_of, check_one_size, image_sizes, read_image, stack
-from gradmatch.data.registry import Dataset, Size, channel_stats, make_dataset, warn_once
+from gradmatch.data.registry import Dataset, Size, channel_stats, make_dataset
 from gradmatch.data.splits import DEFAULT_TEST_FRACTION, held_out, note
-from gradmatch.errors import GradmatchError
+from gradmatch.errors import GradmatchError, warn
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 
@@ -238,7 +238,7 @@ def read_hf(spec: str, split: str, download: bool, size: Size, test_fraction: fl
                              f"condense 'train'")
     test_name = next((s for s in ("test", "validation") if s in splits and s != train_name), None)
     if test_name and test_fraction is not None:
-        warn_once(f"{what} has its own {test_name} split: test_fraction ignored")
+        warn(f"{what} has its own {test_name} split: test_fraction ignored")
     train = splits[train_name]
     image_col, label_col = columns(train.features, image_column, label_column, what)
     if len(train) == 0:

@@ -143,23 +143,13 @@ def load(name: str, root: str | os.PathLike = ".", split: str = "train", downloa
         raise unknown_name(f"{canonical} split", str(split), splits)
     unused = [k for k in given if k not in _OPTIONS.get(canonical, ())]
     if "test_fraction" in unused:
-        warn_once(f"{canonical} has its own test split: test_fraction ignored")
+        warn(f"{canonical} has its own test split: test_fraction ignored")
     columns = [k for k in unused if k != "test_fraction"]
     if columns:
-        warn_once(f"{canonical} is not an hf: dataset: {' and '.join(columns)} ignored")
+        warn(f"{canonical} is not an hf: dataset: {' and '.join(columns)} ignored")
     options = {k: v for k, v in given.items() if k not in unused}
     dataset = reader(root, split, bool(download), parse_size(size), **options)
     return check_dataset(dataset, f"{canonical} {split}")  # e.g. nan pixels: said now, not as a diverging loss
-
-
-_WARNED: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    """``warn(message)`` the first time this process sees ``message`` (train and test are loaded apart)."""
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warn(message)
 
 
 # ----------------------------------------------------------------------------------------- checking
@@ -197,11 +187,13 @@ def check_dataset(obj, argument: str = "real") -> Dataset:
         raise GradmatchError(f"{argument} must be a gradmatch.data.Dataset (from gradmatch.data.load, "
                              f"from_tensors or from_torch); got {_what(obj)}")
     images, labels, classes = obj.images, obj.labels, obj.classes
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.float32 or images.dim() != 4 \
+    dtype = torch.get_default_dtype()  # what the networks are built in: float32 unless set otherwise
+    if not isinstance(images, torch.Tensor) or images.dtype != dtype or images.dim() != 4 \
             or min(images.shape) < 1:
         got = (f"{images.dtype} of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor)
                else type(images).__name__)
-        raise GradmatchError(f"{argument}: images must be a float32 tensor N x C x H x W with N >= 1; got {got}")
+        raise GradmatchError(f"{argument}: images must be a {str(dtype).replace('torch.', '')} tensor N x C x H x W "
+                             f"with N >= 1 (torch's default dtype, the networks'); got {got}")
     bad = _non_finite(images)
     if bad:
         raise GradmatchError(f"{argument}: {bad} image(s) hold non-finite (nan or inf) values; fix or remove them")

@@ -4,9 +4,19 @@ Every model has a final ``nn.Linear`` named ``classifier`` and an ``embed(x)`` m
 (flattened) features that enter it.
 """
 
-from gradmatch.models.registry import create_model, has_batchnorm, is_model, list_models, register_model
+from gradmatch.models.registry import (
+    check_model_name,
+    check_network,
+    create_model,
+    has_batchnorm,
+    is_model,
+    is_user_model,
+    list_models,
+    register_model,
+)
 
 # Importing the families registers their models.
 from gradmatch.models import alexnet, convnet, lenet, mlp, resnet, vgg  # noqa: F401  isort: skip
 
-__all__ = ["create_model", "has_batchnorm", "is_model", "list_models", "register_model"]
+__all__ = ["check_model_name", "check_network", "create_model", "has_batchnorm", "is_model", "is_user_model",
+           "list_models", "register_model"]

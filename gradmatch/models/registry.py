@@ -1,7 +1,10 @@
 """Model registry (timm-style): builders are registered by name and built with :func:`create_model`.
 
 A builder is a function ``builder(channel, num_classes, im_size, **kwargs) -> nn.Module`` where
-``im_size`` is an ``(H, W)`` tuple.
+``im_size`` is an ``(H, W)`` tuple.  Register your own with ``@register_model``, or name it as
+``package.module:function`` (``--model mypackage.nets:small``): the function is imported and called
+with ``channel``, ``num_classes`` and ``im_size`` as keywords.  ``check_network`` tries a network once
+on a small batch before any work.
 """
 
 from __future__ import annotations
@@ -48,8 +51,43 @@ def list_models(filter: str = "") -> list[str]:
     return names
 
 
+def _user_builder(name: str) -> Builder:
+    """The function ``package.module:function`` names, imported (GradmatchError if it cannot be)."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise GradmatchError(f"--model {name}: cannot import module '{module_name}' ({err}); make it importable "
+                             "(PYTHONPATH) or fix the name") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise GradmatchError(f"--model {name}: module '{module_name}' has no function '{attr}'")
+
+    def build(channel, num_classes, im_size, **kwargs):
+        try:
+            net = fn(channel=channel, num_classes=num_classes, im_size=im_size, **kwargs)
+        except GradmatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a user's function can fail in any way
+            raise GradmatchError(f"--model {name}: calling it with channel={channel}, num_classes={num_classes}, "
+                                 f"im_size={im_size} failed ({type(err).__name__}: {err})") from None
+        if not isinstance(net, nn.Module):
+            raise GradmatchError(f"--model {name} returned {type(net).__name__}; it must return a torch.nn.Module")
+        return net
+
+    return build
+
+
+def is_user_model(name) -> bool:
+    return isinstance(name, str) and ":" in name
+
+
 def _resolve(name: str) -> str:
-    if name in _MODELS:
+    if not isinstance(name, str):
+        raise GradmatchError(f"--model takes a model name, got {name!r}")
+    if name in _MODELS or is_user_model(name):
         return name
     matches = [n for n in _MODELS if n.lower() == str(name).lower()]
     if len(matches) == 1:
@@ -58,12 +96,46 @@ def _resolve(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` (case-insensitively) names a registered model."""
+    """Whether ``name`` (case-insensitively) names a registered model, or is ``package.module:function``
+    naming a function that can be imported."""
     try:
-        _resolve(name)
+        key = _resolve(name)
+        if is_user_model(key):
+            _user_builder(key)
     except GradmatchError:
         return False
     return True
+
+
+def check_model_name(name) -> None:
+    """GradmatchError (one line) for a name that names no model: unknown, or a function that cannot be
+    imported (the import's own reason)."""
+    key = _resolve(name)
+    if is_user_model(key):
+        _user_builder(key)
+
+
+def check_network(name: str, channel: int, num_classes: int, im_size) -> None:
+    """Build ``name`` once (leaving the global random stream alone) and try it on a batch of two images:
+    it must return (2, num_classes) scores and have parameters that take gradients.  One line otherwise."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        net = create_model(name, channel, num_classes, im_size)
+        if not any(p.requires_grad for p in net.parameters()):
+            raise GradmatchError(f"--model {name} has no parameters that take gradients; gradient matching needs them")
+        x = torch.randn(2, channel, *_im_size(im_size), dtype=next(net.parameters()).dtype)
+        try:
+            with torch.no_grad():
+                out = net.train()(x)
+        except Exception as err:  # noqa: BLE001 - any failure means the network does not take such images
+            raise GradmatchError(f"--model {name} fails on a batch of 2 images of {channel}x"
+                                 f"{'x'.join(map(str, _im_size(im_size)))} ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise GradmatchError(f"--model {name} returns {got} for a batch of 2 images; it must return (2, "
+                             f"{num_classes}): one score per class")
 
 
 def _positive_int(value, what: str) -> int:
@@ -120,13 +192,13 @@ def create_model(name: str, channel: int, num_classes: int,
     channel = _positive_int(channel, "channel")
     num_classes = _positive_int(num_classes, "num_classes")
     size = _im_size(im_size)
-    builder = _MODELS[key]
+    builder = _user_builder(key) if is_user_model(key) else _MODELS[key]
     try:
         return builder(channel, num_classes, size, **kwargs)
     except ImageTooSmallError as e:
         fit = _smallest_square_that_fits(builder, channel, num_classes, max(size), kwargs)
         hint = f"; use larger images, e.g. {fit}x{fit}" if fit else "; use larger images"
-        raise GradmatchError(f"{e}{hint}") from None
+        raise ImageTooSmallError(f"{e}{hint}") from None
 
 
 def has_batchnorm(net: nn.Module) -> bool:
