@@ -11,11 +11,14 @@ warm-up iteration, for:
 * ``textbook``: the seed's multi-level.py loop written out plainly below (per-class passes, the
   seed's distance, a DataLoader over the synthetic set for each inner epoch, a ``.item()`` per batch
   as its ``epoch`` does);
-* gradmatch's ``Condenser.update`` with each engine (``--engines``) and precision (``--precisions``).
+* gradmatch's ``Condensation.update`` (one experiment) with each engine (``--engines``) and
+  precision (``--precisions``).
 
-Then, at ``--experiments_ipcs``, ``--experiments`` experiments advanced together
-(``gradmatch.experiments.ExperimentBatch``, the default on a GPU) against one experiment alone: the
-time of one iteration of all of them over the time of one (the issue's goal: 5 in at most 2x).
+Then, at ``--experiments_ipcs``, ``--experiments`` experiments advanced together (one
+``gradmatch.condense.Condensation`` of several experiments under the plan ``--experiments batched``
+gives on a GPU: the batched engine, stacked training, the epoch captured as a CUDA graph on CUDA)
+against one experiment alone (its default plan): the time of one iteration of all of them over the
+time of one (the issue's goal: 5 in at most 2x).
 Then the evaluation of 20 ConvNets on an ipc-10 set (``--eval_epochs`` each): the seed's
 evaluate_synset loop written out plainly, one network after the other, against ``gradmatch.evaluate``
 (its default method for the device).  Achieved TFLOP/s count the useful FLOPs of one iteration
@@ -38,14 +41,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradmatch.condense import Condenser  # noqa: E402
+from gradmatch.condense import Condensation  # noqa: E402
 from gradmatch.config import CondenseConfig  # noqa: E402
-from gradmatch.synset import SyntheticSet  # noqa: E402
 from gradmatch.data import Dataset  # noqa: E402
 from gradmatch.evaluate import evaluate  # noqa: E402
-from gradmatch.experiments import ExperimentBatch, for_experiments  # noqa: E402
 from gradmatch.models import create_model  # noqa: E402
+from gradmatch.plan import Plan  # noqa: E402
 from gradmatch.schedule import loops_for_ipc  # noqa: E402
+from gradmatch.synset import SyntheticSet  # noqa: E402
 
 BATCH_REAL, BATCH_TRAIN, LR_IMG, LR_NET = 256, 256, 0.1, 0.01
 
@@ -170,22 +173,28 @@ def median_seconds(step, warmup: int, iterations: int, device) -> float:
     return statistics.median(timed(step, device) for _ in range(iterations))
 
 
-def time_training(condenser, device) -> dict:
-    """Count the seconds an iteration spends training the network (the rest is matching)."""
+def time_training(condensation, device) -> dict:
+    """Count the seconds an iteration spends training the networks (the rest is matching)."""
     spent = {"seconds": 0.0, "iterations": 0}
-    train, update = condenser.train_network, condenser.update
+    train, update = condensation.train_networks, condensation.update
 
     def timed_train(*args, **kwargs):
         spent["seconds"] += timed(lambda: train(*args, **kwargs), device)
 
-    def counted_update(state):
+    def counted_update(states):
         if spent["iterations"] == 1:  # the warm-up iteration is not counted
             spent["seconds"], spent["iterations"] = 0.0, 0
         spent["iterations"] += 1
-        return update(state)
+        return update(states)
 
-    condenser.train_network, condenser.update = timed_train, counted_update
+    condensation.train_networks, condensation.update = timed_train, counted_update
     return spent
+
+
+def captured(condensation) -> bool:
+    """Whether the inner training's epoch ran as a CUDA graph."""
+    trainer = condensation.trainer
+    return bool(trainer and trainer.storage and trainer.storage.graph is not None)
 
 
 def matmul_peak(device, dtype=torch.float32, tf32=False) -> float:
@@ -224,15 +233,19 @@ def iteration_flops(real: Dataset, ipc: int, device) -> float:
 def time_experiments(train: Dataset, ipc: int, count: int, timed_iterations: int, device) -> dict:
     """Seconds of one iteration: one experiment alone (the default engine) and ``count`` together."""
     cfg = CondenseConfig(ipc=ipc, model="ConvNet", scheme="multi-level", dis_metric="improved", seed=0)
-    alone = Condenser(train, cfg, device=device)
-    state = alone.initial_state()
+    alone = Condensation(train, cfg, [0], device)
+    state = alone.initial_state(0)
 
     def one():
-        alone.update(state)
+        alone.update([state])
         state.iteration += 1
 
-    batch = ExperimentBatch(for_experiments(alone, range(count)))
-    states = [m.initial_state() for m in batch.members]
+    # as --experiments batched runs them on a GPU (the batched engine, stacked training, the epoch captured
+    # on CUDA), here on any device
+    plan = Plan(engine="batched", together=count, stacked_training=True,
+                capture=torch.device(device).type == "cuda")
+    batch = Condensation(train, cfg, list(range(count)), device, plan=plan)
+    states = [batch.initial_state(e) for e in batch.experiments]
 
     def together():
         batch.update(states)
@@ -241,10 +254,9 @@ def time_experiments(train: Dataset, ipc: int, count: int, timed_iterations: int
 
     one_s = median_seconds(one, 1, timed_iterations, device)
     all_s = median_seconds(together, 1, timed_iterations, device)
-    static = batch.trainer.static if batch.trainer else None
     return {"ipc": ipc, "experiments": count, "one_seconds": one_s, "together_seconds": all_s,
             "together_over_one": all_s / one_s, "speedup_vs_one_by_one": count * one_s / all_s,
-            "graph": bool(static and static["graph"] is not None)}
+            "graph": captured(batch)}
 
 
 def load_data(data_path, device):
@@ -301,12 +313,12 @@ def main(argv=None) -> int:
             else:
                 cfg = CondenseConfig(ipc=ipc, model="ConvNet", scheme="multi-level", dis_metric="improved",
                                      matching=engine, precision=precision, seed=0)
-                condenser = Condenser(train, cfg, device=device)
-                state = condenser.initial_state()
-                training = time_training(condenser, device)
+                condensation = Condensation(train, cfg, [0], device)
+                state = condensation.initial_state(0)
+                training = time_training(condensation, device)
 
-                def step(condenser=condenser, state=state):
-                    condenser.update(state)
+                def step(condensation=condensation, state=state):
+                    condensation.update([state])
                     state.iteration += 1
             try:
                 seconds = median_seconds(step, 1, timed_iterations, device)
@@ -314,14 +326,13 @@ def main(argv=None) -> int:
                 print(f"ipc {ipc} {engine} {precision}: failed: {type(err).__name__}: {err}", flush=True)
                 continue
             base = seconds if engine == "textbook" else base
-            ran = engine if engine == "textbook" else f"{engine} -> {condenser.engine}"
+            ran = engine if engine == "textbook" else f"{engine} -> {condensation.plan.engine}"
             row = {"ipc": ipc, "engine": ran, "precision": precision, "seconds": seconds,
                    "ratio": base / seconds if base else None, "tflops": flops / seconds / 1e12}
             detail = ""
             if engine != "textbook":  # where an iteration's time went, and whether training was a graph
-                trainer = condenser._trainer
                 row["training_seconds"] = training["seconds"] / training["iterations"]
-                row["graph"] = bool(trainer and trainer.static and trainer.static.graph is not None)
+                row["graph"] = captured(condensation)
                 detail = f"  (training {row['training_seconds']:.3f} s/it, graph {row['graph']})"
             rows.append(row)
             print(f"ipc {ipc:>2} {ran:<18} {precision:<5} {seconds:8.3f} s/it  "

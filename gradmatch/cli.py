@@ -152,7 +152,9 @@ def cmd_evaluate(args) -> int:
     if test.images.shape[1:] != syn.images.shape[1:]:
         raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {dataset} test images "
                              f"are {tuple(test.images.shape[1:])}; pass the dataset the set was made from")
-    if not syn.dataset:
+    if not syn.dataset:  # DC's own layout: the set does not say how it was normalised, nor its classes
+        warn(f"{args.file} names no dataset, classes or normalisation (DC's layout): its labels are read as "
+             f"classes of --dataset {dataset} and its pixels as normalised like {dataset}'s")
         syn.dataset, syn.mean, syn.std = test.name, test.mean, test.std
     check_models_fit(protocol.models, syn.channel, syn.num_classes, syn.im_size, flag="--eval_mode/--model")
     main_process = distributed.current().is_main
@@ -177,7 +179,12 @@ def cmd_evaluate(args) -> int:
 def cmd_plot(args) -> int:
     from .plots import plot_run
 
-    for path in plot_run(args.run_dir):
+    try:
+        written = plot_run(args.run_dir)
+    except OSError as err:  # a read-only or full disk: the pictures cannot be written beside the run
+        raise GradmatchError(f"cannot write the pictures into {args.run_dir} ({err.strerror or err}); copy the run "
+                             "folder somewhere writable and plot it there") from None
+    for path in written:
         print(path)
     return 0
 

@@ -86,6 +86,10 @@ def check_set(syn: SyntheticSet, test: Optional[Dataset] = None) -> None:
                              f"got {type(syn).__name__}")
     syn.validate("evaluate: the set")
     images = syn.images
+    if images.dtype != torch.get_default_dtype():  # what the networks are built in
+        raise GradmatchError(f"evaluate: the set's images are {str(images.dtype).replace('torch.', '')}, the networks "
+                             f"{str(torch.get_default_dtype()).replace('torch.', '')}; convert them first "
+                             "(syn.images = syn.images.float())")
     if test is not None:
         check_dataset(test, "evaluate: test")
     if test is not None and tuple(test.images.shape[1:]) != tuple(images.shape[1:]):

@@ -187,9 +187,10 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
 
 def _run_config(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
         return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _is_run(folder: Path) -> bool:
@@ -221,8 +222,8 @@ def plot_run(run_dir) -> list[Path]:
         raise GradmatchError(f"run folder not found: {run_dir}")
     run_dir = _one_run(run_dir)
     config = _run_config(run_dir)
-    condense = config.get("condense", {})
-    iterations = condense.get("iterations")
+    condense = config.get("condense") if isinstance(config.get("condense"), dict) else {}
+    iterations = condense.get("iterations") if isinstance(condense.get("iterations"), int) else None
     written = []
     final = run_dir.parent / f"{run_dir.name}.pt"
     ckpt_path = run_dir / "checkpoint.pt"

@@ -86,7 +86,14 @@ class Run:
 
     def _log(self, record: Dict[str, Any]) -> None:
         if self.writes:
+            self._folder_still_there()
             append_log(self.files.log, record)
+
+    def _folder_still_there(self) -> None:
+        """A run folder removed while the run goes on would be made again by the next write, unlocked and
+        without its history: stop instead."""
+        if not self.files.dir.is_dir():
+            raise GradmatchError(f"{self.files.kept()}; the run stopped: start it again")
 
     def _run(self, resume: bool) -> Dict[str, Any]:
         if self.writes:
@@ -217,6 +224,7 @@ class Run:
                                              s.iteration, float(s.last_loss))
         if not self.writes:
             return
+        self._folder_still_there()
         self.state.rng = rng_states()
         save_checkpoint(self.state, self.files.checkpoint)
         if exps:

@@ -102,6 +102,8 @@ class RunFiles:
 
     def kept(self, at=None) -> str:
         """What is on disk to go back to, said after a failure."""
+        if not self.dir.is_dir():
+            return f"the run folder {self.dir} is gone (removed while the run went on), and nothing of this run with it"
         if self.checkpoint.is_file():
             where = f" (experiment {at[0]}, iteration {at[1]})" if at else ""
             return f"the last good checkpoint{where} is kept intact at {self.checkpoint}"
