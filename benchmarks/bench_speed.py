@@ -8,7 +8,8 @@
 CIFAR10-shaped random data (3x32x32, 10 classes, batch_real 256), ConvNet, baseline distance.
 "textbook" is the per-class loop of SPEC section 5 written out plainly below, run the way anyone
 would run it (torch's default threads, glibc's default allocator); "gradmatch" is what the
-condensation loop runs on CPU (``matching_loss(engine="fast")``, ``Trainer``).  Whole iterations of
+condensation loop runs on CPU (``matching_loss(engine="fast")``, ``gradmatch.train.Trainer`` on the
+network wrapped as a stack of one).  Whole iterations of
 the real loop, on CPU and GPU: benchmarks/bench_e2e.py.  Every measurement runs
 in a fresh subprocess (so peak memory is its own and allocator settings do not leak), one after the
 other, textbook first; ratios are textbook / gradmatch seconds within this run.  On a shared
@@ -90,7 +91,7 @@ def gradmatch_matching_step(net, real_x, real_y, syn_x, syn_y, opt_img, scheme, 
 
 
 def gradmatch_train_epoch(trainer, images, labels, gen):
-    trainer.epoch(images, labels, BATCH_TRAIN, gen)
+    trainer.epoch(images, labels, BATCH_TRAIN, [gen])
 
 
 # ---- one measurement (in its own process) ---------------------------------------------------------
@@ -149,10 +150,11 @@ def worker(job: dict) -> dict:
         sync(device)
         out["step_s"].append(time.perf_counter() - start)
     if job.get("epochs"):
+        from gradmatch.models.stack import Networks
         from gradmatch.train import Trainer
 
         opt_net = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.5)
-        trainer = Trainer(net, 0.01, momentum=0.5)
+        trainer = Trainer(Networks.wrap(net), 0.01, momentum=0.5)
         images, gen = syn_x.detach().clone(), torch.Generator().manual_seed(0)
         for _ in range(job["epochs"]):
             sync(device)

@@ -23,6 +23,7 @@ from .config import (
 from .errors import GradmatchError, Interrupted, scope, unknown_name, warn
 
 METHOD_CHOICES = ("DC", "DSA")
+DEMO_ITERATIONS = 10
 BASELINES = ("random",)
 
 
@@ -37,7 +38,7 @@ def _flag(parser, name: str, dest: Optional[str] = None, **kwargs):
     parser.add_argument(*names, dest=dest or name, **kwargs)
 
 
-def _field_flags(parser, cls, only=None, skip=()) -> None:
+def _field_flags(parser, cls, only=None, skip=(), defaults: Optional[Dict[str, Any]] = None) -> None:
     """One flag per field of ``cls`` (``config.py`` declares them), spelt as the seed spells it.  A flag
     left out is absent from the parsed namespace (argparse.SUPPRESS): the dataclass is the one place
     defaults live, and the caller knows which flags were given."""
@@ -46,8 +47,9 @@ def _field_flags(parser, cls, only=None, skip=()) -> None:
             continue
         meta = f.metadata
         help = meta.get("help") or ""
-        if f.default not in (None, False, dataclasses.MISSING) and "default" not in help:
-            help = f"{help} (default {f.default})".strip()
+        default = (defaults or {}).get(f.name, f.default)  # a command of its own default (demo's iterations)
+        if default not in (None, False, dataclasses.MISSING) and "default" not in help:
+            help = f"{help} (default {default})".strip()
         kwargs = {"help": help or None, "default": argparse.SUPPRESS}
         if f.default is False:
             kwargs["action"] = "store_true"
@@ -200,7 +202,7 @@ def cmd_demo(args) -> int:
     from .demo import demo
 
     given = _given(args)
-    demo(iterations=given.get("iterations"), quiet=given.get("quiet", False))
+    demo(iterations=given.get("iterations", DEMO_ITERATIONS), quiet=given.get("quiet", False))
     return 0
 
 
@@ -292,7 +294,7 @@ def build_parser(scheme_default: Optional[str] = None) -> argparse.ArgumentParse
     m = sub.add_parser("models", help="list the model names")
     m.set_defaults(func=cmd_models)
     d = sub.add_parser("demo", help="condense the bundled digits and compare with random real images")
-    _field_flags(d, CondenseConfig, only=("iterations",))
+    _field_flags(d, CondenseConfig, only=("iterations",), defaults={"iterations": DEMO_ITERATIONS})
     _field_flags(d, RunConfig, only=("quiet",))
     d.set_defaults(func=cmd_demo)
     return p
