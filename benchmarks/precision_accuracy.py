@@ -24,7 +24,7 @@ import time
 import torch
 
 import gradmatch
-from gradmatch.matching.engines import needed_parameters
+from gradmatch.matching import needed_parameters
 from gradmatch.matching.engines.loop import batch_gradient
 from gradmatch.models import create_model
 
