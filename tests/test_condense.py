@@ -171,3 +171,16 @@ def test_overfit_schedule_stops_when_the_held_real_loss_rises(digits, monkeypatc
     monkeypatch.setattr(trainer, "epoch", lambda *a, **k: epochs.append(1))
     c.train_networks(trainer, [c.initial_state(0)], 0, [torch.Generator().manual_seed(0)])
     assert len(epochs) == 4  # the fourth epoch raised the held loss (3.0 -> 3.5): stop there
+
+
+def test_gradmatch_models_and_demo_run_from_the_cli(capsys):
+    from gradmatch.models import list_models
+
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.split() == list_models()
+    torch.set_num_threads(2)  # the conftest fixture restores its own afterwards
+    assert main(["demo", "--Iteration", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "condensed 10 images per class from noise" in out and "(1 iterations of multi-level" in out
+    assert "synthetic set" in out and "random real subset" in out
+    assert torch.get_num_threads() == 2  # the demo's single thread was its own, not the process's
