@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradmatch.matching import matching_loss  # noqa: E402
 from gradmatch.models import create_model  # noqa: E402
+from gradmatch.models.stack import Networks  # noqa: E402
 from gradmatch.train import Trainer  # noqa: E402
 
 
@@ -38,11 +39,11 @@ def main(argv=None) -> int:
     syn_labels = torch.arange(10).repeat_interleave(10).to(device)
     real = torch.randn(10 * args.batch_real, 3, 32, 32, generator=g).to(device)
     real_labels = torch.arange(10).repeat_interleave(args.batch_real).to(device)
-    trainer = Trainer(net, 0.01, momentum=0.5, graph=False)  # eager: the profile names each operator
+    trainer = Trainer(Networks.wrap(net), 0.01, momentum=0.5)  # eager (no capture): the profile names each operator
     shuffle = torch.Generator().manual_seed(1)
 
     def training():
-        trainer.epoch(syn, syn_labels, 256, shuffle)
+        trainer.epoch(syn, syn_labels, 256, [shuffle])
 
     def matching():
         images = syn.clone().requires_grad_(True)
