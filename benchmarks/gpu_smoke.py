@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gradmatch.augment import dsa  # noqa: E402
 from gradmatch.matching import matching_loss  # noqa: E402
 from gradmatch.models import create_model  # noqa: E402
+from gradmatch.models.stack import Networks  # noqa: E402
 from gradmatch.precision import run_context  # noqa: E402
 from gradmatch.train import Trainer  # noqa: E402
 
@@ -26,6 +27,11 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def rel(a, b) -> float:
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def captured(trainer: Trainer) -> bool:
+    """Whether the trainer's epoch ran as a CUDA graph (on a CPU its capture runs eagerly: False)."""
+    return trainer.storage is not None and trainer.storage.graph is not None
 
 
 def graph_step():
@@ -38,46 +44,35 @@ def graph_step():
         for _ in range(2):
             torch.manual_seed(1)
             nets.append(create_model(model, 3, 10, (32, 32)).to(DEVICE))
-        eager, graphed = Trainer(nets[0], 0.01, 0.9, 5e-4, graph=False), Trainer(nets[1], 0.01, 0.9, 5e-4)
+        eager = Trainer(Networks.wrap(nets[0]), 0.01, 0.9, 5e-4)
+        graphed = Trainer(Networks.wrap(nets[1]), 0.01, 0.9, 5e-4, capture=True)
         gens = [torch.Generator().manual_seed(2) for _ in range(2)]
         for ep in range(30):
-            if ep == 15:
-                eager.set_lr(0.001, fresh=False)
-                graphed.set_lr(0.001, fresh=False)
-            eager.epoch(images, labels, 256, gens[0])
-            graphed.epoch(images, labels, 256, gens[1])
-        captured = graphed.static is not None and graphed.static.graph is not None
+            if ep == 15:  # the evaluation's drop: the momentum kept
+                eager.set_lr(0.001)
+                graphed.set_lr(0.001)
+            eager.epoch(images, labels, 256, [gens[0]])
+            graphed.epoch(images, labels, 256, [gens[1]])
         diff = max(rel(q, p) for p, q in zip(nets[0].parameters(), nets[1].parameters()))
-        out[model] = f"captured={captured} max rel diff after 30 epochs {diff:.1e}"
+        out[model] = f"captured={captured(graphed)} max rel diff after 30 epochs {diff:.1e}"
     out["stacked x4 ConvNet"] = stacked_graph_step(images, labels)
     return out
 
 
 def stacked_graph_step(images, labels) -> str:
     """The stacked trainer (batched evaluation, batched experiments): captured against eager."""
-    from torch.func import stack_module_state
-
-    from gradmatch.train import StackedTrainer
-
     trainers = []
-    for graph in (False, None):
-        nets = []
-        for k in range(4):
-            torch.manual_seed(10 + k)
-            nets.append(create_model("ConvNet", 3, 10, (32, 32)).to(DEVICE))
-        params, _ = stack_module_state(nets)
-        base = copy.deepcopy(nets[0]).to("meta")
-        trainers.append(StackedTrainer(base, {n: p.detach() for n, p in params.items()}, 0.01, 0.9, 5e-4,
-                                       graph=graph))
+    for capture in (False, True):
+        nets = Networks.build("ConvNet", 3, 10, (32, 32), [10 + k for k in range(4)], DEVICE)
+        trainers.append(Trainer(nets, 0.01, 0.9, 5e-4, stacked=True, capture=capture))
     for trainer in trainers:
         gens = [torch.Generator().manual_seed(k) for k in range(4)]
         for ep in range(30):
             if ep == 15:
-                trainer.set_lr(0.001, fresh=False)
+                trainer.set_lr(0.001)
             trainer.epoch(images, labels, 256, gens)
-    static = trainers[1].static
     diff = max(rel(q, p) for p, q in zip(trainers[0].params, trainers[1].params))
-    return f"captured={bool(static and static['graph'] is not None)} max rel diff after 30 epochs {diff:.1e}"
+    return f"captured={captured(trainers[1])} max rel diff after 30 epochs {diff:.1e}"
 
 
 def engines():
@@ -136,22 +131,23 @@ def experiments_together():
     random data, ipc 2, two iterations: the images' relative difference (float32 rounding, which these
     two iterations grow: on this project's CPU 3.4-5.4e-3, as between the fast and loop engines of one
     run there, 5.0e-3)."""
-    from gradmatch.condense import CondenseConfig, Condenser
+    from gradmatch.condense import Condensation
+    from gradmatch.config import CondenseConfig
     from gradmatch.data import Dataset
-    from gradmatch.experiments import ExperimentBatch, for_experiments
+    from gradmatch.plan import Plan
 
     g = torch.Generator().manual_seed(8)
     real = Dataset(torch.randn(10 * 100, 3, 32, 32, generator=g), torch.arange(10).repeat_interleave(100),
                    [str(c) for c in range(10)], (0.0,) * 3, (1.0,) * 3, "CIFAR10")
     cfg = CondenseConfig(ipc=2, iterations=2, scheme="multi-level", dis_metric="improved", inner_loop=5,
                          batch_real=64)
-    first = Condenser(real, cfg, device=DEVICE)
-    batch = ExperimentBatch(for_experiments(first, range(3)))
+    # as --experiments batched runs them on a GPU: the batched engine, stacked training, captured on CUDA
+    plan = Plan(engine="batched", together=3, stacked_training=True, capture=DEVICE == "cuda")
+    batch = Condensation(real, cfg, [0, 1, 2], DEVICE, plan=plan)
     *_, together = batch.steps()
-    static = batch.trainer.static
-    out = {"training": f"stacked epoch captured as a CUDA graph: {bool(static and static['graph'] is not None)}"}
+    out = {"training": f"stacked epoch captured as a CUDA graph: {captured(batch.trainer)}"}
     for e, state in enumerate(together):
-        *_, alone = Condenser(real, cfg, e, device=DEVICE).steps()
+        *_, [alone] = Condensation(real, cfg, [e], DEVICE).steps()
         diff = float((state.images - alone.images).detach().norm() / alone.images.detach().norm())
         out[f"experiment {e}"] = f"together vs alone: images rel norm diff {diff:.1e}"
     return out
