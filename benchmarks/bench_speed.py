@@ -227,7 +227,7 @@ def _timed(fn, device: str = "cpu") -> float:
 
 # ---- evaluation ----------------------------------------------------------------------------------
 def eval_worker(job: dict) -> dict:
-    """Train ``num_eval`` ConvNets on an ipc-10 set for ``epochs`` (DC's schedule) and test them."""
+    """Train ``num_eval`` ConvNets on an ipc-10 set for ``epochs`` (the seed's schedule) and test them."""
     from gradmatch.synset import SyntheticSet
     from gradmatch.data import Dataset
     from gradmatch.evaluate import evaluate
@@ -244,19 +244,17 @@ def eval_worker(job: dict) -> dict:
         create_model("ConvNet", C, K, (H, H)).to(device)(images).sum().backward()
     sync(device)
     start = time.perf_counter()
-    if job["method"] == "textbook":  # one network after another, as DC's evaluate_synset
+    if job["method"] == "textbook":  # one network after another, as the seed's evaluate_synset
         accs = []
         for k in range(n):
             torch.manual_seed(k)
             net = create_model("ConvNet", C, K, (H, H)).to(device)
-            lr = 0.01
-            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[job["epochs"] // 2], gamma=0.1)
             gen = torch.Generator().manual_seed(k)
-            for ep in range(job["epochs"] + 1):
+            for _ in range(job["epochs"]):  # as many passes as gradmatch.evaluate trains
                 textbook_train_epoch(net, opt, images, labels, gen)
-                if ep == job["epochs"] // 2 + 1:
-                    lr *= 0.1
-                    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+                sched.step()
             accs.append(accuracy(net, test_x, test_y))
     else:
         syn = SyntheticSet(images=images, labels=labels, classes=[str(c) for c in range(K)],

@@ -70,7 +70,9 @@ class Condensation:
         self.by_class = [torch.nonzero(real.labels.cpu() == c).flatten() for c in range(real.num_classes)]
         self.num_classes = real.num_classes
         self.experiments = list(experiments)
-        self.plan = plan or make_plan(self.cfg, real, self.device, self.group)
+        # several experiments given without a plan: advanced together, as --experiments batched does
+        self.plan = plan or make_plan(self.cfg, real, self.device, self.group,
+                                      "batched" if len(self.experiments) > 1 else "auto")
         self.schedule = SCHEDULES[self.cfg.schedule]
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.cfg.ipc)
         self.nets: Optional[Networks] = None  # one stack for the whole run: a captured epoch stays valid

@@ -59,7 +59,10 @@ class Dataset:
 
     def to(self, device) -> "Dataset":
         """This dataset with its images and labels on ``device`` (itself if they are there already)."""
-        if self.images.device == torch.device(device) and self.labels.device == torch.device(device):
+        target = torch.device(device)
+        if target.type == "cuda" and target.index is None:  # "cuda" is the current GPU: cuda:N
+            target = torch.device("cuda", torch.cuda.current_device())
+        if self.images.device == target and self.labels.device == target:
             return self
         return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
