@@ -342,7 +342,7 @@ def bench_matching(args) -> None:
 
 def bench_eval(args) -> None:
     print(f"evaluation: {args.num_eval} ConvNets on an ipc-{args.eval_ipc} set, {args.eval_epochs} epochs "
-          f"(+1, DC's schedule), test on {args.test} images; load average {os.getloadavg()[0]:.1f}")
+          f"(the seed's schedule), test on {args.test} images; load average {os.getloadavg()[0]:.1f}")
     header = f"{'method':12s} {'seconds':>8s} {'ratio':>6s} {'peak MB':>8s}  accuracies (first 5)"
     print(header)
     print("-" * len(header))
