@@ -106,7 +106,7 @@ class Run:
         cfg = self.cfg
         train = gm_data.load(cfg.dataset, cfg.data_path, "train", **cfg.data_options())
         test = gm_data.load(cfg.dataset, cfg.data_path, "test", **cfg.data_options())
-        for note in {train.note, test.note} - {None}:  # how the test images were chosen, where not obvious
+        for note in dict.fromkeys(n for n in (train.note, test.note) if n):  # how the test images were chosen
             warn(note)
         cfg.condense = cfg.condense.resolved(train)
         self.protocol = cfg.protocol()
