@@ -20,7 +20,7 @@ from .config import (
     fields_for_cli,
     owner_of,
 )
-from .errors import GradmatchError, Interrupted, scope, unknown_name, warn
+from .errors import GradmatchError, Interrupted, is_out_of_memory, out_of_memory, scope, unknown_name, warn
 
 METHOD_CHOICES = ("DC", "DSA")
 DEMO_ITERATIONS = 10
@@ -158,6 +158,10 @@ def cmd_evaluate(args) -> int:
         warn(f"{args.file} names no dataset, classes or normalisation (DC's layout): its labels are read as "
              f"classes of --dataset {dataset} and its pixels as normalised like {dataset}'s")
         syn.dataset, syn.mean, syn.std = test.name, test.mean, test.std
+        if int(syn.labels.max()) >= test.num_classes:
+            raise GradmatchError(f"{args.file} has labels up to {int(syn.labels.max())}, beyond the "
+                                 f"{test.num_classes} classes of {dataset}; pass the dataset the set was made from")
+        syn.classes = list(test.classes)  # its labels are the dataset's classes, those it lacks included
     check_models_fit(protocol.models, syn.channel, syn.num_classes, syn.im_size, flag="--eval_mode/--model")
     main_process = distributed.current().is_main
     for model in protocol.models:
@@ -330,6 +334,13 @@ def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
         group = distributed.current()
         where = f"process {group.rank} of {group.world}: " if group.active else ""
         print(f"error: {where}{err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:  # an allocation that failed, wherever: one line, not a traceback
+        if not is_out_of_memory(err):
+            raise
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        fix = "lower the sizes that set it: --ipc, --batch_real, --size, --num_eval, --num_exp or the model"
+        print(f"error: {out_of_memory('this command', fix)} ({first})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

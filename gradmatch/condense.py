@@ -30,7 +30,7 @@ from .plan import BN_IMAGES_PER_CLASS, Plan, groups, make_plan
 from .precision import run_context
 from .runtime import cpu_context, resolve_device, to_device, tune_cuda
 from .schedule import SCHEDULES
-from .seeds import derive_seed
+from .seeds import SEED_LIMIT, derive_seed
 from .synset import SyntheticSet
 from .train import Trainer, fit, sgd_update
 
@@ -252,17 +252,18 @@ def condense_experiments(real: Dataset, experiments=5, config: Optional[Condense
 def experiment_numbers(experiments) -> List[int]:
     """An int n (experiments 0..n-1, n >= 1) or distinct numbers >= 0; one line naming the argument otherwise."""
     if isinstance(experiments, int) and not isinstance(experiments, bool):
-        if experiments < 1:
-            raise GradmatchError(f"condense_experiments: experiments must be at least 1, got {experiments}")
+        if not 1 <= experiments <= SEED_LIMIT:
+            raise GradmatchError(f"condense_experiments: experiments must be at least 1 (and at most 2**63), got "
+                                 f"{experiments}")
         return list(range(experiments))
     try:
-        numbers = list(experiments)
+        numbers = list(experiments) if not isinstance(experiments, (str, bytes, dict)) else None
     except TypeError:
         numbers = None
-    if not numbers or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in numbers) or \
-            len(set(numbers)) != len(numbers):
+    if not numbers or not all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < SEED_LIMIT
+                              for e in numbers) or len(set(numbers)) != len(numbers):
         raise GradmatchError(f"condense_experiments: experiments must be a whole number of at least 1 or distinct "
-                             f"experiment numbers of at least 0, got {experiments!r}")
+                             f"experiment numbers of at least 0 (below 2**63), got {experiments!r}")
     return numbers
 
 
@@ -272,6 +273,7 @@ def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment:
 
     ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")``.
     """
-    if not isinstance(experiment, int) or isinstance(experiment, bool) or experiment < 0:
-        raise GradmatchError(f"condense: experiment must be a whole number of at least 0, got {experiment!r}")
+    if not isinstance(experiment, int) or isinstance(experiment, bool) or not 0 <= experiment < SEED_LIMIT:
+        raise GradmatchError(f"condense: experiment must be a whole number of at least 0 (and below 2**63, its seeds' "
+                             f"key), got {experiment!r}")
     return condense_experiments(real, [experiment], config, device, **overrides)[0]

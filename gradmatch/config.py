@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -20,7 +21,7 @@ import torch
 
 from .augment.dsa import STRATEGY as DSA_DEFAULT_STRATEGY
 from .augment.dsa import parse_strategy
-from .errors import GradmatchError, unknown_name, warn
+from .errors import GradmatchError, keywords_checked, unknown_name, warn
 from .matching.distances import ALIASES as METRIC_ALIASES
 from .matching.distances import resolve_metric
 from .matching.engines import CHOICES as ENGINES
@@ -28,7 +29,9 @@ from .matching.schemes import SCHEMES, resolve_scheme
 from .models import check_model_name, is_model, is_user_model, list_models
 from .precision import PRECISIONS
 from .runtime import resolve_device
+from .usercode import check_function_name
 from .schedule import SCHEDULES, loops_for_ipc
+from .seeds import SEED_LIMIT
 
 INIT_CHOICES = ("noise", "real")
 
@@ -49,18 +52,19 @@ EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
 # one until a GPU measurement shows them faster together.
 EXPERIMENT_MODES = ("auto", "batched", "sequential")
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000  # evaluation epochs: DC's rule
+NAME_BYTES = 255  # the longest file name on common file systems (ext4, APFS, NTFS)
 
 
 def setting(default: Any = None, help: str = "", *, flag: Optional[str] = None, choices: Any = None,
             minimum: Optional[float] = None, type: Optional[Callable] = None, cli: bool = True,
-            what: Optional[str] = None, default_factory: Any = dataclasses.MISSING):
+            what: Optional[str] = None, default_factory: Any = dataclasses.MISSING, seed: bool = False):
     """A dataclass field with what the CLI and ``validate`` need: ``flag`` (the seed's spelling,
     default the field name), ``choices`` (a sequence, read when checked so additions flow through),
     ``minimum`` (None allowed unless the default is not None), ``type`` (the value's type, and
     argparse's converter, where the default does not say it), ``cli`` (False: not a flag) and
-    ``what`` (its name in messages)."""
+    ``what`` (its name in messages); ``seed``: a seed (``check_seed``)."""
     meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "type": type, "cli": cli,
-            "what": what}
+            "what": what, "seed": seed}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -93,6 +97,9 @@ def check_field(cls, name: str, value: Any) -> None:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     meta, flag = f.metadata, flag_of(cls, name)
     kind = _kind(f)
+    if value is None and f.default is not None and f.default is not dataclasses.MISSING:  # None: only "unset"
+        raise GradmatchError(f"{flag} takes {_NAMES.get(kind, 'a value')}, got None (leave it out for its "
+                             f"default, {f.default!r})")
     if kind is not None and value is not None:
         ok = (isinstance(value, bool) if kind is bool else
               isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
@@ -105,6 +112,15 @@ def check_field(cls, name: str, value: Any) -> None:
     minimum = meta.get("minimum")
     if minimum is not None and value is not None and not value >= minimum:  # also refuses nan
         raise GradmatchError(f"{flag} must be at least {minimum}, got {value}")
+    if meta.get("seed"):
+        check_seed(flag, value)
+
+
+def check_seed(what: str, value: Any) -> None:
+    """A seed: a 64-bit whole number (a larger one would wrap onto a smaller one: its random draws under
+    another number)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -SEED_LIMIT <= value < SEED_LIMIT:
+        raise GradmatchError(f"{what} takes a whole number from -2**63 to 2**63 - 1 (64 bits), got {value!r}")
 
 
 _NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
@@ -141,9 +157,11 @@ def check_metric(metric: Any) -> None:
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", repr(metric))
     with torch.random.fork_rng(devices=[]):  # a user function drawing random numbers must not shift a run's
         gen = torch.Generator().manual_seed(0)
-        syn, real = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+        syn, real = torch.randn(3, 4, generator=gen).requires_grad_(), torch.randn(3, 4, generator=gen)
         try:
-            value = distance.fn(syn, real)
+            with warnings.catch_warnings():  # torch's notes on the probe's own tensors are not the user's
+                warnings.simplefilter("ignore")
+                value = distance.fn(syn, real)
         except Exception as err:  # noqa: BLE001 - any failure means it is not a distance we can use
             raise GradmatchError(f"--dis_metric {name}: calling it on two (3, 4) gradient row matrices failed "
                                  f"({type(err).__name__}: {err}); a distance takes (syn_rows, real_rows) "
@@ -152,6 +170,10 @@ def check_metric(metric: Any) -> None:
         got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise GradmatchError(f"--dis_metric {name} returned {got}; a distance must return a scalar (0-dim) "
                              "tensor that carries the gradient")
+    if not value.requires_grad:  # a constant, or computed outside autograd: the images would never move
+        raise GradmatchError(f"--dis_metric {name} returned a tensor that does not depend on its syn_rows (no "
+                             "gradient flows back to the synthetic images, so they would never change); compute it "
+                             "from syn_rows with torch operations")
 
 
 def eval_pool(eval_mode: str, model: str) -> List[str]:
@@ -167,10 +189,12 @@ def eval_pool(eval_mode: str, model: str) -> List[str]:
     return names
 
 
-def check_eval_models(eval_mode: str, model: str) -> List[str]:
+def check_eval_models(eval_mode: str, model: str, code: bool = True) -> List[str]:
+    """The models ``eval_mode`` names, each checked; ``code=False``: a package.module:function name is
+    checked as a name only (nothing imported, for reading a saved run)."""
     models = eval_pool(eval_mode, model)
     for name in models:
-        if not is_model(name):
+        if not (is_model(name) if code or not is_user_model(name) else check_function_name("--eval_mode", name)):
             raise GradmatchError(f"--eval_mode names unknown model '{name}'; choose S, M, W, D, A, P, N or "
                                  f"names from: {', '.join(list_models())}")
     return models
@@ -207,6 +231,7 @@ def _replace(config, what: str, overrides: Dict[str, Any]):
     return dataclasses.replace(config, **overrides)
 
 
+@keywords_checked("CondenseConfig")
 @dataclass
 class CondenseConfig:
     """Settings of one condensation; field names follow the seed's flags where it has one."""
@@ -228,7 +253,7 @@ class CondenseConfig:
                                         minimum=1)
     inner_loop: Optional[int] = setting(None, "network epochs between matching steps (default: by --ipc)",
                                         type=int, minimum=0)
-    seed: int = setting(0, "makes a run repeatable")
+    seed: int = setting(0, "makes a run repeatable", seed=True)
     matching: str = setting("auto", "the engine of the per-class gradients: auto (default: batched on a GPU, "
                             "fast on CPU), fast, loop (the textbook per-class loop) or batched (all classes in "
                             "one torch.func pass; alias vmap): same numbers", choices=ENGINES,
@@ -240,14 +265,22 @@ class CondenseConfig:
     dsa: bool = setting(False, "differentiable siamese augmentation (DSA) of real and synthetic batches")
     dsa_strategy: str = setting(DSA_DEFAULT_STRATEGY, "DSA's operations, joined by '_'")
 
-    def validate(self) -> "CondenseConfig":
-        """Check every value (GradmatchError naming the flag and the fix); returns self."""
+    def validate(self, code: bool = True) -> "CondenseConfig":
+        """Check every value (GradmatchError naming the flag and the fix); returns self.  ``code=False``
+        (reading a saved run, not running it): a package.module:function named by --model or --dis_metric
+        is checked as a name, never imported or called."""
         if not isinstance(self.scheme, str):
             raise GradmatchError(f"--scheme takes a name, got {self.scheme!r}")
         _check_fields(self)
         resolve_scheme(self.scheme)
-        check_metric(self.dis_metric)
-        check_model_name(self.model)
+        if code or not (isinstance(self.dis_metric, str) and ":" in self.dis_metric):
+            check_metric(self.dis_metric)
+        else:
+            check_function_name("--dis_metric", self.dis_metric)
+        if code or not is_user_model(self.model):
+            check_model_name(self.model)
+        else:
+            check_function_name("--model", self.model)
         check_learning_rate("--lr_img", self.lr_img)
         check_learning_rate("--lr_net", self.lr_net)
         if self.dsa:
@@ -296,6 +329,7 @@ class CondenseConfig:
         return d
 
 
+@keywords_checked("Protocol")
 @dataclass(frozen=True)
 class Protocol:
     """How a set is evaluated (SPEC section 7), every setting resolved: built once and used for a set
@@ -326,6 +360,7 @@ class Protocol:
                     low is not None and not value >= low) or (kind is float and not math.isfinite(value)):
                 raise GradmatchError(f"evaluate: {name} must be {_NAMES[kind]}"
                                      f"{f' of at least {low}' if low is not None else ''}, got {value!r}")
+        check_seed("evaluate: seed", self.seed)
         if self.method not in EVAL_METHODS:
             raise unknown_name("evaluation method (--eval_method)", str(self.method), EVAL_METHODS)
         from .augment import check_strategy  # the augmentation module knows its names
@@ -341,6 +376,7 @@ class Protocol:
         return AUGMENTED_EPOCHS if strategy not in (None, "none") else DEFAULT_EPOCHS
 
 
+@keywords_checked("EvalConfig")
 @dataclass
 class EvalConfig:
     """How a run evaluates its sets (the seed's flags); with the condensation's learning rate, batch and
@@ -353,9 +389,9 @@ class EvalConfig:
                                "(worker threads) or batched (one torch.func ensemble; for GPUs): same "
                                "accuracies", choices=EVAL_METHODS, what="evaluation method")
 
-    def validate(self, model: str) -> "EvalConfig":
+    def validate(self, model: str, code: bool = True) -> "EvalConfig":
         _check_fields(self)
-        check_eval_models(self.eval_mode, model)
+        check_eval_models(self.eval_mode, model, code)
         return self
 
     def protocol(self, condense: CondenseConfig, seed: Optional[int] = None) -> Protocol:
@@ -373,6 +409,7 @@ class EvalConfig:
 RESUME_FREE = ("device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method", "experiments")
 
 
+@keywords_checked("RunConfig")
 @dataclass
 class RunConfig:
     """A whole experiment: ``num_exp`` condensations, each evaluated at its evaluation points."""
@@ -406,12 +443,12 @@ class RunConfig:
     overwrite: bool = setting(False, "replace a finished or unfinished run of the same name")
     quiet: bool = setting(False, "no progress bar")
 
-    def validate(self) -> "RunConfig":
+    def validate(self, code: bool = True) -> "RunConfig":
         """Check every setting, the condensation's and evaluation's too (GradmatchError); returns self."""
         if not isinstance(self.condense, CondenseConfig) or not isinstance(self.evaluation, EvalConfig):
             raise GradmatchError("RunConfig.condense must be a CondenseConfig and RunConfig.evaluation an EvalConfig")
-        self.condense.validate()
-        self.evaluation.validate(self.condense.model)
+        self.condense.validate(code)
+        self.evaluation.validate(self.condense.model, code)
         _check_fields(self)
         check_device(self.device)
         if self.size is not None and not (isinstance(self.size, (list, tuple)) and len(self.size) == 2 and all(
@@ -423,7 +460,22 @@ class RunConfig:
                                                   or self.file_name_prefix.startswith(".")):
             raise GradmatchError(f"--file_name_prefix '{self.file_name_prefix}' is not a file name; give a name "
                                  "without '/' that does not start with '.'")
+        if not self.dataset.strip():
+            raise GradmatchError("--dataset is empty; name a dataset (e.g. digits, CIFAR10), an image folder or "
+                                 "hf:NAME")
+        for name in ("dataset", "data_path", "save_path", "file_name_prefix"):
+            value = getattr(self, name)
+            if value is not None and "\0" in value:
+                raise GradmatchError(f"{flag_of(RunConfig, name)} {value!r} holds a NUL character, which no file name "
+                                     "can; remove it")
+        longest = len(self.name.encode()) + len(".json")  # the run's folder, <name>.pt and <name>.json
+        if longest > NAME_BYTES:
+            raise GradmatchError(f"the run's files would be named {self.name[:40]}... ({longest} bytes), longer than "
+                                 f"file names may be ({NAME_BYTES} bytes); give a shorter --file_name_prefix or "
+                                 "--dataset path name")
         if self.eval_iterations is not None:
+            if isinstance(self.eval_iterations, (str, bytes)) or not isinstance(self.eval_iterations, (list, tuple)):
+                raise GradmatchError(f"--eval_iterations takes a list of whole numbers, got {self.eval_iterations!r}")
             points = list(self.eval_iterations)
             last = self.condense.iterations
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in points):

@@ -13,8 +13,63 @@ from contextlib import contextmanager
 from typing import Callable, List, Optional, Set
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a line break inside a value it quotes (a class or file name) is shown as
+    ``\\n``, so that an error or a warning stays the one line the CLI promises."""
+    return str(text).replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
 class GradmatchError(Exception):
-    """A user-facing error: bad name, missing or corrupt file, impossible setting."""
+    """A user-facing error: bad name, missing or corrupt file, impossible setting.  Its message is one
+    line whatever the values it quotes hold (``one_line``)."""
+
+    def __init__(self, *args):
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed (Python's MemoryError, torch's CPU or GPU allocator,
+    whose errors are RuntimeErrors saying so)."""
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and any(
+        words in str(err) for words in ("can't allocate memory", "out of memory")))
+
+
+def out_of_memory(what: str, fix: str) -> GradmatchError:
+    """The one line for an allocation that failed while doing ``what``."""
+    return GradmatchError(f"not enough memory for {what}; {fix}")
+
+
+def keywords_checked(what: str):
+    """A dataclass decorator: its constructor refuses an unknown keyword, too many positional arguments
+    or a missing required one in one GradmatchError line naming ``what`` and its fields (the TypeError
+    Python would raise is not a user's line)."""
+    import dataclasses
+    import functools
+
+    def decorate(cls):
+        init = cls.__init__
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        names = [f.name for f in fields]
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            unknown = sorted(set(kwargs) - set(names))
+            given = set(names[:len(args)]) | set(kwargs)
+            missing = [n for n in required if n not in given]
+            twice = sorted(set(names[:len(args)]) & set(kwargs))
+            if unknown or missing or twice or len(args) > len(names):
+                problem = (f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}" if unknown else
+                           f"missing {', '.join(missing)}" if missing else
+                           f"{', '.join(twice)} given twice" if twice else
+                           f"{len(args)} positional arguments for {len(names)} fields")
+                raise GradmatchError(f"{what}: {problem}; it takes {', '.join(names)}")
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+        return cls
+    return decorate
 
 
 class Interrupted(GradmatchError):
@@ -67,4 +122,4 @@ def warn(message: str) -> None:
         for listener in list(_SCOPES[0].listeners):
             listener(message)
     if _is_main_process():
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"warning: {one_line(message)}", file=sys.stderr)

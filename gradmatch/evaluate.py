@@ -90,11 +90,18 @@ def check_set(syn: SyntheticSet, test: Optional[Dataset] = None) -> None:
         raise GradmatchError(f"evaluate: the set's images are {str(images.dtype).replace('torch.', '')}, the networks "
                              f"{str(torch.get_default_dtype()).replace('torch.', '')}; convert them first "
                              "(syn.images = syn.images.float())")
-    if test is not None:
-        check_dataset(test, "evaluate: test")
-    if test is not None and tuple(test.images.shape[1:]) != tuple(images.shape[1:]):
+    if test is None:
+        return
+    check_dataset(test, "evaluate: test")
+    if tuple(test.images.shape[1:]) != tuple(images.shape[1:]):
         raise GradmatchError(f"the synthetic images are {tuple(images.shape[1:])} but the test images are "
                              f"{tuple(test.images.shape[1:])}; evaluate on the dataset the set was made from")
+    if syn.num_classes != test.num_classes:  # the networks' outputs are the set's classes: scores would mislead
+        raise GradmatchError(f"the synthetic set has {syn.num_classes} classes but the test data {test.name} has "
+                             f"{test.num_classes}; evaluate on the dataset the set was made from")
+    from .export import check_normalisation
+
+    check_normalisation(syn, test, "the synthetic set")
 
 
 def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Protocol] = None, *, device=None,
@@ -111,6 +118,8 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Pr
     check_model_name(model)
     protocol = (protocol or Protocol(models=(model,))).replace(**settings)
     check_set(syn, test)
+    if test is None:
+        check_dataset(test, "evaluate: test")
     device = resolve_device(device)
     tune_cuda(device)
     strategy = strategy_for(syn.dataset, model) if protocol.augment == "auto" else protocol.augment
@@ -118,7 +127,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Pr
     on_cpu = device.type == "cpu"
     if on_cpu:
         tune_cpu_allocator()
-    images, labels = syn.images.detach().to(device), syn.labels.to(device)
+    images, labels = syn.images.detach().to(device), syn.labels.long().to(device)  # any integer dtype validated
     test = test.to(device)  # nothing is copied where the caller moved it once
     model_key = zlib.crc32(model.encode())
     group = group or distributed.current()
@@ -169,6 +178,12 @@ def _method_for(method: str, model: str, shape, on_cpu: bool) -> str:
 
 def random_real_subset(real: Dataset, ipc: int, seed: int = 0) -> SyntheticSet:
     """ipc random real images per class: the baseline every synthetic set must beat."""
+    from .config import check_seed
+
+    real = check_dataset(real, "random_real_subset: real")
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise GradmatchError(f"random_real_subset: ipc must be a whole number of at least 1, got {ipc!r}")
+    check_seed("random_real_subset: seed", seed)
     gen = torch.Generator().manual_seed(seed)
     picks = []
     for c in range(real.num_classes):

@@ -180,8 +180,13 @@ def _hf_writer(syn, meta: dict, datasets) -> Callable[[Path], None]:
 def _folder(to: Path) -> tuple:
     """The folder to export into (a link named by --to is followed) and the folders made for it, which a
     failure removes again."""
+    if "\0" in str(to):
+        raise GradmatchError(f"--to {str(to)!r} holds a NUL character, which no folder name can; fix the path")
     if to.is_symlink():
-        real = to.resolve()
+        try:
+            real = to.resolve()
+        except (OSError, RuntimeError):  # a loop of links (Python < 3.13 raises for it)
+            raise GradmatchError(f"--to {to} is a symbolic link that loops back to itself; pass a folder") from None
         if not real.is_dir():
             raise GradmatchError(f"--to {to} is a link to {real}, which is not a folder; pass a folder")
         return real, []

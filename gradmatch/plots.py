@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +129,14 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
     from matplotlib.ticker import MaxNLocator
 
     records = read_log(log_path)
+    # a record whose values are not of their kind (a damaged or hand-edited log) is left out, not drawn
     losses = sorted((r["experiment"], r["iteration"], r["loss"]) for r in records
-                    if r.get("event") == "iteration" and r.get("loss") is not None)
+                    if r.get("event") == "iteration" and _whole(r.get("experiment")) and _number(r.get("iteration"))
+                    and _number(r.get("loss")))
     evals = sorted((r["experiment"], r["iteration"], r["model"], r["mean"], r["std"])
-                   for r in records if r.get("event") == "eval")
+                   for r in records if r.get("event") == "eval" and _whole(r.get("experiment"))
+                   and _number(r.get("iteration")) and isinstance(r.get("model"), str) and _number(r.get("mean"))
+                   and _number(r.get("std")))
     if not losses and not evals:
         return None
     plt = _pyplot()
@@ -185,6 +190,14 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
     return _save_figure(plt, fig, path)
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _run_config(run_dir: Path) -> dict:
     try:
         config = json.loads((run_dir / "config.json").read_text())
@@ -223,7 +236,8 @@ def plot_run(run_dir) -> list[Path]:
     run_dir = _one_run(run_dir)
     config = _run_config(run_dir)
     condense = config.get("condense") if isinstance(config.get("condense"), dict) else {}
-    iterations = condense.get("iterations") if isinstance(condense.get("iterations"), int) else None
+    iterations = condense.get("iterations") if _whole(condense.get("iterations")) and \
+        0 <= condense["iterations"] < 2**53 else None  # a damaged config.json: the axes from the log
     written = []
     final = run_dir.parent / f"{run_dir.name}.pt"
     ckpt_path = run_dir / "checkpoint.pt"
@@ -237,7 +251,7 @@ def plot_run(run_dir) -> list[Path]:
     elif ckpt_path.is_file():
         from .runstate import load_checkpoint
 
-        latest = load_checkpoint(ckpt_path).latest()
+        latest = load_checkpoint(ckpt_path, code=False).latest()  # reading it runs no user code
         if latest is not None:
             sets.append(latest)
     chance = 1.0 / sets[-1][1].num_classes if sets and sets[-1][1].num_classes else None

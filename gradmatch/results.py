@@ -5,6 +5,7 @@ Every file is written to a temporary name in the same folder and renamed into pl
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -92,10 +93,12 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
     if not isinstance(path, (str, os.PathLike)):
         raise GradmatchError(f"{what}: give the path of a file (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
+    if "\0" in str(path):
+        raise GradmatchError(f"{what} {str(path)!r} holds a NUL character, which no file name can; fix the path")
     if path.is_dir():
         raise GradmatchError(f"{what} {path} is a folder; give the file")
     if not path.is_file():
-        raise GradmatchError(f"{what} not found: {path}")
+        raise GradmatchError(_not_a_file(what, path))
     try:  # the file system's refusal (permissions, I/O) is not a corrupt file: say which
         with open(path, "rb") as f:
             f.read(1)
@@ -114,6 +117,24 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
         corrupt = err
     raise GradmatchError(f"{what} {path} is not a torch file or corrupt (a foreign, truncated or corrupt file: "
                          f"{type(corrupt).__name__}, {path.stat().st_size} bytes); {hint}")
+
+
+def _not_a_file(what: str, path: Path) -> str:
+    """Why ``path``, which is not a regular file or a folder, cannot be read: said as it is."""
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13: a symlink loop
+            return f"{what} {path} is a symbolic link that loops back to itself; point it at the file"
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"{what} {path} is a symbolic link that loops back to itself; point it at the file"
+            return (f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; point it at "
+                    "the file")
+        return f"{what} {path} is a link to {target}, which is not a file; give the file"
+    if os.path.lexists(path):
+        return f"{what} {path} is not a regular file (a device, pipe or socket); give the file"
+    return f"{what} not found: {path}"
 
 
 _SCAN_LIMIT = 64 << 20  # a pickle that names objects does so in its first bytes; never read a huge file whole
@@ -193,14 +214,16 @@ def read_log(path) -> list[dict[str, Any]]:
     records: dict[tuple, dict[str, Any]] = {}
     if not Path(path).is_file():
         return []
-    for line in Path(path).read_text().splitlines():
+    # bytes that are not UTF-8 (a damaged or foreign file) spoil their line only, which is then skipped
+    for line in Path(path).read_bytes().decode("utf-8", "replace").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if not isinstance(rec, dict):
             continue
-        key = (rec.get("event"), rec.get("experiment"), rec.get("iteration"), rec.get("model"))
+        key = tuple(v if v is None or isinstance(v, (str, int, float)) else repr(v)  # a list would not hash
+                    for v in (rec.get("event"), rec.get("experiment"), rec.get("iteration"), rec.get("model")))
         records.pop(key, None)
         records[key] = rec
     return list(records.values())

@@ -43,11 +43,14 @@ class Run:
     settings the user passed ({flat name: value}; default all of ``config``'s), what a resume compares."""
 
     def __init__(self, config: RunConfig, given: Optional[Dict[str, Any]] = None):
+        if not isinstance(config, RunConfig):
+            raise GradmatchError(f"Run: config must be a gradmatch.RunConfig (RunConfig(dataset=..., condense="
+                                 f"CondenseConfig(...))); got {type(config).__name__}")
         self.cfg = config
         self.given = given if given is not None else flatten(config)
         self.group = distributed.current()  # under torchrun: every process runs, process 0 writes
         self.writes = self.group.is_main
-        self.files = RunFiles(config)
+        self.files: Optional[RunFiles] = None  # named by the settings, once start() has checked them
         self.state: Optional[RunState] = None
         self.saved_at: Optional[tuple] = None  # (experiment, iteration) of the checkpoint on disk
         self.said: List[str] = []  # warnings said before the log could take them
@@ -56,6 +59,7 @@ class Run:
     def start(self, resume: bool = False) -> Dict[str, Any]:
         with scope(self._log_warning):
             self.cfg.validate()  # a RunConfig made in Python is checked as the CLI's is
+            self.files = RunFiles(self.cfg)
             if not self.writes:
                 return self._run(resume)
             self.files.refuse_unexpected(resume, self.cfg.overwrite)

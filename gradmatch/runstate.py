@@ -97,8 +97,10 @@ class RunState:
                 "pending": {e: s.to_dict() for e, s in self.pending.items()}, "rng": self.rng}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str, hint: str) -> "RunState":
-        """``d`` checked value by value: GradmatchError naming ``where`` and the damaged key otherwise."""
+    def from_dict(cls, d: Any, where: str, hint: str, code: bool = True) -> "RunState":
+        """``d`` checked value by value: GradmatchError naming ``where`` and the damaged key otherwise.
+        ``code=False`` (reading it, not resuming it): a --model or --dis_metric package.module:function in
+        its settings is checked as a name, never imported (a file read must not run code)."""
         def bad(key: str, what: str) -> GradmatchError:
             return GradmatchError(f"checkpoint {where}: {key} {what}; {hint}")
 
@@ -116,7 +118,7 @@ class RunState:
         if missing:
             raise GradmatchError(f"checkpoint {where} is incomplete (no {', '.join(missing)}); {hint}")
         try:
-            config = RunConfig.from_dict(d["config"], "its config").validate()
+            config = RunConfig.from_dict(d["config"], "its config").validate(code)
         except GradmatchError as err:
             raise GradmatchError(f"checkpoint {where}: its settings are damaged ({err}); {hint}") from None
         except (TypeError, ValueError):
@@ -138,7 +140,8 @@ class RunState:
         last = config.condense.iterations
 
         def images(key: str, value: Any) -> Tensor:
-            if not (isinstance(value, Tensor) and value.is_floating_point() and tuple(value.shape) == shape):
+            if not (isinstance(value, Tensor) and value.layout == torch.strided and value.device.type != "meta"
+                    and value.is_floating_point() and tuple(value.shape) == shape):
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise bad(key, f"is {got}, not the run's images {shape}")
             if not bool(torch.isfinite(value).all()):
@@ -196,9 +199,10 @@ def save_checkpoint(state: RunState, path) -> None:
     save_torch(state.to_dict(), path)
 
 
-def load_checkpoint(path) -> RunState:
+def load_checkpoint(path, code: bool = True) -> RunState:
     """A run's checkpoint, checked: GradmatchError (one line) if it is missing, truncated, corrupt, of
-    another version, or holds a value that does not fit the run."""
+    another version, or holds a value that does not fit the run.  ``code=False`` to read it without
+    importing the user code its settings name (``gradmatch plot``); resuming imports it, by design."""
     hint = "start the run again with --overwrite"
     try:
         d = load_torch(path, "checkpoint", hint)
@@ -206,7 +210,7 @@ def load_checkpoint(path) -> RunState:
         raise NeedsCode(f"checkpoint {path} was written by an older gradmatch or holds Python objects other "
                         "than tensors and plain data; gradmatch reads checkpoints only with weights_only (no "
                         f"code runs when reading); {hint}") from None
-    return RunState.from_dict(d, str(path), hint)
+    return RunState.from_dict(d, str(path), hint, code)
 
 
 # ---- the global random states (for user code that draws from them) -----------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from .errors import GradmatchError
+from .errors import GradmatchError, keywords_checked
 
 SET_FORMAT_VERSION = 1  # the .pt of a synthetic set: DC's layout + reference_payload's metadata keys
 
@@ -38,6 +38,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@keywords_checked("SyntheticSet")
 @dataclass
 class SyntheticSet:
     """A condensed dataset: normalised images, fixed labels, and what made them."""
@@ -78,6 +79,7 @@ class SyntheticSet:
 
     def denormalised(self) -> Tensor:
         """Pixels in [0, 1] (clamped), for pictures."""
+        self.validate()
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (self.images.detach().cpu() * std + mean).clamp(0, 1)
@@ -109,6 +111,9 @@ class SyntheticSet:
         images, labels = self.images, self.labels
         if not isinstance(images, Tensor):
             raise fail("images", f"are {_show(images)}", "a float tensor (N, C, H, W)")
+        if not _dense(images):
+            raise fail("images", f"are a {_kind_of(images)} tensor", "an ordinary (dense) float tensor in memory "
+                       "(images.to_dense(), or made on the CPU)")
         if not images.is_floating_point():
             raise fail("images", f"are {_show(images)}",
                        "float pixels normalised as the dataset is ((pixels / 255 - mean) / std)")
@@ -119,6 +124,8 @@ class SyntheticSet:
             raise fail("images", "hold non-finite (nan or inf) pixels", "finite pixels")
         if not isinstance(labels, Tensor):
             raise fail("labels", f"are {_show(labels)}", "an integer tensor of N class indices 0, 1, ...")
+        if not _dense(labels):
+            raise fail("labels", f"are a {_kind_of(labels)} tensor", "an ordinary (dense) integer tensor in memory")
         if not _integral(labels):
             raise fail("labels", f"are {_show(labels)}", "integer class indices 0, 1, ... (labels.long())")
         if labels.dim() != 1 or len(labels) != len(images):
@@ -208,17 +215,36 @@ class SyntheticSet:
                                 **{k: f"'{k}'" for k in given}}, _file_fix)
         syn._check_tensors(fail)
         channels = syn.images.shape[1]
+        top = int(syn.labels.max())
+        if syn.classes is None and top >= len(syn.labels):  # DC's layout: ipc images of every class
+            raise fail("labels", f"go up to {top} for {len(syn.labels)} images (and 'classes' is absent)",
+                       "class indices 0..K-1 with images of every class, as DC saves a set")
         if syn.classes is None:  # DC's files: the labels' numbers, and no normalisation
             syn.classes = [str(c) for c in range(int(syn.labels.max()) + 1)]
         syn.mean = (0.0,) * channels if syn.mean is None else syn.mean
         syn.std = (1.0,) * channels if syn.std is None else syn.std
         syn._check_metadata(fail)
+        if _is_int(payload.get("ipc")) and payload["ipc"] != len(syn.labels) // len(syn.classes):
+            raise bad("ipc", f"{len(syn.labels) // len(syn.classes)}, as data[{index}] holds ({len(syn.labels)} "
+                             f"images of {len(syn.classes)} classes)")
         return cls(images=syn.images.float(), labels=syn.labels.long(), classes=list(syn.classes),
                    mean=_floats(syn.mean), std=_floats(syn.std), dataset=syn.dataset, config=dict(syn.config))
 
 
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # torch computes on these
+
+
 def _integral(t: Tensor) -> bool:
-    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+    return t.dtype in LABEL_DTYPES
+
+
+def _dense(t: Tensor) -> bool:
+    """An ordinary tensor with values: not sparse, not on the meta device (shapes without data)."""
+    return t.layout == torch.strided and t.device.type != "meta"
+
+
+def _kind_of(t: Tensor) -> str:
+    return "meta (no values)" if t.device.type == "meta" else f"{str(t.layout).replace('torch.', '')}"
 
 
 def _floats(value: Any) -> tuple:

@@ -34,6 +34,10 @@ LAYOUTS = ("auto", "NCHW", "NHWC")
 
 def _numpy(value, what: str, who: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.device.type == "meta":
+            kind = "meta (shapes without values)" if value.device.type == "meta" else str(value.layout)
+            raise GradmatchError(f"{who}: {what} are a {kind.replace('torch.', '')} tensor; pass an ordinary (dense) "
+                                 f"tensor with values (.to_dense())")
         value = value.detach().cpu()
         return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     if isinstance(value, np.ndarray):
@@ -99,6 +103,9 @@ def _labels(labels, n: int, who: str) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
         if len(bad):
             raise GradmatchError(f"{who}: labels must be integers 0..K-1; label {bad[0]} is {array[bad[0]].item()!r}")
+    if len(array) and (np.abs(array.astype(np.float64)).max() >= 2.0**62):  # int64 would wrap them
+        big = int(np.argmax(np.abs(array.astype(np.float64))))
+        raise GradmatchError(f"{who}: labels must be integers 0..K-1; label {big} is {array[big].item()!r}")
     array = array.astype(np.int64)
     if len(array) and array.min() < 0:
         raise GradmatchError(f"{who}: labels must be integers 0..K-1; label {int(np.argmin(array))} is "
@@ -106,9 +113,16 @@ def _labels(labels, n: int, who: str) -> np.ndarray:
     return array
 
 
+MAX_UNNAMED_CLASSES = 100_000  # classes named "0".."K-1" for a caller who gave no names: beyond, a typo
+
+
 def _classes(classes, labels: np.ndarray, who: str) -> list[str]:
     count = int(labels.max()) + 1 if len(labels) else 0
     if classes is None:
+        if count > max(len(labels), MAX_UNNAMED_CLASSES):
+            raise GradmatchError(f"{who}: labels go up to {count - 1} for {len(labels)} images, which would make "
+                                 f"{count} classes; number the classes 0..K-1 (np.unique(labels, "
+                                 f"return_inverse=True)) or pass their names as classes")
         return [str(i) for i in range(count)]
     if isinstance(classes, np.ndarray):
         classes = classes.tolist()
@@ -204,7 +218,7 @@ def from_torch(dataset, classes: Sequence[str] | None = None, mean: Sequence[flo
     try:
         count = len(dataset)
         getter = dataset.__getitem__
-    except (TypeError, AttributeError):
+    except (TypeError, AttributeError, ValueError, OverflowError):  # no __len__, or one Python refuses (< 0)
         raise GradmatchError(f"{who}: the dataset must be map-style (with __len__ and __getitem__); got "
                              f"{type(dataset).__name__} (for an iterable one, collect its images and labels into "
                              f"tensors and use from_tensors)") from None
@@ -212,7 +226,11 @@ def from_torch(dataset, classes: Sequence[str] | None = None, mean: Sequence[flo
         raise GradmatchError(f"{who}: the dataset is empty; it must hold at least one (image, label)")
     arrays, labels = [], []
     for index in range(count):
-        item = getter(index)
+        try:
+            item = getter(index)
+        except Exception as err:  # noqa: BLE001 - the dataset's own code, which can fail in any way
+            raise GradmatchError(f"{who}: reading item {index} of the dataset failed ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}); fix the dataset") from None
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise GradmatchError(f"{who}: item {index} is {type(item).__name__}"
                                  f"{f' of {len(item)}' if isinstance(item, (tuple, list)) else ''}; the dataset "

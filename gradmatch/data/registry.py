@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradmatch.errors import GradmatchError, unknown_name, warn
+from gradmatch.errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name, warn
 
 Size = Optional[tuple[int, int]]
 Reader = Callable[[Path, str, bool, Size], "Dataset"]
@@ -124,6 +124,13 @@ def load(name: str, root: str | os.PathLike = ".", split: str = "train", downloa
     for option in ("image_column", "label_column"):
         if option in given and not isinstance(given[option], str):
             raise GradmatchError(f"{option} must be a column name (str), not {given[option]!r}")
+    if not isinstance(root, (str, os.PathLike)):
+        raise GradmatchError(f"load: root must be a folder's path (str or pathlib.Path), not {root!r}")
+    if isinstance(name, os.PathLike):  # an image folder given as a pathlib.Path
+        name = os.fspath(name)
+    if not isinstance(name, str) or not name.strip():
+        raise GradmatchError(f"load: name must be a dataset's name ({', '.join(list_datasets())}), an image "
+                             f"folder's path or hf:NAME; got {name!r}")
     root = Path(os.path.expanduser(os.fspath(root)))
     if isinstance(name, str) and name.startswith("hf:"):
         from gradmatch.data.hf import read_hf
@@ -282,7 +289,15 @@ def resize(images: torch.Tensor, size: Size) -> torch.Tensor:
     """Bilinear resize of N x C x H x W images in [0, 1] to ``size``; unchanged when already that size."""
     if size is None or tuple(images.shape[-2:]) == tuple(size) or images.shape[0] == 0:
         return images
-    out = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    try:
+        out = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        n, c = images.shape[:2]
+        gib = n * c * size[0] * size[1] * 4 / 2**30
+        raise out_of_memory(f"{n} images of {c}x{size[0]}x{size[1]} ({gib:.3g} GiB)",
+                            "choose a smaller --size (size=(H, W) from Python)") from None
     return out.clamp_(0.0, 1.0)
 
 

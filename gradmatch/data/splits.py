@@ -67,8 +67,8 @@ def split(dataset: Dataset, test_fraction: float = DEFAULT_TEST_FRACTION, seed: 
     replaced) and carrying a ``note``."""
     check_dataset(dataset, "split: dataset")
     test_fraction = check_fraction(test_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise GradmatchError(f"split: seed must be an int, not {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise GradmatchError(f"split: seed must be a whole number of at least 0, not {seed!r}")
     train_idx, test_idx = held_out(dataset.labels.cpu().numpy(), test_fraction, int(seed))
     line = note(dataset.name, test_fraction, len(test_idx), len(dataset), f"seed {seed}")
     mean = torch.tensor(dataset.mean, device=dataset.images.device).view(1, -1, 1, 1)

@@ -15,7 +15,6 @@ biases included.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
@@ -92,17 +91,10 @@ def resolve_metric(metric: Metric) -> Distance:
     if name in DISTANCES:
         return DISTANCES[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise GradmatchError(
-                f"--dis_metric {metric}: cannot import module '{module_name}' ({err}); "
-                "make it importable (PYTHONPATH) or fix the name") from None
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise GradmatchError(f"--dis_metric {metric}: module '{module_name}' has no function '{attr}'")
-        return Distance(attr, fn, builtin=False)
+        from ..usercode import import_function
+
+        fn = import_function("--dis_metric", name)
+        return Distance(name.partition(":")[2], fn, builtin=False)
     raise unknown_name("distance (--dis_metric)", metric, METRICS + ["package.module:function"])
 
 
@@ -124,6 +116,7 @@ def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metri
     multi-dimensional tensor viewed as rows (1-D tensors contribute nothing, as in the seed's
     ``distance_improved``), a whole-vector one on the flattened gradients."""
     distance = resolve_metric(metric)
+    _check_gradients(gw_syn, gw_real)
     if distance.whole_vector:
         return distance.fn(_flat(gw_syn), _flat(gw_real))
     total = gw_syn[0].new_zeros(())
@@ -131,6 +124,22 @@ def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metri
         if syn.dim() > 1:
             total = total + distance.fn(as_rows(syn), as_rows(real))
     return total
+
+
+def _check_gradients(gw_syn, gw_real) -> None:
+    """Two equally long sequences of float tensors, pair by pair of one shape (one line otherwise)."""
+    for what, grads in (("gw_syn", gw_syn), ("gw_real", gw_real)):
+        if isinstance(grads, Tensor) or not isinstance(grads, (list, tuple)) or not grads or \
+                not all(isinstance(g, Tensor) and g.is_floating_point() for g in grads):
+            raise GradmatchError(f"gradient_distance: {what} must be a non-empty list of float gradient tensors (one "
+                                 f"per parameter); got {type(grads).__name__}")
+    if len(gw_syn) != len(gw_real):
+        raise GradmatchError(f"gradient_distance: {len(gw_syn)} synthetic and {len(gw_real)} real gradients; give one "
+                             "of each per parameter")
+    for i, (syn, real) in enumerate(zip(gw_syn, gw_real)):
+        if syn.shape != real.shape:
+            raise GradmatchError(f"gradient_distance: gradient {i} is {tuple(syn.shape)} (syn) but {tuple(real.shape)} "
+                                 "(real); give the two gradients of one parameter in the same order")
 
 
 def summed_distance(syn: Sequence[Tensor], real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:

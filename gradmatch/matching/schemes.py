@@ -135,15 +135,79 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
     """``matching_losses`` of one network: the scalar loss.  ``iteration`` picks the half of the
     interleaved scheme; ``engine`` may be ``auto``; where ``batched`` cannot serve the network or the
     batches, ``fast`` runs and it is said once."""
-    from ..errors import warn
+    from ..errors import GradmatchError, is_out_of_memory, out_of_memory, warn
+    from ..precision import PRECISIONS
 
+    dtype = _check_net(net)
+    real, syn = _check_batch("real", real, dtype), _check_batch("syn", syn, dtype)
+    if real[0].shape[1:] != syn[0].shape[1:]:
+        raise GradmatchError(f"matching_loss: real images are {tuple(real[0].shape[1:])} but syn images "
+                             f"{tuple(syn[0].shape[1:])}; give images of one shape")
+    if isinstance(iteration, bool) or not isinstance(iteration, int):
+        raise GradmatchError(f"matching_loss: iteration must be a whole number, got {iteration!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise GradmatchError(f"matching_loss: num_classes must be a whole number of at least 1, got {num_classes!r}")
+    if precision not in PRECISIONS:
+        raise unknown_name("precision (--precision)", str(precision), PRECISIONS)
+    resolve_metric(metric)
     concrete = scheme_at(scheme, iteration)
+    if not concrete.mixed:
+        missing = sorted(set(syn[1].tolist()) - set(real[1].tolist()))
+        if missing:
+            raise GradmatchError(f"matching_loss: the real batch has no images of classes {missing}, which the syn "
+                                 f"batch has; {concrete.name} matches each class's gradients, so give real images of "
+                                 "every syn class")
     equal = concrete.mixed or (_equal_classes(real[1]) and _equal_classes(syn[1]))
     engine, note = choose_engine(engine, net, syn[0].device, None if equal else "batches of unequal size")
     if note:
         warn(note)
-    return matching_losses(Networks.wrap(net), [real], [syn], concrete, metric, num_classes, engine=engine,
-                           precision=precision, group=group)[0]
+    try:
+        return matching_losses(Networks.wrap(net), [real], [syn], concrete, metric, num_classes, engine=engine,
+                               precision=precision, group=group)[0]
+    except GradmatchError:
+        raise
+    except (RuntimeError, IndexError, ValueError) as err:  # the network refuses these images or labels
+        if is_out_of_memory(err):
+            raise out_of_memory("matching_loss's gradients", "give smaller batches") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise GradmatchError(f"matching_loss: the network fails on these batches ({type(err).__name__}: {first}); "
+                             "give images of the shape it takes and labels below its number of outputs") from None
+
+
+def _check_net(net) -> torch.dtype:
+    """The dtype of ``net``'s parameters; one line if it is not a network with trainable parameters."""
+    from ..errors import GradmatchError
+
+    if not isinstance(net, nn.Module):
+        raise GradmatchError(f"matching_loss: net must be a torch.nn.Module (e.g. gradmatch.create_model(...)); got "
+                             f"{type(net).__name__}")
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise GradmatchError("matching_loss: net has no parameters that take gradients; there is nothing to match")
+    return params[0].dtype
+
+
+def _check_batch(what: str, batch, dtype: torch.dtype) -> Batch:
+    """``(images, labels)``: float images N x C x H x W of the network's dtype, N integer labels >= 0."""
+    from ..errors import GradmatchError
+
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+        raise GradmatchError(f"matching_loss: {what} must be an (images, labels) pair of tensors; got "
+                             f"{type(batch).__name__}{f' of {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
+    images, labels = batch
+    if images.dim() != 4 or images.dtype != dtype or images.layout != torch.strided:
+        raise GradmatchError(f"matching_loss: {what} images are {str(images.dtype).replace('torch.', '')} of shape "
+                             f"{tuple(images.shape)}; expected {str(dtype).replace('torch.', '')} N x C x H x W, "
+                             "the network's dtype")
+    if labels.dim() != 1 or len(labels) != len(images) or labels.dtype not in (torch.int32, torch.int64):
+        raise GradmatchError(f"matching_loss: {what} labels are {str(labels.dtype).replace('torch.', '')} of shape "
+                             f"{tuple(labels.shape)} for {len(images)} images; expected one int64 class index per "
+                             "image")
+    if len(labels) and int(labels.min()) < 0:
+        raise GradmatchError(f"matching_loss: {what} labels include {int(labels.min())}; expected class indices 0, "
+                             "1, ...")
+    return images, labels.long()
 
 
 def _equal_classes(labels: Tensor) -> bool:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gradmatch.errors import GradmatchError, unknown_name
+from gradmatch.errors import GradmatchError, is_out_of_memory, unknown_name
 
 NORMS_2D = ("instancenorm", "batchnorm", "groupnorm", "none")
 
@@ -61,6 +61,8 @@ def probe_features(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module
         with torch.no_grad():
             out = fn(torch.zeros(1, channel, h, w))
     except (RuntimeError, ValueError) as e:  # kernel larger than the map; norm over a single value
+        if is_out_of_memory(e):  # not a size that is too small: the caller says so
+            raise
         raise _too_small(h, w, model_name) from e
     finally:
         module.train(was_training)

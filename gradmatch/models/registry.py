@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from gradmatch.errors import GradmatchError, unknown_name
+from gradmatch.errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name
 from gradmatch.models.layers import ImageTooSmallError
 
 Builder = Callable[..., nn.Module]
@@ -53,17 +53,9 @@ def list_models(filter: str = "") -> list[str]:
 
 def _user_builder(name: str) -> Builder:
     """The function ``package.module:function`` names, imported (GradmatchError if it cannot be)."""
-    import importlib
+    from gradmatch.usercode import import_function
 
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise GradmatchError(f"--model {name}: cannot import module '{module_name}' ({err}); make it importable "
-                             "(PYTHONPATH) or fix the name") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise GradmatchError(f"--model {name}: module '{module_name}' has no function '{attr}'")
+    fn = import_function("--model", name)
 
     def build(channel, num_classes, im_size, **kwargs):
         try:
@@ -199,6 +191,19 @@ def create_model(name: str, channel: int, num_classes: int,
         fit = _smallest_square_that_fits(builder, channel, num_classes, max(size), kwargs)
         hint = f"; use larger images, e.g. {fit}x{fit}" if fit else "; use larger images"
         raise ImageTooSmallError(f"{e}{hint}") from None
+    except GradmatchError:
+        raise
+    except TypeError as e:  # a keyword the builder does not take
+        if not kwargs or "argument" not in str(e):
+            raise
+        raise GradmatchError(f"create_model: {key} does not take {', '.join(f'{k}=' for k in kwargs)} ({e})") from None
+    except (RuntimeError, MemoryError, ValueError) as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(f"{key} for {channel}x{size[0]}x{size[1]} images and {num_classes} classes",
+                                "choose smaller images (--size), fewer channels or another model") from None
+        if isinstance(e, ValueError) and kwargs:  # e.g. width=0: a layer refuses the builder's numbers
+            raise GradmatchError(f"create_model: {key} cannot be built with {kwargs} ({e})") from None
+        raise
 
 
 def has_batchnorm(net: nn.Module) -> bool:
