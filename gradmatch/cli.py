@@ -150,10 +150,12 @@ def cmd_evaluate(args) -> int:
     test = data.load(dataset, config.data_path, "test", **config.data_options())
     if test.note:
         warn(test.note)
+    if test.images.shape[1:] != syn.images.shape[1:]:  # first: a resize changes the statistics too
+        resized = f" resized by --size {','.join(map(str, config.size))}" if config.size else ""
+        raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {dataset} test images{resized} "
+                             f"are {tuple(test.images.shape[1:])}; pass the dataset the set was made from"
+                             f"{' and the --size it was made at' if config.size else ''}")
     check_normalisation(syn, test, args.file)
-    if test.images.shape[1:] != syn.images.shape[1:]:
-        raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {dataset} test images "
-                             f"are {tuple(test.images.shape[1:])}; pass the dataset the set was made from")
     if not syn.dataset:  # DC's own layout: the set does not say how it was normalised, nor its classes
         warn(f"{args.file} names no dataset, classes or normalisation (DC's layout): its labels are read as "
              f"classes of --dataset {dataset} and its pixels as normalised like {dataset}'s")

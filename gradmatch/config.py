@@ -53,6 +53,7 @@ EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
 EXPERIMENT_MODES = ("auto", "batched", "sequential")
 DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000  # evaluation epochs: DC's rule
 NAME_BYTES = 255  # the longest file name on common file systems (ext4, APFS, NTFS)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a learning rate beyond it is inf in the updates
 
 
 def setting(default: Any = None, help: str = "", *, flag: Optional[str] = None, choices: Any = None,
@@ -138,6 +139,9 @@ def check_learning_rate(flag: str, value: Optional[float]) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise GradmatchError(f"{flag} must be a positive number, got {value}")
+    if value > FLOAT32_MAX:  # the tensors' arithmetic is float32: such a rate is inf there
+        raise GradmatchError(f"{flag} {value:g} is beyond float32's range ({FLOAT32_MAX:.3g}), the arithmetic of the "
+                             "updates; give a (far) smaller rate")
     if value == 0:
         warn(f"{flag} 0: nothing will change the images or networks it drives")
 
@@ -357,7 +361,7 @@ class Protocol:
             if value is None and name == "epochs":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or (
-                    low is not None and not value >= low) or (kind is float and not math.isfinite(value)):
+                    low is not None and not value >= low) or (kind is float and not abs(value) <= FLOAT32_MAX):
                 raise GradmatchError(f"evaluate: {name} must be {_NAMES[kind]}"
                                      f"{f' of at least {low}' if low is not None else ''}, got {value!r}")
         check_seed("evaluate: seed", self.seed)

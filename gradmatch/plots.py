@@ -231,6 +231,9 @@ def plot_run(run_dir) -> list[Path]:
     from .results import load_synthetic, load_torch
 
     run_dir = Path(run_dir)
+    if "\0" in str(run_dir):
+        raise GradmatchError(f"run folder {str(run_dir)!r} holds a NUL character, which no folder name can; fix the "
+                             "path")
     if not run_dir.is_dir():
         raise GradmatchError(f"run folder not found: {run_dir}")
     run_dir = _one_run(run_dir)

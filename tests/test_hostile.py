@@ -482,3 +482,29 @@ def test_names_no_file_system_holds_are_refused_before_any_work(tmp_path, capsys
     assert words in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
+
+
+# ---- class 10: values within Python's range but beyond the arithmetic's, and a resize blamed on the data -----
+@pytest.mark.parametrize("call, words", [
+    (lambda: CondenseConfig(lr_img=1e308).validate(), "--lr_img 1e+308 is beyond float32's range"),
+    (lambda: CondenseConfig(lr_net=1e39).validate(), "--lr_net 1e+39 is beyond float32's range"),
+    (lambda: Protocol(lr=1e308).checked(), "evaluate: lr must be a number"),
+], ids=["lr_img", "lr_net", "protocol"])
+def test_a_learning_rate_beyond_float32_is_refused(call, words):
+    """--lr_img 1e308 passed as finite and ended in torch's "cannot be converted to type float" traceback."""
+    with pytest.raises(GradmatchError) as err:
+        call()
+    assert words in one_line(err)
+
+
+def test_evaluate_with_a_size_the_set_was_not_made_at_names_the_size(finished_run, capsys):
+    """The resize also changes the statistics: the line used to blame the normalisation and advise the same
+    --dataset."""
+    assert main(["evaluate", str(finished_run / f"{NAME}.pt"), "--size", "16", "--model", "ConvNetD1"]) == 2
+    line = one_error_line(capsys)
+    assert "digits test images resized by --size 16,16 are (1, 16, 16)" in line and "normalised" not in line
+
+
+def test_plot_of_a_path_with_a_nul_names_it(capsys):
+    assert main(["plot", "/tmp/a\0b"]) == 2
+    assert "run folder '/tmp/a\\x00b' holds a NUL character" in one_error_line(capsys)
