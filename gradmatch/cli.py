@@ -115,8 +115,9 @@ def cmd_condense(args) -> int:
         config = load_checkpoint(checkpoint).config
         config.save_path = settings["save_path"] = str(run_dir.parent)
         if config.run_dir.resolve() != run_dir.resolve():
-            raise GradmatchError(f"{run_dir} holds the run {config.name}; its folder was renamed: name it "
-                                 f"{config.name} again to resume it")
+            raise GradmatchError(f"{run_dir} holds the run {config.name} (by the settings in its checkpoint); its "
+                                 f"folder was renamed or its checkpoint edited: name the folder {config.name} to "
+                                 "resume it, or start the run again with --overwrite")
     Run(config, settings).start(resume=bool(resume))
     return 0
 

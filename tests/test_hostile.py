@@ -508,3 +508,15 @@ def test_evaluate_with_a_size_the_set_was_not_made_at_names_the_size(finished_ru
 def test_plot_of_a_path_with_a_nul_names_it(capsys):
     assert main(["plot", "/tmp/a\0b"]) == 2
     assert "run folder '/tmp/a\\x00b' holds a NUL character" in one_error_line(capsys)
+
+
+def test_resume_of_a_checkpoint_whose_settings_were_edited_does_not_only_blame_a_rename(finished_run, tmp_path,
+                                                                                          capsys):
+    run = copy_run(finished_run, tmp_path / "copy")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"]["condense"]["model"] = "ConvNetD2"
+    torch.save(state, run / "checkpoint.pt")
+    assert main(["condense", *TINY, "--resume", str(run)]) == 2
+    line = one_error_line(capsys)
+    assert "holds the run intra-class_digits_ConvNetD2_1ipc (by the settings in its checkpoint)" in line
+    assert "renamed or its checkpoint edited" in line
