@@ -28,11 +28,11 @@ def demo(ipc: int = 10, iterations: int | None = None, num_eval: int = 5, epochs
 
 
 def _demo(ipc: int, iterations: int, num_eval: int, epochs: int, quiet: bool, seed: int) -> dict:
+    cfg = CondenseConfig(ipc=ipc, model=MODEL, scheme="multi-level", dis_metric="improved", schedule="adaptive",
+                         iterations=iterations, init="noise", batch_real=64, seed=seed).validate()  # before any output
     train, test = data.load("digits", split="train"), data.load("digits", split="test")
     print(f"digits: {len(train)} training and {len(test)} test images of {train.channel}x"
           f"{train.im_size[0]}x{train.im_size[1]}, {train.num_classes} classes; network {MODEL}")
-    cfg = CondenseConfig(ipc=ipc, model=MODEL, scheme="multi-level", dis_metric="improved", schedule="adaptive",
-                         iterations=iterations, init="noise", batch_real=64, seed=seed)
     start = time.perf_counter()
     condensation = Condensation(train, cfg, device="cpu")
     with tqdm(total=iterations, desc="condense", unit="it", disable=True if quiet else None) as bar:

@@ -10,14 +10,13 @@ from typing import Callable
 
 from .errors import GradmatchError
 
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # a function, or Class.method
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # a module path; after the colon a function or Class.method
 
 
 def check_function_name(flag: str, name: str) -> bool:
     """True for a well-formed ``package.module:function``; GradmatchError otherwise.  Nothing is imported."""
     module_name, _, attr = name.partition(":")
-    if not _DOTTED.fullmatch(module_name) or not _NAME.fullmatch(attr):
+    if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(attr):
         raise GradmatchError(f"{flag} {name!r} is not package.module:function (an importable module, a colon, a "
                              "function in it); fix the name")
     return True
