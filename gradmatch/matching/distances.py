@@ -115,8 +115,13 @@ def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metri
     """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6): a layer-wise distance on each
     multi-dimensional tensor viewed as rows (1-D tensors contribute nothing, as in the seed's
     ``distance_improved``), a whole-vector one on the flattened gradients."""
+    _check_gradients(gw_syn, gw_real)  # a caller's lists; the matching core's own go to tensor_distance
+    return tensor_distance(gw_syn, gw_real, metric)
+
+
+def tensor_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
+    """``gradient_distance`` without its argument checks: the matching core's per-step calls."""
     distance = resolve_metric(metric)
-    _check_gradients(gw_syn, gw_real)
     if distance.whole_vector:
         return distance.fn(_flat(gw_syn), _flat(gw_real))
     total = gw_syn[0].new_zeros(())
@@ -148,6 +153,6 @@ def summed_distance(syn: Sequence[Tensor], real: Sequence[Tensor], metric: Metri
     batched op per parameter tensor instead of K small ones."""
     distance = resolve_metric(metric)
     if not distance.builtin:  # a user's distance need not be vmappable: one class pair at a time
-        return sum(gradient_distance([s[i] for s in syn], [r[i] for r in real], distance)
+        return sum(tensor_distance([s[i] for s in syn], [r[i] for r in real], distance)
                    for i in range(len(syn[0])))
-    return torch.func.vmap(lambda s, r: gradient_distance(s, r, distance))(list(syn), list(real)).sum()
+    return torch.func.vmap(lambda s, r: tensor_distance(s, r, distance))(list(syn), list(real)).sum()

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import SINGLE, Group
-from ..errors import unknown_name
+from ..errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name, warn
+from ..precision import PRECISIONS
 from ..models.stack import Networks
 from .batches import Batch, class_count, own_chunk, own_classes, split_by_class
-from .distances import Metric, gradient_distance, needed_parameters, resolve_metric, summed_distance
+from .distances import Metric, needed_parameters, resolve_metric, summed_distance, tensor_distance
 from .engines import ENGINES, choose_engine
 from .engines.batched import batched_obstacle
 
@@ -31,7 +32,7 @@ Compose = Callable[[Sequence[Tensor], Sequence[Tensor], object, int, int, Group]
 
 def mixed_term(g_syn, g_real, metric, k: int, present: int, group: Group = SINGLE) -> Tensor:
     """Inter-class: K x D of the mixed batches' gradients (each process holding its chunk's share)."""
-    return group.share(k * gradient_distance(group.global_sum([g.sum(0) for g in g_syn]),
+    return group.share(k * tensor_distance(group.global_sum([g.sum(0) for g in g_syn]),
                                              group.global_sum([g.sum(0) for g in g_real]), metric))
 
 
@@ -47,7 +48,7 @@ def multi_level_terms(g_syn, g_real, metric, k: int, present: int, group: Group 
     mean_syn = [s / present for s in group.global_sum([g.sum(0) for g in g_syn])]
     mean_real = [s / present for s in group.global_sum([g.sum(0) for g in g_real])]
     return intra_terms(g_syn, g_real, metric, k, present) + group.share(
-        k * gradient_distance(mean_syn, mean_real, metric))
+        k * tensor_distance(mean_syn, mean_real, metric))
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,11 @@ def matching_losses(nets: Networks, reals: Sequence[Batch], syns: Sequence[Batch
     else:
         real_parts = [{c: (x, y) for c, x, y in split_by_class(*own_classes(b, group))} for b in reals]
         syn_parts = [split_by_class(*own_classes(b, group)) for b in syns]
-        missing = {c for c, _, _ in syn_parts[0]} - set(real_parts[0])
+        missing = sorted({c for c, _, _ in syn_parts[0]} - set(real_parts[0]))
         if missing:
-            raise ValueError(f"real batch lacks classes {sorted(missing)}")
+            raise GradmatchError(f"matching_loss: the real batch has no images of classes {missing}, which the syn "
+                                 f"batch has; {concrete.name} matches each class's gradients, so give real images "
+                                 "of every syn class")
         g_real = gradients([[parts[c] for c, _, _ in own] for parts, own in zip(real_parts, syn_parts)], True)
         g_syn = gradients([[(x, y) for _, x, y in own] for own in syn_parts], False)
     return torch.stack([concrete.compose([g[e] for g in g_syn], [g[e] for g in g_real], distance, k, present, group)
@@ -135,9 +138,6 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
     """``matching_losses`` of one network: the scalar loss.  ``iteration`` picks the half of the
     interleaved scheme; ``engine`` may be ``auto``; where ``batched`` cannot serve the network or the
     batches, ``fast`` runs and it is said once."""
-    from ..errors import GradmatchError, is_out_of_memory, out_of_memory, warn
-    from ..precision import PRECISIONS
-
     dtype = _check_net(net)
     real, syn = _check_batch("real", real, dtype), _check_batch("syn", syn, dtype)
     if real[0].shape[1:] != syn[0].shape[1:]:
@@ -152,12 +152,6 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
         raise unknown_name("precision (--precision)", str(precision), PRECISIONS)
     resolve_metric(metric)
     concrete = scheme_at(scheme, iteration)
-    if not concrete.mixed:
-        missing = sorted(set(syn[1].tolist()) - set(real[1].tolist()))
-        if missing:
-            raise GradmatchError(f"matching_loss: the real batch has no images of classes {missing}, which the syn "
-                                 f"batch has; {concrete.name} matches each class's gradients, so give real images of "
-                                 "every syn class")
     equal = concrete.mixed or (_equal_classes(real[1]) and _equal_classes(syn[1]))
     engine, note = choose_engine(engine, net, syn[0].device, None if equal else "batches of unequal size")
     if note:
@@ -177,8 +171,6 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
 
 def _check_net(net) -> torch.dtype:
     """The dtype of ``net``'s parameters; one line if it is not a network with trainable parameters."""
-    from ..errors import GradmatchError
-
     if not isinstance(net, nn.Module):
         raise GradmatchError(f"matching_loss: net must be a torch.nn.Module (e.g. gradmatch.create_model(...)); got "
                              f"{type(net).__name__}")
@@ -190,8 +182,6 @@ def _check_net(net) -> torch.dtype:
 
 def _check_batch(what: str, batch, dtype: torch.dtype) -> Batch:
     """``(images, labels)``: float images N x C x H x W of the network's dtype, N integer labels >= 0."""
-    from ..errors import GradmatchError
-
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
         raise GradmatchError(f"matching_loss: {what} must be an (images, labels) pair of tensors; got "
                              f"{type(batch).__name__}{f' of {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
