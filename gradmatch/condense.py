@@ -18,19 +18,19 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import distributed
+from . import checks, distributed
 from .augment import dsa, make_augment
-from .config import CondenseConfig, RunConfig, check_field
+from .config import EXPERIMENT_MODES, CondenseConfig
 from .data import Dataset, check_dataset
 from .distributed import Group
 from .errors import GradmatchError, warn
-from .matching import matching_losses, scheme_at
+from .matching import SCHEMES, matching_losses, scheme_at
 from .models.stack import Networks
 from .plan import BN_IMAGES_PER_CLASS, Plan, groups, make_plan
 from .precision import run_context
 from .runtime import cpu_context, resolve_device, to_device, tune_cuda
 from .schedule import SCHEDULES
-from .seeds import SEED_LIMIT, derive_seed
+from .seeds import derive_seed
 from .synset import SyntheticSet
 from .train import Trainer, fit, sgd_update
 
@@ -179,7 +179,7 @@ class Condensation:
 
     def train_networks(self, trainer: Trainer, states, outer_step: int, gens) -> None:
         cfg = self.cfg
-        epochs = self.schedule.epochs(outer_step, cfg.scheme, cfg.inner_loop)
+        epochs = self.schedule.epochs(outer_step, SCHEMES[cfg.scheme].adaptive, cfg.inner_loop)
         stop = self.schedule.stopper(lambda: self.held_batches(gens), trainer.held_losses)
         # with DSA the networks train on DSA-augmented batches
         augments = [make_augment(f"dsa:{cfg.dsa_strategy}", g) for g in gens] if cfg.dsa else None
@@ -229,11 +229,11 @@ def condense_experiments(real: Dataset, experiments=5, config: Optional[Condense
     ``mode`` as ``--experiments``: with ``batched`` they advance together, each equal to its own run up to
     float rounding."""
     real = check_dataset(real, "condense: real")
-    check_field(RunConfig, "experiments", mode)
+    mode = checks.choice(mode, "--experiments", EXPERIMENT_MODES, kind="condense_experiments: mode")
     if config is not None and not isinstance(config, CondenseConfig):
         raise GradmatchError(f"condense: config must be a gradmatch.CondenseConfig (or left out, with the settings "
                              f"as keywords); got {type(config).__name__}")
-    config = (config or CondenseConfig()).replace(**overrides)
+    config = (config or CondenseConfig()).replace(**overrides).validate()
     numbers = experiment_numbers(experiments)
     resolved = config.resolved(real)
     where = resolve_device(device)
@@ -243,7 +243,7 @@ def condense_experiments(real: Dataset, experiments=5, config: Optional[Condense
     real = real.to(where)  # once for every group
     final = []
     for group in groups(numbers, lambda e: 0, plan.together):
-        condensation = Condensation(real, config, group, where, plan=plan)
+        condensation = Condensation(real, resolved, group, where, plan=plan)
         *_, last = condensation.steps()
         final += [condensation.synthetic_set(s) for s in last]
     return final
@@ -251,19 +251,16 @@ def condense_experiments(real: Dataset, experiments=5, config: Optional[Condense
 
 def experiment_numbers(experiments) -> List[int]:
     """An int n (experiments 0..n-1, n >= 1) or distinct numbers >= 0; one line naming the argument otherwise."""
-    if isinstance(experiments, int) and not isinstance(experiments, bool):
-        if not 1 <= experiments <= SEED_LIMIT:
-            raise GradmatchError(f"condense_experiments: experiments must be at least 1 (and at most 2**63), got "
-                                 f"{experiments}")
-        return list(range(experiments))
-    try:
-        numbers = list(experiments) if not isinstance(experiments, (str, bytes, dict)) else None
-    except TypeError:
-        numbers = None
-    if not numbers or not all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < SEED_LIMIT
-                              for e in numbers) or len(set(numbers)) != len(numbers):
-        raise GradmatchError(f"condense_experiments: experiments must be a whole number of at least 1 or distinct "
-                             f"experiment numbers of at least 0 (below 2**63), got {experiments!r}")
+    what = "condense_experiments: experiments"
+    if checks.is_whole(experiments):
+        return list(range(checks.whole(experiments, what, minimum=1, maximum=checks.SEED_LIMIT)))
+    if isinstance(experiments, (str, bytes, dict)) or not hasattr(experiments, "__iter__"):
+        raise GradmatchError(f"{what} takes a whole number of at least 1 or distinct experiment numbers, got "
+                             f"{checks.show(experiments)}")
+    numbers = [checks.whole(e, what, minimum=0, maximum=checks.SEED_LIMIT - 1) for e in experiments]
+    if not numbers or len(set(numbers)) != len(numbers):
+        raise GradmatchError(f"{what} takes a whole number of at least 1 or distinct experiment numbers, got "
+                             f"{checks.show(experiments)}")
     return numbers
 
 
@@ -273,7 +270,5 @@ def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment:
 
     ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")``.
     """
-    if not isinstance(experiment, int) or isinstance(experiment, bool) or not 0 <= experiment < SEED_LIMIT:
-        raise GradmatchError(f"condense: experiment must be a whole number of at least 0 (and below 2**63, its seeds' "
-                             f"key), got {experiment!r}")
+    experiment = checks.whole(experiment, "condense: experiment", minimum=0, maximum=checks.SEED_LIMIT - 1)
     return condense_experiments(real, [experiment], config, device, **overrides)[0]

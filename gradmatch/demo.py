@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from . import data
 from .condense import Condensation
-from .config import CondenseConfig, Protocol
-from .evaluate import evaluate, random_real_subset
+from .config import CondenseConfig
+from .evaluate import evaluate_set, real_subset
+from .protocols import Protocol
 from .runtime import torch_threads
 
 MODEL = "ConvNetD1"
@@ -34,7 +35,7 @@ def _demo(ipc: int, iterations: int, num_eval: int, epochs: int, quiet: bool, se
     print(f"digits: {len(train)} training and {len(test)} test images of {train.channel}x"
           f"{train.im_size[0]}x{train.im_size[1]}, {train.num_classes} classes; network {MODEL}")
     start = time.perf_counter()
-    condensation = Condensation(train, cfg, device="cpu")
+    condensation = Condensation(train, cfg.resolved(train), device="cpu")
     with tqdm(total=iterations, desc="condense", unit="it", disable=True if quiet else None) as bar:
         for (state,) in condensation.steps():
             if state.iteration:
@@ -45,8 +46,8 @@ def _demo(ipc: int, iterations: int, num_eval: int, epochs: int, quiet: bool, se
     print(f"condensed {ipc} images per class from noise in {took:.0f} s ({iterations} iterations of multi-level "
           f"matching, improved distance, adaptive step)")
     protocol = Protocol(models=(MODEL,), num_eval=num_eval, epochs=epochs, seed=seed)  # the same for both sets
-    ours = evaluate(syn, MODEL, test, protocol, device="cpu")
-    rand = evaluate(random_real_subset(train, ipc, seed), MODEL, test, protocol, device="cpu")
+    ours, = evaluate_set(syn, test, protocol, "cpu")
+    rand, = evaluate_set(real_subset(train, ipc, seed), test, protocol, "cpu")
     print(f"test accuracy of {num_eval} fresh {MODEL}s trained {epochs} epochs on {ipc * train.num_classes} images:")
     print(f"  synthetic set       {100 * ours.mean:5.1f} +- {100 * ours.std:.1f} %")
     print(f"  random real subset  {100 * rand.mean:5.1f} +- {100 * rand.std:.1f} %")

@@ -39,39 +39,6 @@ def out_of_memory(what: str, fix: str) -> GradmatchError:
     return GradmatchError(f"not enough memory for {what}; {fix}")
 
 
-def keywords_checked(what: str):
-    """A dataclass decorator: its constructor refuses an unknown keyword, too many positional arguments
-    or a missing required one in one GradmatchError line naming ``what`` and its fields (the TypeError
-    Python would raise is not a user's line)."""
-    import dataclasses
-    import functools
-
-    def decorate(cls):
-        init = cls.__init__
-        fields = [f for f in dataclasses.fields(cls) if f.init]
-        names = [f.name for f in fields]
-        required = [f.name for f in fields if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]
-
-        @functools.wraps(init)
-        def __init__(self, *args, **kwargs):
-            unknown = sorted(set(kwargs) - set(names))
-            given = set(names[:len(args)]) | set(kwargs)
-            missing = [n for n in required if n not in given]
-            twice = sorted(set(names[:len(args)]) & set(kwargs))
-            if unknown or missing or twice or len(args) > len(names):
-                problem = (f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}" if unknown else
-                           f"missing {', '.join(missing)}" if missing else
-                           f"{', '.join(twice)} given twice" if twice else
-                           f"{len(args)} positional arguments for {len(names)} fields")
-                raise GradmatchError(f"{what}: {problem}; it takes {', '.join(names)}")
-            init(self, *args, **kwargs)
-
-        cls.__init__ = __init__
-        return cls
-    return decorate
-
-
 class Interrupted(GradmatchError):
     """Ctrl-C: the message says what was kept and what to do next (the CLI exits with 130)."""
 

@@ -1,11 +1,10 @@
-"""Evaluation (SPEC section 7): train fresh networks on a synthetic set, test them on real data.
+"""Evaluation: train fresh networks on a synthetic set under a ``Protocol``, test them on real data.
 
-Every evaluation follows one ``Protocol`` (``gradmatch.config``): the set and its random-real
-baseline are given the same object, so they are trained the same way.  The networks of a model are
-trained by the one trainer (``gradmatch.train``): one stack of all of them (``batched``), or one
-network after another, in this thread (``sequential``) or on worker threads (``parallel``); every
-method gives each network the same initialisation, shuffling and augmentation, so the accuracies
-agree up to float rounding.
+``evaluate_set`` is the one helper that runs a protocol's models for a set; the CLI, a run and
+``reproduce`` call it, for a set and its random-real baseline alike.  ``evaluate`` is the public edge:
+it checks what it is given once and hands it inward.  The networks of a model are trained by the one
+trainer (``gradmatch.train``), stacked, one after another or on worker threads as the plan says; each
+network gets the same initialisation, shuffling and augmentation whatever the method.
 """
 from __future__ import annotations
 
@@ -17,22 +16,22 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import distributed
+from . import checks, distributed
 from .augment import make_augment, strategy_for
-from .config import Protocol
 from .data import Dataset, check_dataset
 from .distributed import Group
 from .errors import GradmatchError
-from .models import check_model_name, check_network, create_model, has_batchnorm
+from .models import check_model_name, check_network, create_model
 from .models.layers import ImageTooSmallError
-from .models.stack import Networks, fresh_network
+from .models.stack import Networks
+from .plan import eval_plan
+from .protocols import Protocol
 from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator, tune_cuda
 from .seeds import derive_seed
 from .synset import SyntheticSet
 from .train import Trainer, accuracy, fit
 
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
-EVAL_MOMENTUM, EVAL_WEIGHT_DECAY = 0.9, 5e-4  # the seed's evaluate_synset
 
 
 @dataclass
@@ -53,14 +52,14 @@ class EvalResult:
                 f"std = {100 * self.std:.2f}")
 
 
-def lr_factor(passes_done: int, epochs: int) -> float:
-    """The seed's MultiStepLR(milestones=[epochs // 2], gamma=0.1) after ``passes_done`` passes."""
-    return 0.1 if passes_done >= epochs // 2 else 1.0
+def lr_factor(passes_done: int, epochs: int, milestones=(0.5,), gamma: float = 0.1) -> float:
+    """MultiStepLR(milestones=[int(epochs * m)], gamma) after ``passes_done`` passes (the seed's: [epochs // 2])."""
+    return gamma ** sum(passes_done >= int(epochs * m) for m in milestones)
 
 
 def check_models_fit(models: Sequence[str], channel: int, num_classes: int, im_size, flag: str = "--eval_mode"):
-    """Build each evaluation model once for this image shape (under a forked RNG, so no run's random
-    stream moves) and refuse, before any work, models whose feature maps would shrink to nothing."""
+    """Build each model once for this image shape (under a forked RNG, so no run's random stream moves) and
+    refuse, before any work, models whose feature maps would shrink to nothing or that fail on a small batch."""
     unfit = []
     for name in models:
         try:
@@ -78,118 +77,118 @@ def check_models_fit(models: Sequence[str], channel: int, num_classes: int, im_s
                              f"nothing); {hint}")
 
 
-def check_set(syn: SyntheticSet, test: Optional[Dataset] = None) -> None:
-    """A synthetic set that evaluation can use: as many labels as images, labels within the classes,
-    finite pixels, and (with ``test``) the test images' shape."""
-    if not isinstance(syn, SyntheticSet):
-        raise GradmatchError(f"evaluate: the set must be a gradmatch SyntheticSet (from condense or load_synthetic); "
-                             f"got {type(syn).__name__}")
-    syn.validate("evaluate: the set")
-    images = syn.images
-    if images.dtype != torch.get_default_dtype():  # what the networks are built in
-        raise GradmatchError(f"evaluate: the set's images are {str(images.dtype).replace('torch.', '')}, the networks "
-                             f"{str(torch.get_default_dtype()).replace('torch.', '')}; convert them first "
-                             "(syn.images = syn.images.float())")
-    if test is None:
-        return
-    check_dataset(test, "evaluate: test")
-    if tuple(test.images.shape[1:]) != tuple(images.shape[1:]):
-        raise GradmatchError(f"the synthetic images are {tuple(images.shape[1:])} but the test images are "
+def check_compatible(syn: SyntheticSet, test: Dataset, what: str = "the synthetic set") -> None:
+    """A set can be scored on ``test``: the same image shape, classes and normalisation (else its networks
+    would see shifted pixels, or score classes the test data does not have)."""
+    if tuple(test.images.shape[1:]) != tuple(syn.images.shape[1:]):
+        raise GradmatchError(f"the images of {what} are {tuple(syn.images.shape[1:])} but the test images are "
                              f"{tuple(test.images.shape[1:])}; evaluate on the dataset the set was made from")
-    if syn.num_classes != test.num_classes:  # the networks' outputs are the set's classes: scores would mislead
-        raise GradmatchError(f"the synthetic set has {syn.num_classes} classes but the test data {test.name} has "
+    if syn.num_classes != test.num_classes:
+        raise GradmatchError(f"{what} has {syn.num_classes} classes but the test data {test.name} has "
                              f"{test.num_classes}; evaluate on the dataset the set was made from")
-    from .export import check_normalisation
+    if not (checks.same_statistics(syn.mean, test.mean) and checks.same_statistics(syn.std, test.std)):
+        raise GradmatchError(f"{what} was normalised with mean {_fmt(syn.mean)} std {_fmt(syn.std)} "
+                             f"({syn.dataset or 'dataset unknown'}), the test set {test.name} with mean "
+                             f"{_fmt(test.mean)} std {_fmt(test.std)}; "
+                             "networks trained on one and tested on the other would see shifted pixels; evaluate on "
+                             f"the set's own dataset{f' (--dataset {syn.dataset})' if syn.dataset else ''}")
 
-    check_normalisation(syn, test, "the synthetic set")
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4f}" for v in values) + ")"
 
 
 def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Protocol] = None, *, device=None,
              group: Optional[Group] = None, **settings) -> EvalResult:
     """Train ``protocol.num_eval`` fresh ``model`` networks on ``syn`` and test each on ``test``.
 
-    ``protocol`` (default ``Protocol()``), with ``settings`` (its fields: ``num_eval``, ``epochs``,
-    ``lr``, ``batch_size``, ``augment``, ``method``, ``seed``) overriding it.  With several processes
-    (``group``, default: torch.distributed's if initialised) network k is trained by process
-    ``k % world``; every process returns all the accuracies.
-    """
+    ``protocol`` (default ``Protocol()``), with ``settings`` (its fields: ``num_eval``, ``epochs``, ``lr``,
+    ``batch_size``, ``augment``, ``method``, ``seed`` ...) over it.  With several processes (``group``,
+    default: torch.distributed's if initialised) network k is trained by process ``k % world``; every
+    process returns all the accuracies."""
+    if not isinstance(syn, SyntheticSet):
+        raise GradmatchError(f"evaluate: the set must be a gradmatch SyntheticSet (from condense or load_synthetic); "
+                             f"got {type(syn).__name__}")
     if protocol is not None and not isinstance(protocol, Protocol):
         raise GradmatchError(f"evaluate: protocol must be a gradmatch.Protocol; got {type(protocol).__name__}")
     check_model_name(model)
-    protocol = (protocol or Protocol(models=(model,))).replace(**settings)
-    check_set(syn, test)
-    if test is None:
-        check_dataset(test, "evaluate: test")
+    syn = syn.checked("evaluate: the set")
+    test = check_dataset(test, "evaluate: test")
+    check_compatible(syn, test)
+    protocol = (protocol or Protocol()).replace(models=(model,), **settings).validate()
+    return evaluate_set(syn, test, protocol, device, group)[0]
+
+
+def evaluate_set(syn: SyntheticSet, test: Dataset, protocol: Protocol, device=None,
+                 group: Optional[Group] = None) -> List[EvalResult]:
+    """Every model of ``protocol`` trained on ``syn`` and tested on ``test``: all three trusted (checked
+    where they entered)."""
     device = resolve_device(device)
     tune_cuda(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    test = test.to(device)  # nothing is copied where the caller moved it once
+    return [_evaluate_model(syn, model, test, protocol, device, group or distributed.current())
+            for model in protocol.models]
+
+
+def _evaluate_model(syn: SyntheticSet, model: str, test: Dataset, protocol: Protocol, device: torch.device,
+                    group: Group) -> EvalResult:
     strategy = strategy_for(syn.dataset, model) if protocol.augment == "auto" else protocol.augment
     epochs = protocol.epochs_for(strategy)
-    on_cpu = device.type == "cpu"
-    if on_cpu:
-        tune_cpu_allocator()
-    images, labels = syn.images.detach().to(device), syn.labels.long().to(device)  # any integer dtype validated
-    test = test.to(device)  # nothing is copied where the caller moved it once
+    images, labels = syn.images.detach().to(device), syn.labels.long().to(device)
     model_key = zlib.crc32(model.encode())
-    group = group or distributed.current()
     mine = [k for k in range(protocol.num_eval) if group.owns(k)]  # with several processes, a share each
     gens = [torch.Generator().manual_seed(derive_seed(protocol.seed, model_key, k, 0)) for k in mine]
     seeds = [derive_seed(protocol.seed, model_key, k, 1) for k in mine]
     shape = (syn.channel, syn.num_classes, syn.im_size)
-    method = _method_for(protocol.method, model, shape, on_cpu)
-    capture = device.type == "cuda" and strategy in (None, "none")
+    plan = eval_plan(protocol.method, model, shape, device, augmented=strategy not in (None, "none"))
+
+    def lr_at(epoch: int) -> float:
+        return protocol.lr * lr_factor(epoch, epochs, protocol.milestones, protocol.gamma)
 
     def train_and_test(ks: Sequence[int]) -> List[float]:
         nets = Networks.build(model, *shape, [seeds[k] for k in ks], device)
-        trainer = Trainer(nets, protocol.lr * lr_factor(0, epochs), EVAL_MOMENTUM, EVAL_WEIGHT_DECAY,
-                          stacked=len(ks) > 1, capture=capture)
+        trainer = Trainer(nets, lr_at(0), protocol.momentum, protocol.weight_decay, stacked=len(ks) > 1,
+                          capture=plan.capture)
         fit(trainer, images, labels, epochs, protocol.batch_size, [gens[k] for k in ks],
-            augments=[make_augment(strategy, gens[k]) for k in ks],
-            lr_at=lambda epoch: protocol.lr * lr_factor(epoch, epochs))
+            augments=[make_augment(strategy, gens[k]) for k in ks], lr_at=lr_at)
         return [accuracy(net, test.images, test.labels) for net in nets.members]
 
     indices = list(range(len(mine)))
-    if method == "batched":
+    if plan.method == "batched":
         per_group = max(1, BATCHED_IMAGES // max(1, min(protocol.batch_size, len(images))))
         chunks = [indices[i:i + per_group] for i in range(0, len(indices), per_group)]
     else:
         chunks = [[k] for k in indices]
 
     def job(ks: Sequence[int]) -> List[float]:
-        with torch_threads(job_threads()) if on_cpu else nullcontext():
+        with torch_threads(job_threads()) if device.type == "cpu" else nullcontext():
             return train_and_test(ks)
 
-    if method == "parallel":
+    if plan.method == "parallel":
         parts = RUNNER.map(job, chunks, ("eval", model, tuple(images.shape), epochs), torch.get_num_threads())
     else:
         parts = [job(ks) for ks in chunks]
-    accs = [a for part in parts for a in part]
-    return EvalResult(model, group.gather(accs, protocol.num_eval))
-
-
-def _method_for(method: str, model: str, shape, on_cpu: bool) -> str:
-    """``auto``: parallel on CPU, batched elsewhere; a network with running state (batch norm) cannot
-    be stacked and runs in parallel instead."""
-    if method == "auto":
-        method = "parallel" if on_cpu else "batched"
-    if method == "batched" and has_batchnorm(fresh_network(model, *shape, seed=0)):
-        return "parallel"
-    return method
+    return EvalResult(model, group.gather([a for part in parts for a in part], protocol.num_eval))
 
 
 def random_real_subset(real: Dataset, ipc: int, seed: int = 0) -> SyntheticSet:
     """ipc random real images per class: the baseline every synthetic set must beat."""
-    from .config import check_seed
-
     real = check_dataset(real, "random_real_subset: real")
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise GradmatchError(f"random_real_subset: ipc must be a whole number of at least 1, got {ipc!r}")
-    check_seed("random_real_subset: seed", seed)
+    ipc = checks.whole(ipc, "random_real_subset: ipc", minimum=1)
+    seed = checks.seed(seed, "random_real_subset: seed")
+    return real_subset(real, ipc, seed)
+
+
+def real_subset(real: Dataset, ipc: int, seed: int) -> SyntheticSet:
     gen = torch.Generator().manual_seed(seed)
     picks = []
     for c in range(real.num_classes):
         idx = torch.nonzero(real.labels.cpu() == c).flatten()
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
     idx = torch.cat(picks).to(real.images.device)
-    return SyntheticSet(images=real.images[idx].clone(), labels=real.labels[idx].clone(),
-                        classes=list(real.classes), mean=real.mean, std=real.std, dataset=real.name,
-                        config={"random_real_subset": True, "ipc": ipc, "seed": seed})
+    return SyntheticSet(images=real.images[idx].clone(), labels=real.labels[idx].clone(), classes=list(real.classes),
+                        mean=real.mean, std=real.std, dataset=real.name, config={"random_real_subset": True,
+                                                                                  "ipc": ipc, "seed": seed},
+                        source=real.source)

@@ -24,9 +24,6 @@ any failure (a full disk, a read-only folder) that folder is removed and DIR is 
 export included.  ``--overwrite`` moves the earlier export's entries (as its metadata.json names them)
 and those the new one writes aside and deletes them; a symbolic link among them is removed, never
 followed.  A DIR that is itself a link is the folder it points to (the user named it).
-
-Also here: ``check_normalisation``, which stops ``gradmatch evaluate`` from scoring a set against a test
-set normalised differently (its networks would see shifted pixels and score near chance).
 """
 from __future__ import annotations
 
@@ -309,32 +306,3 @@ def _write_error(to: Path, err: OSError, old: Optional[List[str]]) -> GradmatchE
     kept = "; an earlier export there is intact" if old else ""
     return GradmatchError(f"cannot write the export to {to}: {what}{where}; nothing was written{kept}; "
                           f"{_ADVICE.get(err.errno, 'check --to and try again')}")
-
-
-def check_normalisation(syn, test, file, tol: float = 1e-4) -> None:
-    """Refuse to evaluate a set on test images normalised with other statistics; DC's files say
-    nothing (no dataset saved) and pass."""
-    if not syn.dataset:
-        return
-    same = (len(syn.mean) == len(test.mean) and len(syn.std) == len(test.std)
-            and all(abs(float(a) - float(b)) <= tol for a, b in zip((*syn.mean, *syn.std), (*test.mean, *test.std))))
-    if not same:
-        raise GradmatchError(
-            f"{file} was normalised with mean {_fmt(syn.mean)} std {_fmt(syn.std)} ({syn.dataset}), the test set "
-            f"{test.name} with mean {_fmt(test.mean)} std {_fmt(test.std)}; networks trained on one and tested on "
-            f"the other would see shifted pixels; evaluate on --dataset {syn.dataset}")
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{float(v):.4f}" for v in values) + ")"
-
-
-def read_metadata(folder) -> Optional[dict]:
-    """An export's metadata.json, or None when ``folder`` holds none."""
-    path = Path(folder) / "metadata.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise GradmatchError(f"{path} is not valid JSON; export the set again") from None

@@ -73,6 +73,24 @@ def make_plan(cfg: CondenseConfig, real: Dataset, device: torch.device, group: G
                 capture=torch.device(device).type == "cuda" and not cfg.dsa, notes=tuple(notes))
 
 
+@dataclass(frozen=True)
+class EvalPlan:
+    method: str    # sequential, parallel (worker threads) or batched (stacks of networks)
+    capture: bool  # each training epoch recorded once as a CUDA graph
+
+
+def eval_plan(method: str, model: str, shape, device: torch.device, augmented: bool) -> EvalPlan:
+    """How the evaluation networks of ``model`` train: ``auto`` is parallel on CPU and batched elsewhere;
+    a network with running state (batch norm) cannot be stacked and runs in parallel instead; epochs are
+    captured on a GPU unless augmentation draws on the host every batch."""
+    on_cpu = torch.device(device).type == "cpu"
+    if method == "auto":
+        method = "parallel" if on_cpu else "batched"
+    if method == "batched" and has_batchnorm(fresh_network(model, *shape, seed=0)):
+        method = "parallel"
+    return EvalPlan(method, capture=torch.device(device).type == "cuda" and not augmented)
+
+
 def groups(experiments: Sequence[int], start_of: Callable[[int], int], together: int) -> List[List[int]]:
     """``experiments`` in the order given, cut into groups of consecutive numbers that start from the
     same iteration (``start_of``), at most ``together`` each."""

@@ -21,6 +21,7 @@ import numpy as np
 from .synset import SyntheticSet
 from .errors import GradmatchError
 from .results import atomic_write, read_log
+from .rundir import RunFiles
 
 CURVES_SIZE = (10.0, 4.0)   # inches; at DPI this is 1000 x 400 pixels
 DPI = 100
@@ -198,36 +199,28 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _run_config(run_dir: Path) -> dict:
+def _run_config(files: RunFiles) -> dict:
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = json.loads(files.config.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
 
 
-def _is_run(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in ("config.json", "log.jsonl", "checkpoint.pt")) or \
-        (folder.parent / f"{folder.name}.pt").is_file()
-
-
-def _one_run(folder: Path) -> Path:
-    """``folder`` itself if it is a run's folder; else, given a --save_path holding exactly one run,
-    that run (several: GradmatchError listing them)."""
-    if _is_run(folder):
-        return folder
-    runs = sorted(p for p in folder.iterdir() if p.is_dir() and _is_run(p))
-    if len(runs) == 1:
-        return runs[0]
-    if runs:
-        raise GradmatchError(f"{folder} holds {len(runs)} runs; plot one of: "
-                             f"{', '.join(str(p) for p in runs)}")
-    return folder
+def _one_run(folder: Path) -> RunFiles:
+    """``folder`` itself if it is a run's folder; else, given a --save_path holding exactly one run, that run
+    (several: GradmatchError listing them)."""
+    if RunFiles(folder).exists():
+        return RunFiles(folder)
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and RunFiles(p).exists())
+    if len(runs) > 1:
+        raise GradmatchError(f"{folder} holds {len(runs)} runs; plot one of: {', '.join(str(p) for p in runs)}")
+    return RunFiles(runs[0] if runs else folder)
 
 
 def plot_run(run_dir) -> list[Path]:
-    """Draw curves.png and grid.png (the latest synthetic set, labelled) into ``run_dir``; with more
-    than one finished experiment, grid_expE.png for each as well."""
+    """Draw curves.png and grid.png (the latest synthetic set, labelled) into ``run_dir``; with more than one
+    finished experiment, grid_expE.png for each as well."""
     from .results import load_synthetic, load_torch
 
     run_dir = Path(run_dir)
@@ -236,41 +229,31 @@ def plot_run(run_dir) -> list[Path]:
                              "path")
     if not run_dir.is_dir():
         raise GradmatchError(f"run folder not found: {run_dir}")
-    run_dir = _one_run(run_dir)
-    config = _run_config(run_dir)
+    files = _one_run(run_dir)
+    config = _run_config(files)
     condense = config.get("condense") if isinstance(config.get("condense"), dict) else {}
     iterations = condense.get("iterations") if _whole(condense.get("iterations")) and \
         0 <= condense["iterations"] < 2**53 else None  # a damaged config.json: the axes from the log
-    written = []
-    final = run_dir.parent / f"{run_dir.name}.pt"
-    ckpt_path = run_dir / "checkpoint.pt"
     sets: list[tuple[str, SyntheticSet]] = []
-    if final.is_file():
-        payload = load_torch(final, "synthetic-set file")
+    if files.pt.is_file():
+        payload = load_torch(files.pt, "synthetic-set file")
         count = len(payload.get("data") or []) if isinstance(payload, dict) else 0
-        for e in range(count):
-            after = f", after {iterations} iterations" if iterations is not None else ""
-            sets.append((f"experiment {e}{after}", load_synthetic(final, e)))
-    elif ckpt_path.is_file():
+        after = f", after {iterations} iterations" if iterations is not None else ""
+        sets = [(f"experiment {e}{after}", load_synthetic(files.pt, e)) for e in range(count)]
+    elif files.checkpoint.is_file():
         from .runstate import load_checkpoint
 
-        latest = load_checkpoint(ckpt_path, code=False).latest()  # reading it runs no user code
-        if latest is not None:
-            sets.append(latest)
+        latest = load_checkpoint(files.checkpoint, code=False).latest()  # reading it runs no user code
+        sets = [latest] if latest is not None else []
     chance = 1.0 / sets[-1][1].num_classes if sets and sets[-1][1].num_classes else None
-    curves = save_curves(run_dir / "log.jsonl", run_dir / "curves.png", title=run_dir.name,
-                         iterations=iterations, chance=chance)
-    if curves:
-        written.append(curves)
-    for e, (what, syn) in enumerate(sets):
-        title = f"{syn.dataset or run_dir.name}: {syn.ipc} synthetic images per class\n({what})"
-        if len(sets) > 1:
-            written.append(save_labelled_grid(syn, run_dir / f"grid_exp{e}.png", title))
+    written = [save_curves(files.log, files.curves, title=files.dir.name, iterations=iterations, chance=chance)]
+    titled = [(f"{syn.dataset or files.dir.name}: {syn.ipc} synthetic images per class\n({what})", syn)
+              for what, syn in sets]
+    if len(sets) > 1:
+        written += [save_labelled_grid(syn, files.picture(e), title) for e, (title, syn) in enumerate(titled)]
     if sets:
-        what, syn = sets[-1]
-        written.append(save_labelled_grid(syn, run_dir / "grid.png",
-                                          f"{syn.dataset or run_dir.name}: {syn.ipc} synthetic images per class\n"
-                                          f"({what})"))
+        written.append(save_labelled_grid(titled[-1][1], files.picture(), titled[-1][0]))
+    written = [w for w in written if w]
     if not written:
-        raise GradmatchError(f"{run_dir} holds no log.jsonl, checkpoint or result to plot")
+        raise GradmatchError(f"{files.dir} holds no log.jsonl, checkpoint or result to plot")
     return written

@@ -8,8 +8,7 @@ images of the same size evaluated by the same protocol.  ``--scale`` adds only t
 ``gradmatch.run.Run`` in this process, saving under its own folder of ``--save_path``; a row whose
 result file exists is reused, an unfinished one continues with ``--resume``.  The table (``table.md``)
 compares each mean with the published one where SPEC section 9 has it: within ``max(2 x published std,
-1.0)`` points is "within tolerance" (1.0 where no std is published).  Every preset is checked against
-the settings' declarations when this module loads, so a typo fails before hours of rows.
+1.0)`` points is "within tolerance" (1.0 where no std is published).
 
 Files under ``<save_path>`` (default ``result/reproduce/<preset>_<dataset>_<ipc>ipc_<scale>``):
   <row>/           the row's run (``<name>.pt``, ``<name>.json``, ``<name>/`` with log and grids)
@@ -24,6 +23,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import RunConfig, apply, flag_name, to_argv
-from .errors import GradmatchError, unknown_name
+from .config import RunConfig, apply, declarations, flag_name, flatten, to_argv
+from .data import DataConfig
+from .errors import GradmatchError, Interrupted, unknown_name
 
 RANDOM = "random real"
 
@@ -95,25 +96,12 @@ PUBLISHED: Dict[str, Dict[Tuple[str, int, str], Tuple[float, Optional[float]]]] 
     "DSA": {("CIFAR10", 1, "ConvNet"): (28.8, None), ("CIFAR10", 10, "ConvNet"): (52.1, None),
             ("CIFAR10", 50, "ConvNet"): (60.6, None)},
     RANDOM: {("CIFAR10", 1, "ConvNet"): (14.4, 2.0), ("CIFAR10", 10, "ConvNet"): (26.0, 1.2),
-             ("CIFAR10", 50, "ConvNet"): (43.4, 1.0)},
+             ("CIFAR10", 50, "ConvNet"): (43.4, 1.0), ("MNIST", 1, "ConvNet"): (64.9, 3.5),
+             ("FashionMNIST", 1, "ConvNet"): (51.4, 3.8)},
 }
 PUBLISHED["DC"].update({("CIFAR10", 50, m): (v, None) for m, v in
                         (("ResNet18", 20.8), ("VGG11", 38.8), ("AlexNet", 28.7))})
 MIN_TOLERANCE = 1.0  # points: below this, run-to-run noise of one network already differs
-
-
-def check_presets() -> None:
-    """Every row and scale, applied to the default run, is a valid run (unknown names, bad values)."""
-    for name, rows in PRESETS.items():
-        for row in rows:
-            for scale in SCALES.values():
-                try:
-                    apply(RunConfig(), {**row.settings, **scale}).validate()
-                except GradmatchError as err:
-                    raise GradmatchError(f"preset {name}, row {row.label}: {err}") from None
-
-
-check_presets()
 
 
 def tolerance(std: Optional[float]) -> float:
@@ -221,37 +209,36 @@ class Reproduction:
         scale_flags(scale)
         self.preset, self.scale, self.resume = preset, scale, resume
         self.base = base or RunConfig()
-        if self.base.condense.model == "ConvNet" and is_digits(self.base.dataset):
+        if self.base.condense.model == "ConvNet" and is_digits(self.base.data.dataset):
             self.base = apply(self.base, {"model": DIGITS_MODEL})
-        self.dataset, self.ipc, self.model = self.base.dataset, self.base.condense.ipc, self.base.condense.model
+        self.dataset, self.ipc, self.model = self.base.data.dataset, self.base.condense.ipc, self.base.condense.model
         self.save = Path(self.base.save_path)
 
     def seed_config(self, row: Row) -> RunConfig:
-        """The row's run as the seed command names it (no scale, no paths)."""
+        """The row's run as the seed command names it: the base's data (not where it lies), ipc, model and
+        protocol, the row's settings; no scale, no paths."""
         settings = dict(row.settings)
         if is_digits(self.dataset) and settings.get("eval_mode") == "M":
             settings["eval_mode"] = DIGITS_POOL
-        shown = RunConfig(dataset=self.base.dataset)
-        shown.condense = dataclasses.replace(shown.condense, ipc=self.ipc, model=self.model)
-        return apply(shown, settings)
+        where = DataConfig()
+        shown = RunConfig(data=dataclasses.replace(self.base.data, data_path=where.data_path, download=where.download),
+                          evaluation=RunConfig().evaluation.replace(protocol=self.base.evaluation.protocol))
+        return apply(shown, {"ipc": self.ipc, "model": self.model, **settings})
 
     def config(self, row: Row) -> RunConfig:
-        """The row's whole run: the seed command at this scale, with the base's paths and devices."""
-        base = {k: getattr(self.base, k) for k in ("data_path", "device", "download", "quiet", "overwrite",
-                                                    "experiments", "test_fraction", "image_column", "label_column",
-                                                    "size")}
-        config = apply(self.seed_config(row), {**SCALES[self.scale], **base})
-        config.save_path = str(self.save / row.slug)
+        """The row's whole run: the seed command at this scale, with where and how loudly the base runs."""
+        free = {k: v for k, v in flatten(self.base).items() if declarations()[k][1].metadata.get("free")}
+        config = apply(self.seed_config(row), {**SCALES[self.scale], **free, "save_path": str(self.save / row.slug)})
         return config.validate()
 
     def seed_command(self, row: Row) -> str:
-        """The seed's command of ``row`` (``python multi-level.py --dataset ... --ipc ...``)."""
-        return " ".join(["python", *to_argv(self.seed_config(row), always=("dataset", "ipc", *row.shown))])
+        """The seed's command of ``row`` (``python multi-level.py --dataset ... --ipc ...``), quoted for a shell."""
+        return shlex.join(["python", *to_argv(self.seed_config(row), always=("dataset", "ipc", *row.shown))])
 
     def command(self, row: Row) -> str:
         if row.settings is None:
             return (f"random_real_subset(train, ipc={self.ipc}, seed=e) for e < {self.protocol_config().num_exp}, "
-                    "each evaluated as the rows' sets")
+                    "each evaluated as the rows' sets (the same protocol and seeds)")
         return " ".join([self.seed_command(row), *scale_flags(self.scale)])
 
     def protocol_config(self) -> RunConfig:
@@ -259,7 +246,8 @@ class Reproduction:
 
     def dry_run(self) -> str:
         lines = [f"# {self.title()}", f"# {scale_note(self.scale)}",
-                 f"# each row also gets --data_path {self.base.data_path} --save_path {self.save}/<row>"]
+                 f"# each row also gets {shlex.join(['--data_path', self.base.data.data_path])} "
+                 f"--save_path {shlex.quote(str(self.save))}/<row>"]
         lines += [f"{row.label:>40}:  {self.command(row)}" for row in self.rows]
         return "\n".join(lines)
 
@@ -289,7 +277,7 @@ class Reproduction:
         from .run import Run
 
         config = self.config(row)
-        files = RunFiles(config)
+        files = RunFiles(config.run_dir)
         info = _read_json(files.dir.parent / "row.json", required=False) or {}
         if not files.json.is_file() or config.overwrite:
             resume = files.checkpoint.is_file() and not config.overwrite
@@ -300,6 +288,8 @@ class Reproduction:
             start = time.perf_counter()
             try:
                 Run(config).start(resume=resume)
+            except Interrupted:
+                raise
             except GradmatchError as err:
                 raise GradmatchError(f"row '{row.label}' stopped: {err}; the finished rows are kept in {self.save}: "
                                      "run the same command again after fixing it") from None
@@ -312,7 +302,7 @@ class Reproduction:
         if not isinstance(summary, dict) or not all(s is None or _summary_ok(s) for s in summary.values()):
             raise GradmatchError(f"{files.json} holds no valid 'summary' (mean, std, n per model); it was damaged: "
                                  f"delete {files.json} and run again, or pass --overwrite")
-        grid = self._copy_grid(row, sorted(files.dir.glob("grid_exp*_it*.png")))
+        grid = self._copy_grid(row, files.grids())
         out = []
         for model, s in summary.items():
             pct = (100 * s["mean"], 100 * s["std"], s["n"]) if s else (None, None, 0)
@@ -351,21 +341,22 @@ class Reproduction:
                 for model, s in summary.items()]
 
     def _evaluate_random(self, row: Row, config: RunConfig) -> Dict[str, dict]:
-        from . import data
-        from .evaluate import evaluate, random_real_subset
+        from .data import load_data
+        from .evaluate import evaluate_set, real_subset
         from .plots import save_image_grid
+        from .run import evaluation_seed
 
-        train = data.load(config.dataset, config.data_path, "train", **config.data_options())
-        test = data.load(config.dataset, config.data_path, "test", **config.data_options())
+        parts = load_data(config.data)
+        protocol = config.protocol()
+        last = config.condense.iterations
         accs: Dict[str, List[float]] = {}
         for exp in range(config.num_exp):
-            protocol = config.protocol(seed=exp)
-            subset = random_real_subset(train, self.ipc, seed=exp)
+            subset = real_subset(parts["train"], self.ipc, exp)
             if exp == 0:
                 save_image_grid(subset, self.save / row.slug / "grid.png")
-            for model in protocol.models:
-                result = evaluate(subset, model, test, protocol, device=config.device)
-                accs.setdefault(model, []).extend(result.accuracies)
+            seeded = protocol.replace(seed=evaluation_seed(config.condense.seed, exp, last))  # as row e's final set
+            for result in evaluate_set(subset, parts["test"], seeded, config.device):
+                accs.setdefault(result.model, []).extend(result.accuracies)
                 if not config.quiet:
                     print(f"[random real, subset {exp}] {result.line()}", file=sys.stderr, flush=True)
         return {m: {"mean": statistics.fmean(a), "std": statistics.pstdev(a), "n": len(a)} for m, a in accs.items()}
@@ -373,7 +364,7 @@ class Reproduction:
     # the table
     def table(self, measured: Sequence[Measured]) -> str:
         lines = [f"## {self.title()}", "",
-                 f"{scale_note(self.scale)}. Each row also gets `--data_path {self.base.data_path} --save_path "
+                 f"{scale_note(self.scale)}. Each row also gets `--data_path {self.base.data.data_path} --save_path "
                  f"{self.save}/<row>`.", "",
                  f"Machine: {machine(self.base.device)}.", "",
                  f"Verdict: |mean - published| <= max(2 x published std, {MIN_TOLERANCE}) points is \"within "

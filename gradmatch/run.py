@@ -11,12 +11,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from . import data as gm_data
-from . import distributed
+from . import checks, distributed
 from .condense import Condensation, ExperimentState, NonFinite
 from .config import RunConfig, flatten, resume_config
+from .data import load_data
 from .errors import GradmatchError, Interrupted, scope, warn
-from .evaluate import check_models_fit, evaluate
+from .evaluate import check_models_fit, evaluate_set
 from .plan import groups, make_plan
 from .plots import save_image_grid
 from .results import append_log, reference_payload, save_json, save_torch, summarise
@@ -58,8 +58,8 @@ class Run:
 
     def start(self, resume: bool = False) -> Dict[str, Any]:
         with scope(self._log_warning):
-            self.cfg.validate()  # a RunConfig made in Python is checked as the CLI's is
-            self.files = RunFiles(self.cfg)
+            self.cfg = self.cfg.validate()  # a RunConfig made in Python is checked as the CLI's is
+            self.files = RunFiles(self.cfg.run_dir)
             if not self.writes:
                 return self._run(resume)
             self.files.refuse_unexpected(resume, self.cfg.overwrite)
@@ -108,17 +108,18 @@ class Run:
             if ignored:
                 warn(f"resuming with the saved settings; ignoring {', '.join(ignored)}")
         cfg = self.cfg
-        train = gm_data.load(cfg.dataset, cfg.data_path, "train", **cfg.data_options())
-        test = gm_data.load(cfg.dataset, cfg.data_path, "test", **cfg.data_options())
+        parts = load_data(cfg.data)  # both splits from one read
+        train, test = parts["train"], parts["test"]
         for note in dict.fromkeys(n for n in (train.note, test.note) if n):  # how the test images were chosen
             warn(note)
-        cfg.condense = cfg.condense.resolved(train)
         self.protocol = cfg.protocol()
+        condense = cfg.condense.resolved(train)
         # every network this run will build, tried on the data's shape before any work
-        check_models_fit([cfg.condense.model], train.channel, train.num_classes, train.im_size, "--model")
+        check_models_fit([condense.model], train.channel, train.num_classes, train.im_size, "--model")
         check_models_fit(self.protocol.models, train.channel, train.num_classes, train.im_size)
         if state is None:
-            state = RunState(cfg, list(train.classes), tuple(train.mean), tuple(train.std), train.name, train.im_size)
+            state = RunState(cfg, list(train.classes), tuple(train.mean), tuple(train.std), train.name, train.im_size,
+                             source=train.source)
             if self.writes:
                 self.files.clear()
                 save_json(cfg.to_dict(), self.files.config)
@@ -137,14 +138,14 @@ class Run:
             warn_if_too_deep(cfg.condense.model, train.im_size)
         device = resolve_device(cfg.device)
         self.train, self.test = train.to(device), test.to(device)  # once for the whole run
-        plan = make_plan(cfg.condense, train, device, self.group, cfg.experiments)
+        plan = make_plan(condense, train, device, self.group, cfg.experiments)
         self._log({"event": "plan", **plan.record()})
         for note in plan.notes:
             warn(note)
         remaining = range(state.next_experiment, cfg.num_exp)
         start_of = lambda e: state.pending[e].iteration if e in state.pending else 0  # noqa: E731
         for exps in groups(remaining, start_of, plan.together):
-            self._condense(Condensation(self.train, cfg.condense, exps, device, self.group, plan))
+            self._condense(Condensation(self.train, condense, exps, device, self.group, plan))
         return self._finish()
 
     # ---- the loop of one experiment, or of several advanced together -----------------------------
@@ -208,10 +209,10 @@ class Run:
         syn = cond.synthetic_set(current)
         if self.writes:
             save_image_grid(syn, self.files.grid(exp, it))
-        protocol = self.protocol.replace(seed=derive_seed(self.cfg.condense.seed, exp, it, 7))
+        protocol = self.protocol.replace(seed=evaluation_seed(self.cfg.condense.seed, exp, it))
         for model in protocol.models:
             start = time.perf_counter()
-            result = evaluate(syn, model, self.test, protocol, device=cond.device)
+            result, = evaluate_set(syn, self.test, protocol.replace(models=(model,)), cond.device, self.group)
             record = {"event": "eval", "experiment": exp, "iteration": it, "model": model,
                       "accuracies": result.accuracies, "mean": result.mean, "std": result.std,
                       "seconds": round(time.perf_counter() - start, 3)}
@@ -254,9 +255,8 @@ class Run:
 
 def _check_same_data(state: RunState, train, where) -> None:
     """The data a run resumes on must be the data it started from (classes, image size, normalisation)."""
-    same = (list(train.classes) == state.classes and tuple(train.im_size) == state.image_size
-            and len(train.mean) == len(state.mean)
-            and all(abs(a - b) < 1e-6 for a, b in zip((*train.mean, *train.std), (*state.mean, *state.std))))
+    same = (list(train.classes) == state.classes and tuple(train.im_size) == tuple(state.image_size)
+            and checks.same_statistics(train.mean, state.mean) and checks.same_statistics(train.std, state.std))
     if not same:
         raise GradmatchError(f"checkpoint {where} was made from other data ({len(state.classes)} classes of "
                              f"{state.image_size[0]}x{state.image_size[1]} images, {state.dataset}) than "
@@ -264,4 +264,10 @@ def _check_same_data(state: RunState, train, where) -> None:
                              "--overwrite")
 
 
-__all__: List[str] = ["Run", "warn_if_too_deep"]
+def evaluation_seed(seed: int, experiment: int, iteration: int) -> int:
+    """The seed of the evaluation of experiment ``experiment``'s set at ``iteration``: the rows' sets and the
+    random-real baseline of ``reproduce`` (subset e at the last iteration) are evaluated under the same seeds."""
+    return derive_seed(seed, experiment, iteration, 7)
+
+
+__all__: List[str] = ["Run", "evaluation_seed", "warn_if_too_deep"]

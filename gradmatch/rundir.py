@@ -1,5 +1,5 @@
-"""A run's files on disk: their names, what a new start may find there, and the lock that keeps a
-second process out.
+"""A run's files on disk, the one place that knows their names; what a new start may find there; and the
+lock that keeps a second process out.
 
 Files of a run named ``<prefix>_<dataset>_<model>_<ipc>ipc`` under ``save_path``:
   <name>.pt            DC's layout: data = [[images, labels] per experiment], accs_all_exps
@@ -8,76 +8,91 @@ Files of a run named ``<prefix>_<dataset>_<model>_<ipc>ipc`` under ``save_path``
   <name>/checkpoint.pt the state to resume from (``gradmatch.runstate``; written atomically)
   <name>/log.jsonl     the plan, loss per iteration, each evaluation, every warning
   <name>/grid_expE_itI.png  the synthetic images at each evaluation point
+  <name>/curves.png, grid.png, grid_expE.png   ``gradmatch plot``'s pictures
 
 Numbering: "iteration k" is the state after k image updates.  The log's iteration record k holds the
-loss of the k-th update (the one that led from k-1 to k); a checkpoint at iteration k holds the
-images after k updates; an evaluation at iteration k evaluates those images.
+loss of the k-th update; a checkpoint at iteration k holds the images after k updates; an evaluation at
+iteration k evaluates those images.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
-from .config import RunConfig
 from .errors import GradmatchError
 
 
 class RunFiles:
-    def __init__(self, config: RunConfig):
-        save = Path(config.save_path)
-        self.dir = config.run_dir
-        self.pt, self.json = save / f"{config.name}.pt", save / f"{config.name}.json"
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        save, name = self.dir.parent, self.dir.name
+        self.pt, self.json = save / f"{name}.pt", save / f"{name}.json"
         self.checkpoint, self.log = self.dir / "checkpoint.pt", self.dir / "log.jsonl"
-        self.config = self.dir / "config.json"
+        self.config, self.curves = self.dir / "config.json", self.dir / "curves.png"
 
     def grid(self, experiment: int, iteration: int) -> Path:
         return self.dir / f"grid_exp{experiment}_it{iteration:05d}.png"
 
+    def grids(self) -> list:
+        """The evaluation points' grids, oldest first."""
+        return sorted(self.dir.glob("grid_exp*_it*.png"))
+
+    def picture(self, experiment: Optional[int] = None) -> Path:
+        """``gradmatch plot``'s labelled grid of one experiment, or of the latest set."""
+        return self.dir / ("grid.png" if experiment is None else f"grid_exp{experiment}.png")
+
+    def exists(self) -> bool:
+        """Whether a run was (or is being) written here."""
+        return self.pt.is_file() or any(p.is_file() for p in (self.config, self.log, self.checkpoint))
+
     def refuse_unexpected(self, resume: bool, overwrite: bool) -> None:
-        """What a start finds must be what it was asked to do (reading only: said right on a read-only disk)."""
+        """What a start finds must be what it was asked to do: first that no other process holds the run
+        (then nothing else is advised), then what is on disk (reading only: said right on a read-only disk)."""
+        self._refuse_if_locked()
         if resume:
             if not self.checkpoint.is_file():
-                raise GradmatchError(f"nothing to resume: no checkpoint at {self.checkpoint}; run the same "
-                                     "command without --resume to start it")
+                raise GradmatchError(f"nothing to resume: no checkpoint at {self.checkpoint}; run the same command "
+                                     "without --resume to start it")
             return
         if overwrite:
             return
         if self.checkpoint.is_file() and self.json.is_file() != self.pt.is_file():
             # a run stopped between writing its two result files: its checkpoint can write them again
-            raise GradmatchError(f"the results of {self.dir} are half written ({self.pt.name} or "
-                                 f"{self.json.name} is missing); pass --resume to write them again")
+            raise GradmatchError(f"the results of {self.dir} are half written ({self.pt.name} or {self.json.name} is "
+                                 "missing); pass --resume to write them again")
         if self.json.is_file() or self.pt.is_file():
-            raise GradmatchError(f"a finished result exists at {self.pt}; pass --overwrite to replace it "
-                                 "or choose another --save_path")
+            raise GradmatchError(f"a finished result exists at {self.pt}; pass --overwrite to replace it or choose "
+                                 "another --save_path")
         if self.checkpoint.is_file():
-            raise GradmatchError(f"an unfinished run exists at {self.dir}; pass --resume to continue it "
-                                 "or --overwrite to start again")
+            raise GradmatchError(f"an unfinished run exists at {self.dir}; pass --resume to continue it or "
+                                 "--overwrite to start again")
+
+    def _refuse_if_locked(self) -> None:
+        try:
+            fd = os.open(self.dir, os.O_RDONLY)
+        except OSError:  # no folder yet, or none that can be opened: no process holds it
+            return
+        try:
+            _lock(fd, self.dir)
+        finally:
+            os.close(fd)  # closing drops the lock taken to test it
 
     @contextmanager
     def locked(self):
         """The run folder, created if needed and locked for the block: a second process on the same run
-        is refused.  The lock is on the folder itself (nothing a user would delete as stale), and the
-        kernel drops it when the process dies, even by SIGKILL.  A folder this start created and left
-        empty (it stopped before writing anything) is removed again."""
+        (by any spelling of its path) is refused.  The lock is on the folder itself, and the kernel drops it
+        when the process dies, even by SIGKILL.  A folder this start created and left empty is removed."""
         created = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # --save_path is a file, read-only, ...
-            raise GradmatchError(f"cannot create the run folder {self.dir} ({err.strerror or err}); choose "
-                                 "another --save_path") from None
+            raise GradmatchError(f"cannot create the run folder {self.dir} ({err.strerror or err}); choose another "
+                                 "--save_path") from None
         fd = os.open(self.dir, os.O_RDONLY)
         try:
-            try:
-                import fcntl
-            except ImportError:  # no fcntl (Windows): no lock
-                fcntl = None
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    raise GradmatchError(f"another gradmatch process is running in {self.dir}; wait for it to "
-                                         "end or choose another --save_path") from None
+            _lock(fd, self.dir)
             yield
         finally:
             os.close(fd)
@@ -85,10 +100,9 @@ class RunFiles:
                 self.dir.rmdir()
 
     def clear(self) -> None:
-        """A fresh start (--overwrite): remove what an earlier run of the same name left in its folder,
-        so no file mixes two runs.  Its results (<name>.pt, <name>.json) stay until the new run's
-        replace them (atomic rename): a new run that fails loses nothing of the old one."""
-        for path in [self.checkpoint, self.log, self.config, self.dir / "curves.png", *self.dir.glob("grid*.png")]:
+        """A fresh start (--overwrite): remove what an earlier run of the same name left in its folder, so no
+        file mixes two runs.  Its results (<name>.pt, <name>.json) stay until the new run's replace them."""
+        for path in [self.checkpoint, self.log, self.config, self.curves, *self.dir.glob("grid*.png")]:
             if path.is_file():
                 path.unlink()
 
@@ -108,3 +122,30 @@ class RunFiles:
             where = f" (experiment {at[0]}, iteration {at[1]})" if at else ""
             return f"the last good checkpoint{where} is kept intact at {self.checkpoint}"
         return "no checkpoint had been written yet"
+
+
+def _lock(fd: int, folder: Path) -> None:
+    """An exclusive lock on the open folder ``fd``, or one line saying which process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _holder(fd)
+        raise GradmatchError(f"another gradmatch process{f' (pid {holder})' if holder else ''} is running this run "
+                             f"in {folder}; wait for it to end, or stop it, or choose another --save_path") from None
+
+
+def _holder(fd: int) -> Optional[int]:
+    """The pid holding a lock on the file ``fd`` is open on, from /proc/locks where there is one."""
+    try:
+        inode = os.fstat(fd).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+                return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    return None

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import checks
 from .config import RunConfig
 from .errors import GradmatchError
 from .results import NeedsCode, load_torch, save_torch
@@ -56,6 +57,7 @@ class RunState:
     evaluations: List[Dict[str, Any]] = field(default_factory=list)
     pending: Dict[int, Snapshot] = field(default_factory=dict)  # unfinished experiments by number
     rng: Dict[str, Any] = field(default_factory=dict)
+    source: Optional[Dict[str, Any]] = None  # the data settings that read its data again (DataConfig.where)
 
     @property
     def next_experiment(self) -> int:
@@ -67,7 +69,8 @@ class RunState:
 
     def synthetic_set(self, images: Tensor) -> SyntheticSet:
         return SyntheticSet(images=images, labels=self.labels, classes=list(self.classes), mean=tuple(self.mean),
-                            std=tuple(self.std), dataset=self.dataset, config=self.config.condense.to_dict())
+                            std=tuple(self.std), dataset=self.dataset, config=self.config.condense.to_dict(),
+                            source=self.source)
 
     def accs_all_exps(self, models: List[str]) -> Dict[str, List[float]]:
         """The accuracies of every finished experiment's final set, by model (DC's ``accs_all_exps``)."""
@@ -92,22 +95,28 @@ class RunState:
     def to_dict(self) -> Dict[str, Any]:
         return {"version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
                 "meta": {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
-                         "dataset": self.dataset, "image_size": list(self.image_size)},
+                         "dataset": self.dataset, "image_size": list(self.image_size), "source": self.source},
                 "finished": list(self.finished), "evaluations": list(self.evaluations),
                 "pending": {e: s.to_dict() for e, s in self.pending.items()}, "rng": self.rng}
 
     @classmethod
     def from_dict(cls, d: Any, where: str, hint: str, code: bool = True) -> "RunState":
-        """``d`` checked value by value: GradmatchError naming ``where`` and the damaged key otherwise.
-        ``code=False`` (reading it, not resuming it): a --model or --dis_metric package.module:function in
-        its settings is checked as a name, never imported (a file read must not run code)."""
+        """``d`` checked value by value against the run's settings and its evaluation schedule: one
+        GradmatchError naming ``where`` and the damaged key otherwise.  ``code=False`` (reading it, not
+        resuming it): user code named in its settings is checked as a name, never imported."""
         def bad(key: str, what: str) -> GradmatchError:
             return GradmatchError(f"checkpoint {where}: {key} {what}; {hint}")
+
+        def value(key: str, check):
+            try:
+                return check(f"checkpoint {where}: {key}")
+            except GradmatchError as err:
+                raise GradmatchError(f"{err}; {hint}") from None
 
         if not isinstance(d, dict) or "version" not in d:
             raise GradmatchError(f"checkpoint {where} is not a gradmatch checkpoint; {hint}")
         version = d["version"]
-        if not _is_int(version):
+        if not checks.is_whole(version):
             raise bad("version", f"is {version!r}, not a number")
         if version < CHECKPOINT_VERSION:
             raise GradmatchError(f"checkpoint {where} was written by an older gradmatch (version {version}); {hint}")
@@ -126,46 +135,41 @@ class RunState:
         meta = d["meta"]
         if not isinstance(meta, dict):
             raise bad("meta", "is not a dict")
-        classes = meta.get("classes")
-        if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
-            raise bad("meta.classes", "is not a list of two or more class names")
-        mean, std, size = meta.get("mean"), meta.get("std"), meta.get("image_size")
-        if not (_numbers(mean) and _numbers(std) and len(mean) == len(std) and all(s > 0 for s in std)):
-            raise bad("meta.mean/std", "are not one finite number per channel (std above 0)")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
-            raise bad("meta.image_size", "is not a pair of positive whole numbers")
+        classes = value("meta.classes", lambda what: checks.class_names(meta.get("classes"), what, at_least=2))
+        size = value("meta.image_size", lambda what: checks.size(meta.get("image_size"), what))
+        channels = len(meta["mean"]) if isinstance(meta.get("mean"), (list, tuple)) else 0
+        mean = value("meta.mean", lambda what: checks.per_channel(meta.get("mean"), max(channels, 1), what))
+        std = value("meta.std", lambda what: checks.per_channel(meta.get("std"), channels, what, positive=True))
         if not isinstance(meta.get("dataset"), str):
             raise bad("meta.dataset", "is not a name")
-        shape = (len(classes) * config.condense.ipc, len(mean), *size)
+        if meta.get("source") is not None and not isinstance(meta["source"], dict):
+            raise bad("meta.source", "is not the data settings (a dict)")
+        shape = (len(classes) * config.condense.ipc, channels, *size)
         last = config.condense.iterations
 
-        def images(key: str, value: Any) -> Tensor:
-            if not (isinstance(value, Tensor) and value.layout == torch.strided and value.device.type != "meta"
-                    and value.is_floating_point() and tuple(value.shape) == shape):
-                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise bad(key, f"is {got}, not the run's images {shape}")
-            if not bool(torch.isfinite(value).all()):
-                raise bad(key, "holds non-finite (nan or inf) pixels")
-            return value.float()
+        def images(key: str, x: Any) -> Tensor:
+            if isinstance(x, Tensor) and x.dtype != torch.float32 and x.is_floating_point():
+                x = x.float()  # what the run's arithmetic holds; any other float was written by hand
+            got = value(key, lambda what: checks.images(x, what, torch.float32))
+            if tuple(got.shape) != shape:
+                raise bad(key, f"is {tuple(got.shape)}, not the run's images {shape}")
+            return got
 
         finished = d["finished"]
         if not isinstance(finished, list) or len(finished) > config.num_exp:
             raise bad("finished", f"is not a list of at most {config.num_exp} experiments' images")
         finished = [images(f"finished[{e}]", x) for e, x in enumerate(finished)]
-        evaluations = d["evaluations"]
-        if not isinstance(evaluations, list) or not all(_evaluation(r, config.num_exp, last) for r in evaluations):
-            raise bad("evaluations", "are not evaluation records (experiment, iteration, model, accuracies)")
         pending_in = d["pending"]
         if not isinstance(pending_in, dict):
             raise bad("pending", "is not a dict of unfinished experiments")
         pending = {}
         for e, s in pending_in.items():
             key = f"pending[{e}]"
-            if not (_is_int(e) and len(finished) <= e < config.num_exp):
+            if not (checks.is_whole(e) and len(finished) <= e < config.num_exp):
                 raise bad(key, f"is not an unfinished experiment of {config.num_exp} ({len(finished)} finished)")
             if not isinstance(s, dict) or set(s) != {"images", "momentum", "iteration", "last_loss"}:
                 raise bad(key, "is not (images, momentum, iteration, last_loss)")
-            if not (_is_int(s["iteration"]) and 0 <= s["iteration"] <= last):
+            if not (checks.is_whole(s["iteration"]) and 0 <= s["iteration"] <= last):
                 raise bad(f"{key}.iteration", f"is {s['iteration']!r}, not within 0 to --Iteration {last}")
             if not (isinstance(s["last_loss"], float) and (s["iteration"] == 0 or math.isfinite(s["last_loss"]))):
                 raise bad(f"{key}.last_loss", f"is {s['last_loss']!r}, not a finite loss")
@@ -173,26 +177,38 @@ class RunState:
                                   s["iteration"], s["last_loss"])
         if len(finished) < config.num_exp and len(finished) not in pending and pending:
             raise bad("pending", f"lacks experiment {len(finished)}, the next unfinished one")
+        reached = {**{e: last for e in range(len(finished))}, **{e: s.iteration for e, s in pending.items()}}
+        evaluations = _evaluations(d["evaluations"], config, reached, bad)
         if not isinstance(d["rng"], dict):
             raise bad("rng", "is not a dict of random states")
-        return cls(config, list(classes), tuple(float(m) for m in mean), tuple(float(s) for s in std),
-                   meta["dataset"], (size[0], size[1]), finished, evaluations, pending, d["rng"])
+        return cls(config, classes, mean, std, meta["dataset"], size, finished, evaluations, pending, d["rng"],
+                   meta.get("source"))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _numbers(values: Any) -> bool:
-    return (isinstance(values, (list, tuple)) and len(values) > 0 and
-            all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
-
-
-def _evaluation(rec: Any, num_exp: int, last: int) -> bool:
-    return (isinstance(rec, dict) and _is_int(rec.get("experiment")) and 0 <= rec["experiment"] < num_exp
-            and _is_int(rec.get("iteration")) and 0 <= rec["iteration"] <= last and isinstance(rec.get("model"), str)
-            and isinstance(rec.get("accuracies"), list)
-            and all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in rec["accuracies"]))
+def _evaluations(records: Any, config: RunConfig, reached: Dict[int, int], bad) -> List[Dict[str, Any]]:
+    """The evaluation records, each one the run's schedule makes: an experiment it reached, at one of its
+    evaluation points, of a model of its protocol, with its number of networks' accuracies, once."""
+    if not isinstance(records, list):
+        raise bad("evaluations", "is not a list of evaluation records")
+    protocol = config.protocol()
+    points, seen = set(config.eval_points()), set()
+    for i, rec in enumerate(records):
+        key = f"evaluations[{i}]"
+        if not isinstance(rec, dict) or not all(k in rec for k in ("experiment", "iteration", "model", "accuracies")):
+            raise bad(key, "is not an evaluation record (experiment, iteration, model, accuracies)")
+        e, it, model, accs = rec["experiment"], rec["iteration"], rec["model"], rec["accuracies"]
+        if not (checks.is_whole(e) and checks.is_whole(it) and e in reached and it <= reached[e] and it in points):
+            raise bad(key, f"is of experiment {e!r} at iteration {it!r}, which the run's evaluation schedule "
+                           f"({', '.join(map(str, sorted(points)))}) has not reached")
+        if model not in protocol.models:
+            raise bad(key, f"is of model {model!r}, which the run does not evaluate ({', '.join(protocol.models)})")
+        if not (isinstance(accs, list) and len(accs) == protocol.num_eval
+                and all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in accs)):
+            raise bad(key, f"does not hold the accuracies (0 to 1) of the run's {protocol.num_eval} networks")
+        if (e, it, model) in seen:
+            raise bad(key, f"repeats the evaluation of experiment {e} at iteration {it} on {model}")
+        seen.add((e, it, model))
+    return records
 
 
 def save_checkpoint(state: RunState, path) -> None:

@@ -14,7 +14,7 @@ of reductions).  What was measured on this project's 2-core CPU (benchmarks/benc
 * **GPU launches.**  On a GPU the time goes to launching thousands of small kernels, not to
   arithmetic: host-to-device copies of indices go through pinned memory, asynchronously
   (``to_device``), so the host never waits for the GPU's queue; the networks' training steps
-  are CUDA graphs (``train.StaticStep``); cuDNN picks its fastest algorithms (``tune_cuda``).
+  are CUDA graphs (``train.Trainer``, ``capture``); cuDNN picks its fastest algorithms (``tune_cuda``).
 * **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's) runs 3x faster on CPU as one
   add of row pairs and a small matmul (``AvgPool2x2``), its backward 2x faster.
 """

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
-from .errors import GradmatchError, unknown_name
+from .errors import GradmatchError
 
 # DC's published (outer_loop, inner_loop) per ipc.
 PUBLISHED_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -65,15 +65,11 @@ def loops_for_ipc(ipc: int) -> tuple[int, int]:
     return loops_rule(ipc)
 
 
-def adaptive_inner_epochs(outer_step: int, scheme: str) -> int:
-    """The paper's adaptive learning step at 0-based outer step ``outer_step``."""
-    if scheme == "multi-level":
-        if outer_step < 4:
-            return (50, 40, 30, 20)[outer_step]
-    elif outer_step == 0:
-        return 100
-    elif outer_step < 4:
-        return 50
+def adaptive_inner_epochs(outer_step: int, first: Sequence[int]) -> int:
+    """The paper's adaptive learning step at 0-based outer step ``outer_step``: a scheme's ``first`` epochs
+    (``Scheme.adaptive``), then 10 up to step 9 and 5 after."""
+    if outer_step < len(first):
+        return first[outer_step]
     return 10 if outer_step <= 9 else 5
 
 
@@ -81,8 +77,9 @@ class Schedule:
     """Fixed: ``inner_loop`` epochs after every matching step (DC)."""
     name = "fixed"
 
-    def epochs(self, outer_step: int, scheme: str, inner_loop: int) -> int:
-        """Epochs of network training after outer step ``outer_step`` (at most, where it may stop early)."""
+    def epochs(self, outer_step: int, adaptive: Sequence[int], inner_loop: int) -> int:
+        """Epochs of network training after outer step ``outer_step`` (at most, where it may stop early);
+        ``adaptive``: the scheme's first adaptive epochs."""
         return inner_loop
 
     def stopper(self, draw_held: Callable[[], Any], held_losses: Callable[[Any], List[float]]) -> Optional[Stopper]:
@@ -96,8 +93,8 @@ class Adaptive(Schedule):
     """The paper's adaptive learning step."""
     name = "adaptive"
 
-    def epochs(self, outer_step: int, scheme: str, inner_loop: int) -> int:
-        return adaptive_inner_epochs(outer_step, scheme)
+    def epochs(self, outer_step: int, adaptive: Sequence[int], inner_loop: int) -> int:
+        return adaptive_inner_epochs(outer_step, adaptive)
 
 
 class Overfit(Schedule):
@@ -105,7 +102,7 @@ class Overfit(Schedule):
     ``OVERFIT_MAX_EPOCHS``); a nan never stops it."""
     name = "overfit"
 
-    def epochs(self, outer_step: int, scheme: str, inner_loop: int) -> int:
+    def epochs(self, outer_step: int, adaptive: Sequence[int], inner_loop: int) -> int:
         return OVERFIT_MAX_EPOCHS
 
     def stopper(self, draw_held, held_losses):
@@ -124,9 +121,3 @@ class Overfit(Schedule):
 
 Stopper = Callable[[List[bool]], List[bool]]
 SCHEDULES = {s.name: s for s in (Schedule(), Adaptive(), Overfit())}
-
-
-def resolve_schedule(name: str) -> str:
-    if name not in SCHEDULES:
-        raise unknown_name("inner-loop schedule", str(name), SCHEDULES)
-    return name

@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# Seeds and experiment numbers are 64-bit: -SEED_LIMIT <= seed < SEED_LIMIT (torch's and numpy's seeds
-# are 64-bit; a larger number would wrap onto a smaller one and give its random draws, unsaid).
-SEED_LIMIT = 2**63
-
 
 def derive_seed(seed: int, *keys: int) -> int:
     """A well-mixed 63-bit seed for (seed, keys...): independent streams per experiment/iteration."""

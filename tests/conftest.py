@@ -12,6 +12,9 @@ TINY_DIGITS = ["--dataset", "digits", "--model", "ConvNetW32", "--ipc", "2", "--
 TINY_DIGITS_NAME = "intra-class_digits_ConvNetW32_2ipc"
 
 
+torch.set_num_threads(1)  # module fixtures too: a second thread beside other work on 2 cores spins, 100x slower
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread, as the subprocesses get (OMP_NUM_THREADS=1): bit-equal results across

@@ -3,6 +3,8 @@
 Each case asserts the exit code, the one line on stderr, and what is on disk afterwards."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 
 import pytest
@@ -151,9 +153,9 @@ def dc_file(path, images, labels, **extra):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("counts", "expected N images (N, C, H, W) and N labels"),
+    ("counts", "data[0] labels have shape (19,) for 20 images; expected one label per image"),
     ("not_a_pair", "is not an [images, labels] pair"),
-    ("nan", "non-finite (nan or inf) pixels"),
+    ("nan", "data[0] images hold non-finite (nan or inf) values in 1 image(s)"),
     ("num_eval", "--num_eval must be at least 1, got 0"),
     ("device", "--device bogus is not a device"),
 ])
@@ -182,7 +184,7 @@ def test_python_evaluate_refuses_a_set_of_another_shape():
     test = data.load("digits", split="test")
     syn = SyntheticSet(images=torch.zeros(10, 3, 8, 8), labels=torch.arange(10), classes=test.classes,
                        mean=(0.0,) * 3, std=(1.0,) * 3, dataset="digits")
-    with pytest.raises(GradmatchError, match=r"synthetic images are \(3, 8, 8\) but the test images are \(1, 8, 8\)"):
+    with pytest.raises(GradmatchError, match=r"the synthetic set are \(3, 8, 8\) but the test images are \(1, 8, 8\)"):
         evaluate(syn, "MLP", test, num_eval=1, epochs=1)
 
 
@@ -211,22 +213,25 @@ DAMAGE = {
     "iteration far ahead": (lambda c: c["pending"][1].update(iteration=999), "pending[1].iteration is 999"),
     "negative iteration": (lambda c: c["pending"][1].update(iteration=-3), "pending[1].iteration is -3"),
     "fractional iteration": (lambda c: c["pending"][0].update(iteration=4.5), "pending[0].iteration is 4.5"),
-    "momentum a dict": (lambda c: c["pending"][0].update(momentum={}), "pending[0].momentum is dict"),
-    "images a list": (lambda c: c["pending"][0].update(images=[1, 2, 3]), "pending[0].images is list"),
+    "momentum a dict": (lambda c: c["pending"][0].update(momentum={}),
+     "pending[0].momentum are {}; expected a float32 tensor"),
+    "images a list": (lambda c: c["pending"][0].update(images=[1, 2, 3]),
+     "pending[0].images are [1, 2, 3]; expected a float32 tensor"),
     "images of another shape": (lambda c: c["pending"][0].update(images=torch.zeros(3, 1, 8, 8)),
                                 "pending[0].images is (3, 1, 8, 8), not the run's images (20, 1, 8, 8)"),
-    "nan images": (lambda c: c["pending"][0]["images"].fill_(float("nan")), "pending[0].images holds non-finite"),
+    "nan images": (lambda c: c["pending"][0]["images"].fill_(float("nan")), "pending[0].images hold non-finite"),
     "a state of a finished experiment": (lambda c: c["pending"].update({7: c["pending"][0]}),
                                          "pending[7] is not an unfinished experiment"),
     "no next experiment": (lambda c: c["pending"].pop(0), "pending lacks experiment 0"),
-    "config a string": (lambda c: c.update(config="x"), "is not a gradmatch run's settings"),
-    "unknown setting": (lambda c: c["config"].update(colour="red"), "has unknown settings colour"),
+    "config a string": (lambda c: c.update(config="x"), "its config: run settings must be a JSON object, got str"),
+    "unknown setting": (lambda c: c["config"].update(colour="red"), "has unknown run settings colour"),
     "a bad setting": (lambda c: c["config"]["condense"].update(ipc=0), "--ipc must be at least 1"),
-    "classes a number": (lambda c: c["meta"].update(classes=5), "meta.classes is not a list"),
-    "mean of two channels": (lambda c: c["meta"].update(mean=[0.1, 0.2]), "meta.mean/std are not one finite"),
+    "classes a number": (lambda c: c["meta"].update(classes=5), "meta.classes is 5; expected a list of class names"),
+    "mean of two channels": (lambda c: c["meta"].update(mean=[0.1, 0.2]), "meta.std is"),
     "version a string": (lambda c: c.update(version="abc"), "version is 'abc', not a number"),
     "newer version": (lambda c: c.update(version=99), "written by a newer gradmatch"),
-    "evaluations damaged": (lambda c: c.update(evaluations=[{"experiment": 0}]), "evaluations are not"),
+    "evaluations damaged": (lambda c: c.update(evaluations=[{"experiment": 0}]),
+     "evaluations[0] is not an evaluation record"),
     "random states damaged": (lambda c: c["rng"].update(numpy={"kind": 1}), "rng holds damaged random states"),
 }
 
@@ -298,17 +303,17 @@ def test_a_class_without_images_is_named_as_such():
 def test_non_finite_real_data_is_said_at_load(monkeypatch, tmp_path, capsys):
     from gradmatch.data import registry
 
-    reader, splits = registry._READERS["digits"]
+    source = registry._SOURCES["digits"]
 
     def poisoned(root, split, download, size):
-        ds = reader(root, split, download, size)
+        ds = source.reader(root, split, download, size)
         ds.images[5, 0, 0, 0] = float("nan")
         return ds
 
-    monkeypatch.setitem(registry._READERS, "digits", (poisoned, splits))
+    monkeypatch.setitem(registry._SOURCES, "digits", dataclasses.replace(source, reader=poisoned))
     assert main(["condense", "--dataset", "digits", "--model", "ConvNetD1", "--save_path", str(tmp_path)]) == 2
     line = one_error_line(capsys)
-    assert "1 image(s) hold non-finite (nan or inf) values" in line and "--lr_img" not in line
+    assert "hold non-finite (nan or inf) values in 1 image(s)" in line and "--lr_img" not in line
 
 
 def test_missing_files_say_pass_download_for_the_cli_and_python(tmp_path, capsys):
@@ -366,7 +371,7 @@ def test_an_evaluation_error_keeps_the_finished_images(tmp_path, capsys, monkeyp
     def broken(*args, **kwargs):
         raise GradmatchError("evaluation failed")
 
-    monkeypatch.setattr(gm_run, "evaluate", broken)
+    monkeypatch.setattr(gm_run, "evaluate_set", broken)
     assert main(tiny(tmp_path, 3)) == 2
     assert "evaluation failed" in one_error_line(capsys, (DEEP_ON_DIGITS,))
     state = load_checkpoint(tmp_path / TINY_DIGITS_NAME / "checkpoint.pt").pending[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gradmatch.cli import build_parser, parse_run
-from gradmatch.config import RESUME_FREE, CondenseConfig, EvalConfig, RunConfig, apply, resume_config, to_argv
+from gradmatch.config import CondenseConfig, EvalConfig, RunConfig, apply, declarations, resume_config, to_argv
 from gradmatch.errors import GradmatchError
 from gradmatch.reproduce import PRESETS, SCALES
 
@@ -85,7 +85,7 @@ def test_method_dsa_and_dsa_flag_turn_dsa_on():
     ({}, {"eval_mode": "MLP,Nope"}, "unknown model 'Nope'"),
     ({"iterations": 1.5}, {}, "--Iteration takes a whole number, got 1.5"),
     ({"seed": "abc"}, {}, "--seed takes a whole number"),
-    ({"scheme": 5}, {}, "--scheme takes a name"),
+    ({"scheme": 5}, {}, "--scheme takes a non-empty name"),
     ({"dis_metric": 42}, {}, "--dis_metric takes a distance name"),
     ({"dsa_strategy": "flip"}, {}, "--dsa_strategy is given without --dsa"),
     ({"dsa": True, "dsa_strategy": "none"}, {}, "names no operation"),
@@ -105,8 +105,9 @@ def test_resume_keeps_what_is_computed_and_takes_where_and_how():
     assert ignored == ["--ipc 5 (saved: 2)", "--seed 7 (saved: 0)"]  # given and different: named, not used
     assert (config.condense.ipc, config.condense.seed, config.evaluation.num_eval) == (2, 0, 3)
     assert config.quiet and config.evaluation.eval_method == "sequential" and config.device == "cpu"
-    assert set(RESUME_FREE) == {"device", "quiet", "data_path", "save_path", "download", "overwrite",
-                                "eval_method", "experiments"}
+    free = {name for name, (_, f) in declarations().items() if f.metadata.get("free")}
+    assert free == {"device", "quiet", "data_path", "save_path", "download", "overwrite", "eval_method",
+                    "experiments"}
 
 
 @pytest.mark.parametrize("config", [
@@ -131,7 +132,32 @@ def test_from_dict_refuses_unknown_settings():
     d = RunConfig().to_dict()
     assert RunConfig.from_dict(d) == RunConfig()
     d["condense"]["speed"] = 3
-    with pytest.raises(GradmatchError, match="unknown settings condense.speed"):
+    with pytest.raises(GradmatchError, match="x/config.json has unknown condense settings speed"):
         RunConfig.from_dict(d, "x/config.json")
-    with pytest.raises(GradmatchError, match="not a gradmatch run's settings"):
+    with pytest.raises(GradmatchError, match="run settings must be a JSON object"):
         RunConfig.from_dict([1, 2], "x/config.json")
+
+
+def test_a_run_saved_before_the_data_part_reads_with_its_data_settings():
+    d = RunConfig().to_dict()
+    old = {**{k: v for k, v in d.items() if k != "data"}, **d["data"], "dataset": "digits"}
+    assert RunConfig.from_dict(old).data.dataset == "digits"
+
+
+def test_validate_names_every_failing_setting_in_one_line():
+    config = apply(RunConfig(), {"ipc": 0, "lr_img": -1.0, "num_eval": 0, "test_fraction": 1.5, "num_exp": 0})
+    with pytest.raises(GradmatchError) as info:
+        config.validate()
+    line = str(info.value)
+    assert line.startswith("5 settings are invalid: ") and "\n" not in line
+    for words in ("--ipc must be at least 1", "--lr_img must be a positive number", "--num_eval must be at least 1",
+                  "--test_fraction takes a number from 0 to below 1", "--num_exp must be at least 1"):
+        assert words in line
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_row_is_a_valid_run_at_every_scale(preset):
+    """A typo in a preset fails here, not after hours of rows (an unknown name or a bad value)."""
+    for row in PRESETS[preset]:
+        for scale in SCALES.values():
+            apply(RunConfig(), {**row.settings, **scale}).validate()

@@ -179,7 +179,7 @@ def test_unknown_method_and_precision_are_named():
     with pytest.raises(GradmatchError, match="bf16"):
         matching_loss(net, real, syn, precision="fp8")
     with pytest.raises(GradmatchError, match="precision"):
-        CondenseConfig(precision="fp16").resolved()
+        CondenseConfig(precision="fp16").validate()
 
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-sim"])

@@ -4,6 +4,8 @@ from the CLI) naming what was wrong, or, where the input is allowed, in the righ
 disk afterwards is checked where a file is involved."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import shutil
 import sys
@@ -16,7 +18,9 @@ import torch
 import gradmatch
 from gradmatch import data
 from gradmatch.cli import main
-from gradmatch.config import CondenseConfig, EvalConfig, Protocol, RunConfig
+from gradmatch.config import CondenseConfig, EvalConfig, RunConfig
+from gradmatch.data import DataConfig
+from gradmatch.protocols import Protocol
 from gradmatch.errors import GradmatchError
 from gradmatch.matching import gradient_distance, matching_loss
 from gradmatch.results import load_synthetic
@@ -56,20 +60,20 @@ def one_line(err) -> str:
 
 # ---- class 1: a setting given as None (or out of its range) passed the checks and failed deep inside -------
 NONE_SETTINGS = [
-    (CondenseConfig, {"seed": None}, "--seed takes a whole number, got None"),
-    (CondenseConfig, {"lr_net": None}, "--lr_net takes a number, got None"),
+    (CondenseConfig, {"seed": None}, "--seed takes a whole number from -2**63 to 2**63 - 1 (64 bits), got None"),
+    (CondenseConfig, {"lr_img": "fast"}, "--lr_img must be a positive number, got 'fast'"),
     (CondenseConfig, {"iterations": None}, "--Iteration takes a whole number, got None"),
     (CondenseConfig, {"batch_real": None}, "--batch_real takes a whole number, got None"),
     (CondenseConfig, {"dsa": None}, "--dsa takes true or false, got None"),
     (CondenseConfig, {"seed": 2**70}, "--seed takes a whole number from -2**63 to 2**63 - 1"),
-    (EvalConfig, {"eval_mode": None}, "--eval_mode takes a string, got None"),
-    (EvalConfig, {"num_eval": None}, "--num_eval takes a whole number, got None"),
+    (EvalConfig, {"eval_mode": None}, "--eval_mode takes a non-empty name, got None"),
+    (EvalConfig, {"num_eval": "3"}, "--num_eval takes a whole number, got '3'"),
     (RunConfig, {"num_exp": None}, "--num_exp takes a whole number, got None"),
-    (RunConfig, {"save_path": None}, "--save_path takes a string, got None"),
-    (RunConfig, {"dataset": None}, "--dataset takes a string, got None"),
+    (RunConfig, {"save_path": None}, "--save_path takes a non-empty name, got None"),
+    (DataConfig, {"dataset": None}, "--dataset takes a non-empty name, got None"),
     (RunConfig, {"checkpoint_every": None}, "--checkpoint_every takes a whole number, got None"),
     (RunConfig, {"eval_iterations": 100}, "--eval_iterations takes a list of whole numbers, got 100"),
-    (RunConfig, {"dataset": ""}, "--dataset is empty"),
+    (DataConfig, {"dataset": ""}, "--dataset takes a non-empty name, got ''"),
     (RunConfig, {"save_path": "a\0b"}, "holds a NUL character"),
     (RunConfig, {"file_name_prefix": "x" * 300}, "longer than file names may be (255 bytes)"),
 ]
@@ -78,12 +82,12 @@ NONE_SETTINGS = [
 @pytest.mark.parametrize("cls, change, words", NONE_SETTINGS,
                          ids=[f"{c.__name__}-{k}={v!r}"[:40] for c, d, _ in NONE_SETTINGS for k, v in d.items()])
 def test_a_setting_of_the_wrong_kind_is_refused_where_settings_are_checked(cls, change, words):
-    if cls is RunConfig:
-        config = RunConfig(**{"dataset": "digits", **change})
-    elif cls is EvalConfig:
-        config = RunConfig(dataset="digits", evaluation=EvalConfig(**change))
-    else:
-        config = RunConfig(dataset="digits", condense=CondenseConfig(**change))
+    parts = {"data": DataConfig(**{"dataset": "digits", **(change if cls is DataConfig else {})})}
+    if cls is EvalConfig:
+        parts["evaluation"] = EvalConfig(**change)
+    elif cls is CondenseConfig:
+        parts["condense"] = CondenseConfig(**change)
+    config = RunConfig(**parts, **(change if cls is RunConfig else {}))
     with pytest.raises(GradmatchError) as err:
         config.validate()
     assert words in one_line(err)
@@ -92,17 +96,17 @@ def test_a_setting_of_the_wrong_kind_is_refused_where_settings_are_checked(cls, 
 def test_condense_with_a_none_seed_is_one_line_not_a_type_error(digits):
     with pytest.raises(GradmatchError) as err:
         gradmatch.condense(digits[0], ipc=1, model="ConvNetD1", iterations=1, batch_real=8, seed=None)
-    assert "--seed takes a whole number, got None" in one_line(err)
+    assert "--seed takes a whole number from -2**63 to 2**63 - 1 (64 bits), got None" in one_line(err)
 
 
 @pytest.mark.parametrize("call, words", [
     (lambda real: gradmatch.condense(real, experiment=2**70, ipc=1, model="ConvNetD1", iterations=0),
-     "experiment must be a whole number of at least 0 (and below 2**63"),
+     "condense: experiment must be at most 9223372036854775807"),
     (lambda real: gradmatch.condense_experiments(real, [2**64], ipc=1, model="ConvNetD1", iterations=0),
-     "experiment numbers of at least 0 (below 2**63)"),
+     "condense_experiments: experiments must be at most 9223372036854775807"),
     (lambda real: gradmatch.random_real_subset(real, 1, seed=2**64), "random_real_subset: seed takes a whole number"),
-    (lambda real: gradmatch.Protocol(seed=2**63).checked(), "evaluate: seed takes a whole number"),
-    (lambda real: data.split(real, 0.2, seed=-1), "split: seed must be a whole number of at least 0"),
+    (lambda real: gradmatch.Protocol(seed=2**63).validate(), "protocol seed takes a whole number from -2**63"),
+    (lambda real: data.split(real, 0.2, seed=2**64), "split: seed takes a whole number from -2**63"),
 ], ids=["condense-experiment", "experiments", "random_real_subset", "protocol", "split"])
 def test_a_seed_that_would_wrap_onto_another_is_refused(digits, call, words):
     """2**70 used to give the draws of seed (or experiment) 0, unsaid; split(seed=-1) a numpy traceback."""
@@ -111,12 +115,21 @@ def test_a_seed_that_would_wrap_onto_another_is_refused(digits, call, words):
     assert words in one_line(err)
 
 
+def test_a_negative_seed_is_one_rule_everywhere(digits):
+    """One rule for a seed (signed 64-bit): split and condense take -1 alike; -1 is not 1's split."""
+    train, test = data.split(digits[0], 0.2, seed=-1)
+    other, _ = data.split(digits[0], 0.2, seed=1)
+    assert len(train) + len(test) == len(digits[0]) and not torch.equal(train.images, other.images)
+    syn = gradmatch.condense(digits[0], ipc=1, model="ConvNetD1", iterations=0, seed=-1)
+    assert syn.config["seed"] == -1
+
+
 # ---- class 2: constructors said a Python TypeError ------------------------------------------------------
 @pytest.mark.parametrize("make, words", [
-    (lambda: CondenseConfig(bogus=1), "CondenseConfig: unknown argument bogus; it takes ipc, model"),
-    (lambda: EvalConfig(bogus=1), "EvalConfig: unknown argument bogus"),
-    (lambda: RunConfig(bogus=1), "RunConfig: unknown argument bogus"),
-    (lambda: Protocol(bogus=1), "Protocol: unknown argument bogus; it takes models, num_eval"),
+    (lambda: CondenseConfig(bogus=1), "condense: unknown setting bogus; it takes ipc, model"),
+    (lambda: EvalConfig(bogus=1), "evaluation: unknown setting bogus"),
+    (lambda: RunConfig(bogus=1), "run: unknown setting bogus"),
+    (lambda: Protocol(bogus=1), "protocol: unknown setting bogus; it takes name, models, num_eval"),
     (lambda: SyntheticSet(images=torch.zeros(1, 1, 2, 2)), "SyntheticSet: missing labels, classes, mean, std"),
     (lambda: gradmatch.create_model("ConvNet", 1, 10, 32, bogus=1), "create_model: ConvNet does not take bogus="),
 ], ids=["CondenseConfig", "EvalConfig", "RunConfig", "Protocol", "SyntheticSet", "create_model"])
@@ -178,6 +191,8 @@ def test_plotting_a_checkpoint_imports_none_of_the_code_it_names(user_modules, f
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     state["config"]["condense"]["dis_metric"] = "hostile_marks:dist"
     state["config"]["evaluation"]["eval_mode"] = "hostile_marks:dist"
+    for record in state["evaluations"]:
+        record["model"] = "hostile_marks:dist"
     torch.save(state, run / "checkpoint.pt")
     assert main(["plot", str(run)]) == 0
     assert (run / "grid.png").is_file() and not (user_modules / "imported").exists()
@@ -197,17 +212,19 @@ MATCHING_CASES = [
     (lambda net, real, syn: matching_loss(None, real, syn), "net must be a torch.nn.Module"),
     (lambda net, real, syn: matching_loss(net, None, syn), "real must be an (images, labels) pair of tensors"),
     (lambda net, real, syn: matching_loss(net, (*real, real[1]), syn), "real must be an (images, labels) pair"),
-    (lambda net, real, syn: matching_loss(net, (real[0], real[1].float()), syn), "real labels are float32"),
-    (lambda net, real, syn: matching_loss(net, (real[0].double(), real[1]), syn), "real images are float64"),
-    (lambda net, real, syn: matching_loss(net, (real[0], real[1][:5]), syn), "real labels are int64 of shape (5,)"),
+    (lambda net, real, syn: matching_loss(net, (real[0], real[1].float()), syn), "real labels are a float32 tensor"),
+    (lambda net, real, syn: matching_loss(net, (real[0].double(), real[1]), syn), "real images are a float64 tensor"),
+    (lambda net, real, syn: matching_loss(net, (real[0], real[1][:5]), syn),
+     "real labels have shape (5,) for 60 images"),
     (lambda net, real, syn: matching_loss(net, (real[0][:, :, :4, :4], real[1]), syn), "real images are (1, 4, 4)"),
     (lambda net, real, syn: matching_loss(net, (real[0][real[1] < 5], real[1][real[1] < 5]), syn),
      "the real batch has no images of classes [5, 6, 7, 8, 9]"),
     (lambda net, real, syn: matching_loss(net, (real[0], real[1] + 10), (syn[0], syn[1] + 10)),
      "the network fails on these batches"),
     (lambda net, real, syn: matching_loss(net, real, syn, scheme="interleaved", iteration="a"),
-     "iteration must be a whole number"),
-    (lambda net, real, syn: matching_loss(net, real, syn, precision="fp8"), "unknown precision"),
+     "matching_loss: iteration takes a whole number"),
+    (lambda net, real, syn: matching_loss(net, real, syn, precision="fp8"),
+     "unknown precision (matching_loss: precision) 'fp8'"),
     (lambda net, real, syn: gradient_distance(None, None), "gw_syn must be a non-empty list of float gradient"),
     (lambda net, real, syn: gradient_distance([], []), "gw_syn must be a non-empty list"),
     (lambda net, real, syn: gradient_distance([torch.ones(3, 4)], [torch.ones(3, 5)]), "gradient 0 is (3, 4)"),
@@ -234,10 +251,7 @@ def test_the_pure_functions_still_compute(batches):
 
 # ---- class 5: evaluate scored a set against test data it does not fit, or crashed ---------------------------
 def a_set(train, **change) -> SyntheticSet:
-    syn = gradmatch.random_real_subset(train, 2, seed=0)
-    for key, value in change.items():
-        setattr(syn, key, value)
-    return syn
+    return dataclasses.replace(gradmatch.random_real_subset(train, 2, seed=0), **change)
 
 
 @pytest.mark.parametrize("change, words", [
@@ -276,8 +290,8 @@ def test_evaluate_trains_on_labels_of_any_integer_dtype_it_accepts(digits):
 
 @pytest.mark.parametrize("args, words", [
     ((None, 1), "random_real_subset: real must be a gradmatch.data.Dataset"),
-    (("train", 0), "ipc must be a whole number of at least 1, got 0"),
-    (("train", 1.0), "ipc must be a whole number of at least 1, got 1.0"),
+    (("train", 0), "random_real_subset: ipc must be at least 1, got 0"),
+    (("train", 1.0), "random_real_subset: ipc takes a whole number, got 1.0"),
     (("train", 1, None), "random_real_subset: seed takes a whole number"),
 ])
 def test_random_real_subset_checks_its_arguments(digits, args, words):
@@ -315,14 +329,14 @@ class NegativeLength(torch.utils.data.Dataset):
 
 
 DATA_CASES = [
-    (lambda: data.load("digits", None), "load: root must be a folder's path"),
-    (lambda: data.load(None), "load: name must be a dataset's name"),
+    (lambda: data.load("digits", None), "--data_path takes a non-empty name, got None"),
+    (lambda: data.load(None), "--dataset takes a non-empty name, got None"),
     (lambda: data.from_tensors(torch.zeros(4, 1, 2, 2).to_sparse(), [0, 1, 0, 1]), "images are a sparse_coo tensor"),
     (lambda: data.from_tensors(torch.zeros(4, 1, 2, 2, device="meta"), [0, 1, 0, 1]), "images are a meta"),
     (lambda: data.from_tensors(np.zeros((4, 1, 2, 2), np.uint8), np.array([0, 1, 0, 10**9])),
      "labels go up to 1000000000 for 4 images"),
     (lambda: data.from_tensors(np.zeros((4, 1, 2, 2), np.uint8), np.array([0, 1, 0, 2.0**70])),
-     "label 3 is 1.1805916207174113e+21"),
+     "labels are a float64 tensor of shape (4,); expected integer class indices"),
     (lambda: data.from_torch(Raises()), "reading item 0 of the dataset failed (KeyError: 'no such row')"),
     (lambda: data.from_torch(NegativeLength()), "the dataset must be map-style"),
 ]
@@ -347,7 +361,7 @@ def test_a_folder_given_as_a_path_object_still_loads(tmp_path):
 def test_a_resize_that_cannot_fit_in_memory_is_one_line(monkeypatch, tmp_path, capsys):
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
-    monkeypatch.setattr("gradmatch.data.registry.F.interpolate", no_memory)
+    monkeypatch.setattr("gradmatch.data.dataset.F.interpolate", no_memory)
     assert main(["condense", *TINY, "--size", "100000", "--save_path", str(tmp_path)]) == 2
     line = one_error_line(capsys)
     assert "not enough memory for 1347 images of 1x100000x100000" in line and "choose a smaller --size" in line
@@ -404,7 +418,7 @@ def test_a_checkpoint_with_a_sparse_tensor_is_refused_in_one_line(finished_run, 
     before = (run / "checkpoint.pt").read_bytes()
     argv = ["plot", str(run)] if command == "plot" else ["condense", *TINY, "--resume", str(run)]
     assert main(argv) == 2
-    assert "finished[0] is (10, 1, 8, 8), not the run's images" in one_error_line(capsys)
+    assert "finished[0] are a sparse_coo tensor; expected a float32 tensor" in one_error_line(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -473,7 +487,7 @@ def test_an_error_quoting_a_name_with_a_line_break_stays_one_line(tmp_path, caps
 @pytest.mark.parametrize("flags, words", [
     (["--file_name_prefix", "a\0b"], "--file_name_prefix 'a\\x00b' holds a NUL character"),
     (["--file_name_prefix", "p" * 300], "longer than file names may be (255 bytes)"),
-    (["--dataset", ""], "--dataset is empty"),
+    (["--dataset", ""], "--dataset takes a non-empty name, got ''"),
 ], ids=["nul", "long", "empty-dataset"])
 def test_names_no_file_system_holds_are_refused_before_any_work(tmp_path, capsys, flags, words):
     """A NUL or a too-long name used to end in a ValueError or OSError traceback; an empty --dataset read
@@ -488,7 +502,7 @@ def test_names_no_file_system_holds_are_refused_before_any_work(tmp_path, capsys
 @pytest.mark.parametrize("call, words", [
     (lambda: CondenseConfig(lr_img=1e308).validate(), "--lr_img 1e+308 is beyond float32's range"),
     (lambda: CondenseConfig(lr_net=1e39).validate(), "--lr_net 1e+39 is beyond float32's range"),
-    (lambda: Protocol(lr=1e308).checked(), "evaluate: lr must be a number"),
+    (lambda: Protocol(lr=1e308).validate(), "protocol lr 1e+308 is beyond float32's range"),
 ], ids=["lr_img", "lr_net", "protocol"])
 def test_a_learning_rate_beyond_float32_is_refused(call, words):
     """--lr_img 1e308 passed as finite and ended in torch's "cannot be converted to type float" traceback."""
@@ -515,6 +529,8 @@ def test_resume_of_a_checkpoint_whose_settings_were_edited_does_not_only_blame_a
     run = copy_run(finished_run, tmp_path / "copy")
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     state["config"]["condense"]["model"] = "ConvNetD2"
+    for record in state["evaluations"]:  # consistent with the edited settings: only the name is off
+        record["model"] = "ConvNetD2"
     torch.save(state, run / "checkpoint.pt")
     assert main(["condense", *TINY, "--resume", str(run)]) == 2
     line = one_error_line(capsys)

@@ -5,6 +5,7 @@ Each refusal asserts the exit code, the one line naming the key, and (for export
 written."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -44,17 +45,19 @@ DELETE = object()
 
 # (key, value, words in the one line): each a malformed key of a saved set
 MALFORMED = [
-    ("mean", "abc", "'mean' is 'abc'; expected one finite number per channel (1 for images (20, 1, 8, 8))"),
+    ("mean", "abc", "'mean' is 'abc'; expected one finite number per channel (1 for 1-channel images)"),
     ("mean", 5, "'mean' is 5; expected one finite number per channel"),
-    ("mean", (0.5, 0.5), "'mean' has 2 values for 1-channel images"),
+    ("mean", (0.5, 0.5), "'mean' is (0.5, 0.5); expected one finite number per channel (1 for 1-channel images)"),
     ("mean", (float("nan"),), "'mean' is (nan,); expected one finite number"),
     ("mean", (True,), "'mean' is (True,)"),
-    ("std", (0.0,), "'std' is (0.0,); expected a positive number per channel"),
-    ("std", (), "'std' has 0 values for 1-channel images"),
-    ("classes", 5, "'classes' is 5; expected a list of 10 or more class names (str)"),
-    ("classes", list(range(10)), "'classes' holds 0 (int); expected class names as str"),
+    ("std", (0.0,), "'std' is (0.0,); expected one finite positive number per channel"),
+    ("std", (), "'std' is (); expected one finite positive number per channel (1 for 1-channel images)"),
+    ("classes", 5, "'classes' is 5; expected a list of class names (str), in label order"),
+    ("classes", list(range(10)), "'classes' is [0, 1, 2, 3, 4, 5, ...] (it holds 0, a int); expected a list of class "
+     "names (str)"),
     ("classes", ["a", "b"], "'classes' names 2 classes but the labels go up to 9; expected at least 10 names"),
-    ("classes", ["a", "b", "a", *"cdefghi"], "'classes' names 'a' twice; expected one distinct name per class"),
+    ("classes", ["a", "b", "a", *"cdefghi"], "'classes' names 'a' more than once; expected one distinct name per "
+     "class"),
     ("config", "x", "'config' is 'x'; expected a dict of the settings"),
     ("config", {(1, 2): 3}, "'config' cannot be written as JSON"),
     ("dataset", 5, "'dataset' is 5; expected the dataset's name (str)"),
@@ -65,10 +68,10 @@ MALFORMED = [
     ("gradmatch_version", 3, "'gradmatch_version' is 3"),
     ("accs_all_exps", [0.5], "'accs_all_exps' is [0.5]; expected a dict"),
     ("images", torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8),
-     "data[0] images are a uint8 tensor of shape (20, 1, 8, 8); expected float pixels normalised"),
-    ("images", torch.zeros(20, 8, 8), "data[0] images have shape (20, 8, 8); expected N images (N, C, H, W)"),
+     "data[0] images are a uint8 tensor of shape (20, 1, 8, 8); expected a float32 tensor N x C x H x W"),
+    ("images", torch.zeros(20, 8, 8), "data[0] images have shape (20, 8, 8); expected a float32 tensor N x C x H x W"),
     ("images", torch.zeros(20, 0, 8, 8), "data[0] images have shape (20, 0, 8, 8)"),
-    ("images", torch.full((20, 1, 8, 8), float("inf")), "data[0] images hold non-finite (nan or inf) pixels"),
+    ("images", torch.full((20, 1, 8, 8), float("inf")), "data[0] images hold non-finite (nan or inf) values in 20"),
     ("labels", LABELS.float(), "data[0] labels are a float32 tensor of shape (20,); expected integer class"),
     ("labels", LABELS > 4, "data[0] labels are a bool tensor"),
     ("labels", LABELS - 1, "data[0] labels include -1; expected class indices 0, 1, ..."),
@@ -114,8 +117,7 @@ def test_dc_s_own_layout_reads_with_defaults(tmp_path):
 
 
 def test_a_well_formed_set_reads_back_as_saved(tmp_path):
-    syn = good_set(3)
-    syn.mean, syn.std = [0.1, 0.2, 0.3], torch.tensor([0.4, 0.5, 0.6])  # any sequence of numbers is fine
+    syn = dataclasses.replace(good_set(3), mean=[0.1, 0.2, 0.3], std=torch.tensor([0.4, 0.5, 0.6]))  # any numbers
     save_torch(reference_payload([syn, good_set(3)], {}), tmp_path / "set.pt")
     back = load_synthetic(tmp_path / "set.pt", 0)
     assert torch.equal(back.images, syn.images) and torch.equal(back.labels, syn.labels)
@@ -126,17 +128,16 @@ def test_a_well_formed_set_reads_back_as_saved(tmp_path):
         load_synthetic(tmp_path / "set.pt", 2)
 
 
-# ---- SyntheticSet.validate: the same checks for a set built in Python --------------------------------
+# ---- SyntheticSet.checked: the same checks for a set built in Python ---------------------------------
 @pytest.mark.parametrize("key, value, words", [(k, v, w) for k, v, w in MALFORMED
                                                if k in ("images", "labels", "classes", "mean", "std",
                                                         "dataset", "config")],
                          ids=[f"{k}={v!r}"[:40] for k, v, _ in MALFORMED
                               if k in ("images", "labels", "classes", "mean", "std", "dataset", "config")])
 def test_validate_refuses_a_hand_built_set_naming_the_attribute(key, value, words):
-    syn = good_set()
-    setattr(syn, key, value)
+    syn = dataclasses.replace(good_set(), **{key: value})
     with pytest.raises(GradmatchError) as err:
-        syn.validate()
+        syn.checked()
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"SyntheticSet: {key} ")
     # the same words as for a file, less the file's key quoting and data[e]
@@ -144,19 +145,19 @@ def test_validate_refuses_a_hand_built_set_naming_the_attribute(key, value, word
     assert "fix or delete" not in message  # no file to edit
 
 
-def test_validate_passes_a_good_set_unchanged():
+def test_checked_passes_a_good_set_unchanged_and_makes_its_labels_int64():
     syn = good_set(3)
     before = syn.images.clone()
-    assert syn.validate() is syn and torch.equal(syn.images, before)
-    syn.images = syn.images.double()  # float64 sets (tests, users) are fine
-    syn.labels = syn.labels.int()
-    syn.validate()
+    back = dataclasses.replace(syn, labels=syn.labels.int()).checked()
+    assert back.images is syn.images and torch.equal(back.images, before) and back.labels.dtype == torch.int64
+    with pytest.raises(GradmatchError, match="images are a float64 tensor .* convert with .to.torch.float32."):
+        dataclasses.replace(syn, images=syn.images.double()).checked()  # the networks' dtype, one rule
 
 
 def test_to_torch_feeds_a_training_loop():
     syn = good_set(3)
     syn.images.requires_grad_(True)  # as condensation leaves them
-    syn.labels = syn.labels.int()
+    syn = dataclasses.replace(syn, labels=syn.labels.int())
     ds = syn.to_torch()
     assert isinstance(ds, torch.utils.data.TensorDataset) and len(ds) == 20
     loader = torch.utils.data.DataLoader(ds, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(0))
@@ -176,9 +177,6 @@ def test_to_torch_feeds_a_training_loop():
     pairs = sorted((int(lbl), img.flatten().tolist()) for img, lbl in zip(images, labels))
     expected = sorted((int(lbl), img.flatten().tolist()) for img, lbl in zip(syn.images.detach(), syn.labels))
     assert pairs == expected
-    syn.mean = (0.5,)
-    with pytest.raises(GradmatchError, match="SyntheticSet: mean has 1 values for 3-channel images"):
-        syn.to_torch()
 
 
 # ---- load_torch: foreign or corrupt, or needing code ---------------------------------------------------

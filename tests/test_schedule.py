@@ -5,6 +5,7 @@ import pytest
 
 from gradmatch.cli import main
 from gradmatch.errors import GradmatchError
+from gradmatch.matching.schemes import SCHEMES
 from gradmatch.schedule import PUBLISHED_LOOPS, adaptive_inner_epochs, loops_for_ipc, loops_rule
 
 # DC's published settings (SPEC section 4), written out again here on purpose.
@@ -55,11 +56,13 @@ def test_ipc_must_be_whole():
 
 
 def test_adaptive_schedule_matches_the_paper():
-    assert [adaptive_inner_epochs(s, "multi-level") for s in range(12)] == [50, 40, 30, 20] + [10] * 6 + [5, 5]
-    assert [adaptive_inner_epochs(s, "intra-class") for s in range(12)] == [100, 50, 50, 50] + [10] * 6 + [5, 5]
+    multi, intra = SCHEMES["multi-level"].adaptive, SCHEMES["intra-class"].adaptive
+    assert [adaptive_inner_epochs(s, multi) for s in range(12)] == [50, 40, 30, 20] + [10] * 6 + [5, 5]
+    assert [adaptive_inner_epochs(s, intra) for s in range(12)] == [100, 50, 50, 50] + [10] * 6 + [5, 5]
+    assert all(SCHEMES[s].adaptive == intra for s in ("inter-class", "interleaved"))  # the seed's scripts
     # at ipc 10 (10 outer steps, 9 trainings): 190 network epochs instead of 9 * 50 = 450 (SPEC section 9)
-    assert sum(adaptive_inner_epochs(s, "intra-class") for s in range(9)) == 300
-    assert sum(adaptive_inner_epochs(s, "multi-level") for s in range(9)) == 190
+    assert sum(adaptive_inner_epochs(s, intra) for s in range(9)) == 300
+    assert sum(adaptive_inner_epochs(s, multi) for s in range(9)) == 190
 
 
 def test_cli_refuses_an_ipc_larger_than_the_smallest_class(tmp_path, capsys):

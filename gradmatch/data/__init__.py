@@ -1,14 +1,12 @@
-"""Dataset readers: ``load(name, root, split, download, size, ...) -> Dataset`` with images in memory,
-``from_tensors``/``from_torch`` for data already in Python, ``split`` for a held-out test part, and
-``check_dataset``, the one check of a ``Dataset`` that readers and the training code share.
+"""Datasets in memory: ``load(name, root, split, **options) -> Dataset`` (a registered dataset, an image
+folder or ``hf:``), ``from_tensors``/``from_torch`` for data already in Python, ``split`` for a held-out
+test part, and ``check_dataset``.  Each reader module registers its source when imported below."""
 
-Each reader module registers its datasets when imported below.
-"""
-
-from gradmatch.data import cifar, digits, folder, idx, svhn  # noqa: F401  (registers the readers)
+from gradmatch.data import cifar, digits, folder, hf, idx, svhn  # noqa: F401  (registers the readers)
 from gradmatch.data.arrays import from_tensors, from_torch
-from gradmatch.data.registry import Dataset, check_dataset, list_datasets, load, register_dataset
+from gradmatch.data.dataset import Dataset, check_dataset
+from gradmatch.data.registry import DataConfig, list_datasets, load, load_data, register_dataset
 from gradmatch.data.splits import split
 
-__all__ = ["Dataset", "check_dataset", "from_tensors", "from_torch", "list_datasets", "load", "register_dataset",
-           "split"]
+__all__ = ["DataConfig", "Dataset", "check_dataset", "from_tensors", "from_torch", "list_datasets", "load",
+           "load_data", "register_dataset", "split"]

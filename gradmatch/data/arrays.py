@@ -1,22 +1,13 @@
 """Data already in Python: arrays or tensors (``from_tensors``) and map-style torch datasets
-(``from_torch``), checked and normalised into a ``Dataset``.
+(``from_torch``), turned into a ``Dataset``; the inputs are copied, never changed or kept.
 
-Pixels: uint8 images are 0..255 and uint16 images 0..65535 (scaled to [0, 1] by that full range);
-float images must already be pixels in [0, 1], and values outside (or nan) are refused in one line:
-``mean``/``std`` say how to normalise the pixels, never that the images are normalised already (undo a
-normalisation before passing them). Other dtypes (int64, bool...) are refused with the conversion to
-make. Without ``mean``/``std`` the per-channel mean and std of the images themselves are used.
-
-Layout (``from_tensors``): N x C x H x W or N x H x W x C, or N x H x W for grey images. With
-``layout="auto"`` a 4-D array whose axis 1 has 1 or 3 entries is N x C x H x W, else one whose axis 3
-has 1 or 3 is N x H x W x C, else it is refused (pass ``layout="NCHW"`` or ``"NHWC"``, e.g. for 2 or 4
-channels).
-
-Labels: integers 0..K-1, one per image (floats with integral values are taken as those integers);
-negative, non-integral, 2-D or string labels, a count that is not N and labels beyond the given
-``classes`` are refused. ``classes`` defaults to "0".."K-1" for the K = max label + 1 classes.
+Pixels: uint8 (0..255), uint16 (0..65535), or floats in [0, 1] (any float dtype, float8 and bfloat16
+too); mean/std say how to normalise them, never that they are normalised already.  Layout: the channel
+axis is the one with 1 or 3 entries, axis 1 (N x C x H x W; C x H x W for one item) before axis 3
+(N x H x W x C; H x W x C), a 3-D array being N x H x W grey; any other count of channels needs
+``layout`` ("NCHW"/"NHWC").  Labels: integers 0..K-1, one per image; ``classes`` names them in order
+(default "0".."K-1"); without mean/std the images' own per-channel mean and std are used.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,23 +16,27 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gradmatch import checks
+from gradmatch.data.dataset import Dataset, channel_stats, to_unit
 from gradmatch.data.images import FULL_SCALE, pixels, stack
-from gradmatch.data.registry import Dataset, channel_stats, check_dataset, to_unit
 from gradmatch.errors import GradmatchError
 
 LAYOUTS = ("auto", "NCHW", "NHWC")
+MAX_UNNAMED_CLASSES = 100_000  # classes named "0".."K-1" for a caller who gave no names: beyond, a typo
 
 
 def _numpy(value, what: str, who: str) -> np.ndarray:
+    """``value`` as a numpy array of its own (copied): tensors of any float dtype as float32."""
     if isinstance(value, torch.Tensor):
-        if value.layout != torch.strided or value.device.type == "meta":
-            kind = "meta (shapes without values)" if value.device.type == "meta" else str(value.layout)
-            raise GradmatchError(f"{who}: {what} are a {kind.replace('torch.', '')} tensor; pass an ordinary (dense) "
-                                 f"tensor with values (.to_dense())")
+        kind = checks._tensor_kind(value)
+        if kind:
+            raise GradmatchError(f"{who}: {what} are a {kind} tensor; pass an ordinary tensor with values "
+                                 f"({'.dequantize()' if value.is_quantized else '.to_dense()'})")
         value = value.detach().cpu()
-        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+        value = value.float() if value.is_floating_point() and value.dtype != torch.float64 else value
+        return value.numpy().copy()
     if isinstance(value, np.ndarray):
-        return value
+        return value.copy()
     raise GradmatchError(f"{who}: {what} must be a numpy array or a torch tensor; got {type(value).__name__}")
 
 
@@ -59,169 +54,127 @@ def _unit_scale(array: np.ndarray, who: str, what: str = "images") -> float:
         values = array[finite]
         span = f"[{values.min():g}, {values.max():g}]" if values.size else "no finite value"
         raise GradmatchError(f"{who}: {what} are floats in {span}{'' if finite.all() else ' and nan or inf'}; "
-                             f"float images must be pixels in [0, 1] (divide 0..255 values by 255, and undo any "
-                             f"normalisation: mean/std say how to normalise, not how the images were)")
+                             "float images must be pixels in [0, 1] (divide 0..255 values by 255, and undo any "
+                             "normalisation: mean/std say how to normalise, not how the images were)")
     return 1.0
 
 
-def _to_nchw(array: np.ndarray, layout: str, who: str) -> np.ndarray:
-    if layout not in LAYOUTS:
-        raise GradmatchError(f"{who}: layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-    if array.ndim == 3 and layout == "auto":
-        return array[:, None]  # N x H x W grey
-    if array.ndim != 4:
-        raise GradmatchError(f"{who}: images must be 4-D (N x C x H x W or N x H x W x C) or 3-D (N x H x W grey); "
-                             f"got shape {tuple(array.shape)}")
+def _channels_first(array: np.ndarray, layout: str, who: str, first: int) -> np.ndarray:
+    """``array`` with its channel axis at ``first`` (1 for N x C x H x W, 0 for one C x H x W item)."""
+    layout = checks.choice(layout, f"{who}: layout", LAYOUTS)
+    last = first + 2
     if layout == "auto":
-        if array.shape[1] in (1, 3):
+        if array.shape[first] in (1, 3):
             layout = "NCHW"
-        elif array.shape[3] in (1, 3):
+        elif array.shape[last] in (1, 3):
             layout = "NHWC"
         else:
-            raise GradmatchError(f"{who}: cannot tell the channel axis of images of shape {tuple(array.shape)} "
-                                 f"(neither axis 1 nor axis 3 has 1 or 3 entries); pass layout=\"NCHW\" (N x C x H "
-                                 f"x W) or layout=\"NHWC\"")
-    return array if layout == "NCHW" else array.transpose(0, 3, 1, 2)
+            raise GradmatchError(f"{who}: cannot tell the channel axis of images of shape {tuple(array.shape)} (the "
+                                 f"rule: axis {first} if it has 1 or 3 entries, else axis {last}); pass "
+                                 "layout=\"NCHW\" (channels first) or layout=\"NHWC\" (channels last)")
+    return array if layout == "NCHW" else np.moveaxis(array, last, first)
 
 
-def _labels(labels, n: int, who: str) -> np.ndarray:
+def _labels(labels, n: int, who: str) -> torch.Tensor:
     if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    try:
-        array = np.asarray(labels)
-    except (TypeError, ValueError) as e:
-        raise GradmatchError(f"{who}: labels must be integers 0..K-1, one per image ({e})") from None
-    if array.ndim != 1:
-        raise GradmatchError(f"{who}: labels must be 1-D, one per image; got shape {tuple(array.shape)}"
-                             f"{' (flatten them with .reshape(-1))' if array.size == n else ''}")
-    if len(array) != n:
-        raise GradmatchError(f"{who}: {len(array)} labels for {n} images; pass one label per image")
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise GradmatchError(f"{who}: labels must be integers 0..K-1; got {array.dtype} (map class names to "
-                             f"integers, and pass the names as classes)")
-    if np.issubdtype(array.dtype, np.floating):
-        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
-        if len(bad):
-            raise GradmatchError(f"{who}: labels must be integers 0..K-1; label {bad[0]} is {array[bad[0]].item()!r}")
-    if len(array) and (np.abs(array.astype(np.float64)).max() >= 2.0**62):  # int64 would wrap them
-        big = int(np.argmax(np.abs(array.astype(np.float64))))
-        raise GradmatchError(f"{who}: labels must be integers 0..K-1; label {big} is {array[big].item()!r}")
-    array = array.astype(np.int64)
-    if len(array) and array.min() < 0:
-        raise GradmatchError(f"{who}: labels must be integers 0..K-1; label {int(np.argmin(array))} is "
-                             f"{int(array.min())}")
-    return array
+        if checks._tensor_kind(labels):
+            return checks.labels(labels, n, f"{who}: labels")  # its one line
+        labels = labels.detach().cpu()
+    else:
+        try:
+            array = np.asarray(labels)
+        except (TypeError, ValueError) as e:
+            raise GradmatchError(f"{who}: labels must be integers 0..K-1, one per image ({e})") from None
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+            raise GradmatchError(f"{who}: labels must be integers 0..K-1; got {array.dtype} (map class names to "
+                                 "integers, and pass the names as classes)")
+        labels = torch.from_numpy(array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else array.copy())
+    return checks.labels(labels, n, f"{who}: labels")
 
 
-MAX_UNNAMED_CLASSES = 100_000  # classes named "0".."K-1" for a caller who gave no names: beyond, a typo
-
-
-def _classes(classes, labels: np.ndarray, who: str) -> list[str]:
-    count = int(labels.max()) + 1 if len(labels) else 0
+def _dataset(images: torch.Tensor, labels: torch.Tensor, classes, mean, std, name, who: str) -> Dataset:
+    """Wrap float32 N x C x H x W pixels in [0, 1] (owned: normalised in place)."""
+    name = checks.text(name, f"{who}: name")
+    count = int(labels.max()) + 1
     if classes is None:
         if count > max(len(labels), MAX_UNNAMED_CLASSES):
             raise GradmatchError(f"{who}: labels go up to {count - 1} for {len(labels)} images, which would make "
-                                 f"{count} classes; number the classes 0..K-1 (np.unique(labels, "
-                                 f"return_inverse=True)) or pass their names as classes")
-        return [str(i) for i in range(count)]
-    if isinstance(classes, np.ndarray):
-        classes = classes.tolist()
-    if isinstance(classes, str) or not isinstance(classes, Sequence) or not all(isinstance(c, str) for c in classes):
-        raise GradmatchError(f"{who}: classes must be a list of str (the class names, in label order); got "
-                             f"{type(classes).__name__} {list(classes)[:5] if isinstance(classes, Sequence) else ''}")
-    if count > len(classes):
-        raise GradmatchError(f"{who}: label {count - 1} needs {count} classes but {len(classes)} are named; name "
-                             f"every class (classes[i] for label i)")
-    return [str(c) for c in classes]
-
-
-def _stats(values, channels: int, field: str, who: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        out = ()
-    if len(out) != channels or not all(np.isfinite(out)) or (field == "std" and min(out) <= 0):
-        positive = " positive" if field == "std" else ""
-        raise GradmatchError(f"{who}: {field} must be {channels} finite{positive} numbers, one per channel; got "
-                             f"{values!r}")
-    return out
-
-
-def _dataset(images: torch.Tensor, labels: np.ndarray, classes, mean, std, name, who: str) -> Dataset:
-    """Wrap float32 N x C x H x W pixels in [0, 1] (owned: normalised in place)."""
-    if not isinstance(name, str):
-        raise GradmatchError(f"{who}: name must be a str, not {name!r}")
-    classes = _classes(classes, labels, who)
-    channels = images.shape[1]
+                                 f"{count} classes; number the classes 0..K-1 (np.unique(labels, return_inverse=True)) "
+                                 "or pass their names as classes")
+        classes = [str(i) for i in range(count)]
+    classes = checks.class_names(classes, f"{who}: classes", at_least=count)
     if mean is None or std is None:
-        data_mean, data_std = channel_stats(images)
-    mean = data_mean if mean is None else _stats(mean, channels, "mean", who)
-    std = data_std if std is None else _stats(std, channels, "std", who)
+        own_mean, own_std = channel_stats(images)
+        mean, std = own_mean if mean is None else mean, own_std if std is None else std
+    mean = checks.per_channel(mean, images.shape[1], f"{who}: mean")
+    std = checks.per_channel(std, images.shape[1], f"{who}: std", positive=True)
     images.sub_(torch.tensor(mean).view(1, -1, 1, 1)).div_(torch.tensor(std).view(1, -1, 1, 1))
-    dataset = Dataset(images=images, labels=torch.from_numpy(labels), classes=classes, mean=mean, std=std, name=name)
-    return check_dataset(dataset, who)
+    return Dataset(images=images, labels=labels, classes=classes, mean=mean, std=std, name=name)
 
 
 def from_tensors(images, labels, classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, name: str = "tensors", layout: str = "auto") -> Dataset:
-    """A ``Dataset`` of ``images`` (numpy array or torch tensor, see the module docstring for dtypes and
-    layouts) and integer ``labels``; ``classes`` names the labels in order; ``mean``/``std`` (one per
-    channel) normalise, computed from the images when not given. The inputs are copied, never changed."""
+    """A ``Dataset`` of ``images`` (a numpy array or torch tensor, see the module docstring) and integer
+    ``labels``; ``classes`` names the labels in order; ``mean``/``std`` (one per channel) normalise."""
     who = "from_tensors"
-    array = _to_nchw(_numpy(images, "images", who), layout, who)
+    array = _numpy(images, "images", who)
+    if array.ndim == 3 and layout == "auto":
+        array = array[:, None]  # N x H x W grey
+    if array.ndim != 4:
+        raise GradmatchError(f"{who}: images must be 4-D (N x C x H x W or N x H x W x C) or 3-D (N x H x W grey); "
+                             f"got shape {tuple(array.shape)}")
+    array = _channels_first(array, layout, who, first=1)
     if array.shape[0] < 1 or min(array.shape[1:]) < 1:
         raise GradmatchError(f"{who}: images of shape {tuple(array.shape)} hold no pixels; pass at least one image")
     scale = _unit_scale(array, who)
-    label_array = _labels(labels, array.shape[0], who)
-    return _dataset(to_unit(array, scale), label_array, classes, mean, std, name, who)
+    return _dataset(to_unit(array, scale), _labels(labels, array.shape[0], who), classes, mean, std, name, who)
 
 
-def _item_pixels(image, index: int, who: str) -> np.ndarray:
-    """One item's image as H x W x C values (uint8, uint16 or float32 in [0, 1])."""
+def _item_pixels(image, index: int, who: str, layout: str) -> np.ndarray:
+    """One item's image as H x W x C values (uint8, uint16 or float32 in [0, 1]), copied."""
     if isinstance(image, Image.Image):
         return pixels(image, f"item {index} of the dataset")
-    if not isinstance(image, torch.Tensor):
+    if not isinstance(image, (torch.Tensor, np.ndarray)):
         raise GradmatchError(f"{who}: item {index}'s image is a {type(image).__name__}; the dataset must give a "
                              f"tensor C x H x W (float in [0, 1] or uint8) or a PIL image (e.g. transform "
                              f"torchvision.transforms.ToTensor())")
-    array = _numpy(image, "image", who)
+    array = _numpy(image, "image", who)  # a copy: a dataset may refill one tensor for every item
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
         raise GradmatchError(f"{who}: item {index}'s image has shape {tuple(array.shape)}; expected C x H x W")
+    array = _channels_first(array, layout, f"{who}: item {index}", first=0)
     _unit_scale(array, who, f"item {index}'s image values")
-    if np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32)
-    return array.transpose(1, 2, 0)
+    return (array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array).transpose(1, 2, 0)
 
 
-def _item_label(label, index: int, who: str):
-    if isinstance(label, torch.Tensor) and label.numel() == 1:
+def _item_label(label, index: int, who: str) -> int:
+    if isinstance(label, torch.Tensor) and checks._tensor_kind(label):
+        raise GradmatchError(f"{who}: item {index}'s label is a {checks._tensor_kind(label)} tensor; the dataset must "
+                             "give integer labels 0..K-1")
+    if isinstance(label, (torch.Tensor, np.ndarray)) and np.prod(label.shape) == 1:
         label = label.reshape(()).item()
-    elif isinstance(label, np.ndarray) and label.size == 1:
-        label = label.reshape(()).item()
-    if isinstance(label, bool) or not isinstance(label, (int, float, np.integer, np.floating)):
+    if not checks.is_whole(label):
         raise GradmatchError(f"{who}: item {index}'s label is {type(label).__name__} {label!r}; the dataset must "
-                             f"give integer labels 0..K-1")
-    return label
+                             "give integer labels 0..K-1")
+    return int(label)
 
 
 def from_torch(dataset, classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None, name: str | None = None) -> Dataset:
-    """A ``Dataset`` of every item of a map-style torch dataset (``__len__`` and ``__getitem__``) that
-    gives ``(image, label)``: image a tensor C x H x W (float in [0, 1], uint8 or uint16) or a PIL image
-    (any mode, as ``gradmatch.data.images`` reads it), label an integer. All images must have one size
-    and channel count (grey images among colour ones are repeated to 3 channels). ``classes`` defaults
-    to the dataset's own ``classes`` attribute when it is a list of names, else "0".."K-1"; ``name`` to
-    the dataset's type name; ``mean``/``std`` as in ``from_tensors``."""
+               std: Sequence[float] | None = None, name: str | None = None, layout: str = "auto") -> Dataset:
+    """A ``Dataset`` of every item of a map-style torch dataset (``__len__`` and ``__getitem__``) giving
+    ``(image, label)``: image a tensor (C x H x W, layout as the module docstring says) or a PIL image (any
+    mode, as ``gradmatch.data.images`` reads it), label an integer.  Every image must have one size (grey
+    ones among colour ones are repeated to 3 channels).  ``classes`` defaults to the dataset's own
+    ``classes`` attribute where that is a list of names; ``name`` to its type's name."""
     who = "from_torch"
     try:
         count = len(dataset)
         getter = dataset.__getitem__
-    except (TypeError, AttributeError, ValueError, OverflowError):  # no __len__, or one Python refuses (< 0)
-        raise GradmatchError(f"{who}: the dataset must be map-style (with __len__ and __getitem__); got "
-                             f"{type(dataset).__name__} (for an iterable one, collect its images and labels into "
-                             f"tensors and use from_tensors)") from None
+    except Exception as err:  # noqa: BLE001 - no __len__, or the dataset's own one failing in any way
+        raise GradmatchError(f"{who}: the dataset must be map-style with a working __len__ and __getitem__; got "
+                             f"{type(dataset).__name__} ({type(err).__name__}: {err}) (for an iterable one, collect "
+                             "its images and labels into tensors and use from_tensors)") from None
     if count < 1:
         raise GradmatchError(f"{who}: the dataset is empty; it must hold at least one (image, label)")
     arrays, labels = [], []
@@ -234,21 +187,21 @@ def from_torch(dataset, classes: Sequence[str] | None = None, mean: Sequence[flo
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise GradmatchError(f"{who}: item {index} is {type(item).__name__}"
                                  f"{f' of {len(item)}' if isinstance(item, (tuple, list)) else ''}; the dataset "
-                                 f"must give (image, label) pairs")
-        arrays.append(_item_pixels(item[0], index, who))
+                                 "must give (image, label) pairs")
+        arrays.append(_item_pixels(item[0], index, who, layout))
         labels.append(_item_label(item[1], index, who))
         if arrays[-1].shape[:2] != arrays[0].shape[:2]:
             raise GradmatchError(f"{who}: item 0's image is {'x'.join(map(str, arrays[0].shape[:2]))} but item "
                                  f"{index}'s is {'x'.join(map(str, arrays[-1].shape[:2]))}; give every image one "
-                                 f"size (e.g. resize in the dataset's transform)")
+                                 "size (e.g. resize in the dataset's transform)")
     found = sorted({a.shape[2] for a in arrays})
     if len(found) > 1 and found != [1, 3]:
         raise GradmatchError(f"{who}: the images have {' and '.join(map(str, found))} channels; give every image "
-                             f"the same number of channels")
+                             "the same number of channels")
     if classes is None:
         own = getattr(dataset, "classes", None)
         if isinstance(own, (list, tuple)) and own and all(isinstance(c, str) for c in own):
             classes = list(own)
     images = stack(arrays, found[-1], arrays[0].shape[:2])
-    label_array = _labels(np.asarray(labels), count, who)
-    return _dataset(images, label_array, classes, mean, std, type(dataset).__name__ if name is None else name, who)
+    return _dataset(images, _labels(labels, count, who), classes, mean, std,
+                    type(dataset).__name__ if name is None else name, who)

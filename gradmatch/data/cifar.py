@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from gradmatch.data.download import fetch
-from gradmatch.data.registry import Dataset, Size, corrupt, make_dataset, missing, register_dataset, to_unit
+from gradmatch.data.dataset import Dataset, Size, corrupt, make_dataset, missing, to_unit
+from gradmatch.data.registry import register_dataset
 from gradmatch.errors import GradmatchError
 
 LAYOUT = {

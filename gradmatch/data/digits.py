@@ -12,15 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradmatch.data.registry import (
-    Dataset,
-    Size,
-    channel_stats,
-    make_dataset,
-    register_dataset,
-    resize,
-    to_unit,
-)
+from gradmatch.data.dataset import Dataset, Size, channel_stats, make_dataset, resize, to_unit
+from gradmatch.data.registry import register_dataset
 
 
 def split_indices(target: np.ndarray):

@@ -9,13 +9,9 @@ a fixed, seeded, stratified part of each class (``test_fraction``, 0.2 by defaul
 Files are found recursively under each class folder; names starting with "." are skipped. Symlinked
 folders are skipped (they may loop or lead out of the tree), and said once in a warning line.
 
-The training split decides everything the two splits must share: the classes (test class folders
-must be among them; a test split may lack some), the channels (3 if any training image is in
-colour, else 1), the image size (``size``, else the first training image's size in sorted order;
-others are resized bilinearly) and the per-channel mean/std used to normalise both splits (from
-the training part only). So loading "test" reads the training images too. Every Pillow mode,
-16-bit grey included, becomes pixels in [0, 1] as ``gradmatch.data.images`` says, or is refused in
-one line.
+The training split decides what the two splits share: the classes (test class folders must be among
+them), the channels (3 if any training image is in colour, else 1), the image size (``size``, else the
+first training image's; others are resized bilinearly) and the mean/std of both (``splits``).
 """
 
 from __future__ import annotations
@@ -24,17 +20,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from gradmatch.data.dataset import Dataset
 from gradmatch.data.images import channels_of, read_image, stack
-from gradmatch.data.registry import (
-    Dataset,
-    Size,
-    channel_stats,
-    make_dataset,
-    register_dataset,
-)
-from gradmatch.data.splits import DEFAULT_TEST_FRACTION, held_out, note
+from gradmatch.data.registry import register_dataset
+from gradmatch.data.splits import two_splits
 from gradmatch.errors import GradmatchError, warn
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -100,9 +90,8 @@ def _say_skipped(linked: list[Path]) -> None:
                   f"{names}; copy or move their images into the tree to use them")
 
 
-@register_dataset("folder", options=("test_fraction",))
-def read_folder(root: Path, split: str, download: bool, size: Size,
-                test_fraction: float | None = None) -> Dataset:
+@register_dataset("folder", options=("test_fraction",), both=True)
+def read_folder(root: Path, config) -> dict[str, Dataset]:
     if not root.is_dir():
         raise GradmatchError(f"folder: {root} is not a directory; point --data_path at a folder holding "
                              f"<class>/ subfolders of images")
@@ -110,43 +99,31 @@ def read_folder(root: Path, split: str, download: bool, size: Size,
     train_dir = root / "train" if split_layout else root
     if split_layout and not train_dir.is_dir():
         raise GradmatchError(f"folder: {root} has test/ but no train/ folder; expected {train_dir}/<class>/")
-    if split_layout and test_fraction is not None:
+    if split_layout and config.test_fraction is not None:
         warn(f"folder {root} has its own test split ({root / 'test'}): test_fraction ignored")
     linked: list[Path] = []
     classes = _subfolders(train_dir, linked)
     if not classes:
         _say_skipped(linked)
-        raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected "
-                             f"{train_dir}/<class>/<image>")
+        raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected {train_dir}/<class>/<image>")
     files = _scan(train_dir, classes, every_class=True, linked=linked)
     arrays = _decode_all(files)
     channels = channels_of(arrays)
-    size = size or arrays[0].shape[:2]
-    images = stack(arrays, channels, size)
+    size = config.size or arrays[0].shape[:2]
+    pixels = stack(arrays, channels, size)
     del arrays
-    labels = np.array([label for _, label in files], dtype=np.int64)
+    labels = [label for _, label in files]
+    test = None
     if split_layout:
-        mean, std = channel_stats(images)
-        if split == "test":
-            test_dir = root / "test"
-            if not test_dir.is_dir():
-                raise GradmatchError(f"folder: expected {test_dir}/<class>/ for the test split "
-                                     f"(beside {train_dir})")
-            extra = sorted(set(_subfolders(test_dir, linked)) - set(classes))
-            if extra:
-                raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no "
-                                     f"training folder in {train_dir}; rename or remove them")
-            files = _scan(test_dir, classes, every_class=False, linked=linked)
-            images = stack(_decode_all(files, grey=channels == 1), channels, size)
-            labels = np.array([label for _, label in files], dtype=np.int64)
-        _say_skipped(linked)
-        return make_dataset("folder", images, labels, classes, mean, std, size)
+        test_dir = root / "test"
+        if not test_dir.is_dir():
+            raise GradmatchError(f"folder: expected {test_dir}/<class>/ for the test split (beside {train_dir})")
+        extra = sorted(set(_subfolders(test_dir, linked)) - set(classes))
+        if extra:
+            raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no training "
+                                 f"folder in {train_dir}; rename or remove them")
+        files = _scan(test_dir, classes, every_class=False, linked=linked)
+        test = (stack(_decode_all(files, grey=channels == 1), channels, size), [label for _, label in files])
     _say_skipped(linked)
-    fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
-    train_idx, test_idx = held_out(labels, fraction)
-    line = note(f"folder {root} has no test split", fraction, len(test_idx), len(labels))
-    mean, std = channel_stats(images[torch.as_tensor(train_idx)] if len(test_idx) else images)
-    if len(test_idx):
-        pick = torch.as_tensor(train_idx if split == "train" else test_idx)
-        images, labels = images[pick], labels[pick.numpy()]
-    return make_dataset("folder", images, labels, classes, mean, std, size, note=line)
+    return two_splits("folder", classes, pixels, labels, test, config.test_fraction,
+                      no_test=f"folder {root} has no test split")

@@ -35,11 +35,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from gradmatch.data.dataset import Dataset
 from gradmatch.data.images import channels_of, check_one_size, image_sizes, read_image, stack
-from gradmatch.data.registry import Dataset, Size, channel_stats, make_dataset
-from gradmatch.data.splits import DEFAULT_TEST_FRACTION, held_out, note
+from gradmatch.data.registry import register_dataset
+from gradmatch.data.splits import two_splits
 from gradmatch.errors import GradmatchError, warn
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
@@ -221,14 +221,14 @@ def _images(part, column: str, what: str, grey: bool = False) -> list[np.ndarray
     return arrays
 
 
-def read_hf(spec: str, split: str, download: bool, size: Size, test_fraction: float | None = None,
-            image_column: str | None = None, label_column: str | None = None) -> Dataset:
-    """``load("hf:" + spec, ...)``: see the module docstring."""
+@register_dataset("hf", options=("test_fraction", "image_column", "label_column"), both=True)
+def read_hf(spec: str, config) -> dict[str, Dataset]:
+    """``load("hf:" + spec, ...)``: see the module docstring; both splits from one read."""
     what = f"hf:{spec}"
     if not spec:
         raise GradmatchError("hf: needs a dataset after it: hf:PATH (save_to_disk folder, parquet/arrow files) or "
                              "hf:user/name (a hub dataset in the local cache)")
-    splits = open_splits(spec, download)
+    splits = open_splits(spec, config.download)
     if "train" in splits:
         train_name = "train"
     elif len(splits) == 1:
@@ -237,41 +237,32 @@ def read_hf(spec: str, split: str, download: bool, size: Size, test_fraction: fl
         raise GradmatchError(f"{what} has splits {', '.join(splits)} but no 'train' split; name the one to "
                              f"condense 'train'")
     test_name = next((s for s in ("test", "validation") if s in splits and s != train_name), None)
-    if test_name and test_fraction is not None:
+    if test_name and config.test_fraction is not None:
         warn(f"{what} has its own {test_name} split: test_fraction ignored")
     train = splits[train_name]
-    image_col, label_col = columns(train.features, image_column, label_column, what)
+    image_col, label_col = columns(train.features, config.image_column, config.label_column, what)
     if len(train) == 0:
         raise GradmatchError(f"{what}: the {train_name} split is empty")
     labels, classes = _labels(train, label_col, None, f"{what} {train_name}")
     arrays = _images(train, image_col, f"{what} {train_name}")
     channels = channels_of(arrays)
-    test_labels = test_arrays = None
-    if split == "test" and test_name:
-        test_part = splits[test_name]
-        image_col, label_col = columns(test_part.features, image_column or image_col, label_column or label_col,
-                                       f"{what} {test_name}")
-        test_labels, test_classes = _labels(test_part, label_col, classes, f"{what} {test_name}")
+    test = None
+    if test_name:
+        part = splits[test_name]
+        image_col, label_col = columns(part.features, config.image_column or image_col,
+                                       config.label_column or label_col, f"{what} {test_name}")
+        test_labels, test_classes = _labels(part, label_col, classes, f"{what} {test_name}")
         if test_classes != classes:
             raise GradmatchError(f"{what}: the {test_name} split's classes ({', '.join(test_classes[:5])}...) differ "
                                  f"from the {train_name} split's ({', '.join(classes[:5])}...)")
-        test_arrays = _images(test_part, image_col, f"{what} {test_name}", grey=channels == 1)
-    check_one_size(image_sizes(arrays + (test_arrays or [])), what, size)
-    size = size or arrays[0].shape[:2]
-    images = stack(arrays, channels, size)
+        test_arrays = _images(part, image_col, f"{what} {test_name}", grey=channels == 1)
+    check_one_size(image_sizes(arrays + (test_arrays if test_name else [])), what, config.size)
+    size = config.size or arrays[0].shape[:2]
+    pixels = stack(arrays, channels, size)
     del arrays
     if test_name:
-        line = None if test_name == "test" else (f"{what} has no test split: its validation split is used for "
-                                                 f"testing")
-        mean, std = channel_stats(images)
-        if split == "test":
-            images, labels = stack(test_arrays, channels, size), test_labels
-        return make_dataset(what, images, labels, classes, mean, std, size, note=line)
-    fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
-    train_idx, test_idx = held_out(labels, fraction)
-    line = note(f"{what} has no test split", fraction, len(test_idx), len(labels))
-    mean, std = channel_stats(images[torch.as_tensor(train_idx)] if len(test_idx) else images)
-    if len(test_idx):
-        pick = train_idx if split == "train" else test_idx
-        images, labels = images[torch.as_tensor(pick)], labels[pick]
-    return make_dataset(what, images, labels, classes, mean, std, size, note=line)
+        test = (stack(test_arrays, channels, size), test_labels)
+    line = None if test_name in (None, "test") else \
+        f"{what} has no test split: its validation split is used for testing"
+    return two_splits(what, classes, pixels, labels, test, config.test_fraction,
+                      no_test=f"{what} has no test split", own_note=line)

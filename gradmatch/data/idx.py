@@ -12,16 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from gradmatch.data.download import fetch
-from gradmatch.data.registry import (
-    Dataset,
-    Size,
-    corrupt,
-    first_existing,
-    make_dataset,
-    missing,
-    register_dataset,
-    to_unit,
-)
+from gradmatch.data.dataset import Dataset, Size, corrupt, first_existing, make_dataset, missing, to_unit
+from gradmatch.data.registry import register_dataset
 
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension

@@ -39,17 +39,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gradmatch.data.registry import Size, resize, to_unit
+from gradmatch.data.dataset import Size, resize, to_unit
 from gradmatch.errors import GradmatchError
 
 GREY_8BIT = ("1", "L", "LA", "La")
 GREY_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 COLOUR = ("RGB", "RGBX", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "HSV")
 FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
-
-
-def is_colour(mode: str) -> bool:
-    return mode in COLOUR
 
 
 def pixels(image: Image.Image, source: str, grey: bool = False) -> np.ndarray:
@@ -130,4 +126,4 @@ def check_one_size(sizes: dict[tuple[int, int], int], what: str, size: Size) -> 
     if size is None and len(sizes) > 1:
         listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in list(sizes.items())[:4])
         raise GradmatchError(f"{what}: images differ in size ({listed}{', ...' if len(sizes) > 4 else ''}); "
-                             f"pass size=(H, W) to resize them all to one size")
+                             f"pass --size H,W (size=(H, W) from Python) to resize them all to one size")

@@ -9,16 +9,8 @@ import numpy as np
 import scipy.io
 
 from gradmatch.data.download import fetch
-from gradmatch.data.registry import (
-    Dataset,
-    Size,
-    corrupt,
-    first_existing,
-    make_dataset,
-    missing,
-    register_dataset,
-    to_unit,
-)
+from gradmatch.data.dataset import Dataset, Size, corrupt, first_existing, make_dataset, missing, to_unit
+from gradmatch.data.registry import register_dataset
 
 MEAN = (0.4377, 0.4438, 0.4728)
 STD = (0.1980, 0.2010, 0.1970)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import SINGLE, Group
+from .. import checks
 from ..errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name, warn
 from ..precision import PRECISIONS
 from ..models.stack import Networks
@@ -54,16 +55,18 @@ def multi_level_terms(g_syn, g_real, metric, k: int, present: int, group: Group 
 @dataclass(frozen=True)
 class Scheme:
     name: str
+    script: str                       # the seed's script that runs it
     compose: Optional[Compose] = None
     mixed: bool = False               # one mixed real and synthetic batch instead of one pair per class
     alternates: Tuple[str, ...] = ()  # the schemes it takes turns with, one per outer iteration
+    adaptive: Tuple[int, ...] = (100, 50, 50, 50)  # the adaptive step's first inner epochs (the seed's scripts)
 
 
 SCHEMES = {s.name: s for s in (
-    Scheme("intra-class", intra_terms),
-    Scheme("inter-class", mixed_term, mixed=True),
-    Scheme("interleaved", alternates=("intra-class", "inter-class")),
-    Scheme("multi-level", multi_level_terms),
+    Scheme("intra-class", "baseline.py", intra_terms),
+    Scheme("inter-class", "inter-class.py", mixed_term, mixed=True),
+    Scheme("interleaved", "interleaved.py", alternates=("intra-class", "inter-class")),
+    Scheme("multi-level", "multi-level.py", multi_level_terms, adaptive=(50, 40, 30, 20)),
 )}
 # The seed's script names and a few short forms.
 ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
@@ -139,17 +142,14 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
     interleaved scheme; ``engine`` may be ``auto``; where ``batched`` cannot serve the network or the
     batches, ``fast`` runs and it is said once."""
     dtype = _check_net(net)
-    real, syn = _check_batch("real", real, dtype), _check_batch("syn", syn, dtype)
+    real, syn = _batch("real", real, dtype), _batch("syn", syn, dtype)
     if real[0].shape[1:] != syn[0].shape[1:]:
         raise GradmatchError(f"matching_loss: real images are {tuple(real[0].shape[1:])} but syn images "
                              f"{tuple(syn[0].shape[1:])}; give images of one shape")
-    if isinstance(iteration, bool) or not isinstance(iteration, int):
-        raise GradmatchError(f"matching_loss: iteration must be a whole number, got {iteration!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise GradmatchError(f"matching_loss: num_classes must be a whole number of at least 1, got {num_classes!r}")
-    if precision not in PRECISIONS:
-        raise unknown_name("precision (--precision)", str(precision), PRECISIONS)
+    iteration = checks.whole(iteration, "matching_loss: iteration")
+    if num_classes is not None:
+        num_classes = checks.whole(num_classes, "matching_loss: num_classes", minimum=1)
+    checks.choice(precision, "matching_loss: precision", PRECISIONS, kind="precision")
     resolve_metric(metric)
     concrete = scheme_at(scheme, iteration)
     equal = concrete.mixed or (_equal_classes(real[1]) and _equal_classes(syn[1]))
@@ -180,24 +180,13 @@ def _check_net(net) -> torch.dtype:
     return params[0].dtype
 
 
-def _check_batch(what: str, batch, dtype: torch.dtype) -> Batch:
+def _batch(what: str, batch, dtype: torch.dtype) -> Batch:
     """``(images, labels)``: float images N x C x H x W of the network's dtype, N integer labels >= 0."""
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise GradmatchError(f"matching_loss: {what} must be an (images, labels) pair of tensors; got "
                              f"{type(batch).__name__}{f' of {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
-    images, labels = batch
-    if images.dim() != 4 or images.dtype != dtype or images.layout != torch.strided:
-        raise GradmatchError(f"matching_loss: {what} images are {str(images.dtype).replace('torch.', '')} of shape "
-                             f"{tuple(images.shape)}; expected {str(dtype).replace('torch.', '')} N x C x H x W, "
-                             "the network's dtype")
-    if labels.dim() != 1 or len(labels) != len(images) or labels.dtype not in (torch.int32, torch.int64):
-        raise GradmatchError(f"matching_loss: {what} labels are {str(labels.dtype).replace('torch.', '')} of shape "
-                             f"{tuple(labels.shape)} for {len(images)} images; expected one int64 class index per "
-                             "image")
-    if len(labels) and int(labels.min()) < 0:
-        raise GradmatchError(f"matching_loss: {what} labels include {int(labels.min())}; expected class indices 0, "
-                             "1, ...")
-    return images, labels.long()
+    images = checks.images(batch[0], f"matching_loss: {what} images", dtype)
+    return images, checks.labels(batch[1], len(images), f"matching_loss: {what} labels")
 
 
 def _equal_classes(labels: Tensor) -> bool:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from torch import nn
 
+from gradmatch import checks
 from gradmatch.errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name
 from gradmatch.models.layers import ImageTooSmallError
 
@@ -116,36 +117,18 @@ def check_network(name: str, channel: int, num_classes: int, im_size) -> None:
         net = create_model(name, channel, num_classes, im_size)
         if not any(p.requires_grad for p in net.parameters()):
             raise GradmatchError(f"--model {name} has no parameters that take gradients; gradient matching needs them")
-        x = torch.randn(2, channel, *_im_size(im_size), dtype=next(net.parameters()).dtype)
+        x = torch.randn(2, channel, *im_size, dtype=next(net.parameters()).dtype)
         try:
             with torch.no_grad():
                 out = net.train()(x)
         except Exception as err:  # noqa: BLE001 - any failure means the network does not take such images
             raise GradmatchError(f"--model {name} fails on a batch of 2 images of {channel}x"
-                                 f"{'x'.join(map(str, _im_size(im_size)))} ({type(err).__name__}: "
+                                 f"{'x'.join(map(str, im_size))} ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise GradmatchError(f"--model {name} returns {got} for a batch of 2 images; it must return (2, "
                              f"{num_classes}): one score per class")
-
-
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GradmatchError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
-def _im_size(im_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(im_size, int) and not isinstance(im_size, bool):
-        im_size = (im_size, im_size)
-    try:
-        h, w = (int(s) for s in im_size)
-    except (TypeError, ValueError):
-        raise GradmatchError(f"im_size must be an int or a (height, width) pair, got {im_size!r}") from None
-    if h < 1 or w < 1:
-        raise GradmatchError(f"im_size must be positive, got {h}x{w}")
-    return h, w
 
 
 def _smallest_square_that_fits(builder: Builder, channel: int, num_classes: int, start: int,
@@ -181,9 +164,9 @@ def create_model(name: str, channel: int, num_classes: int,
     (e.g. ``width=64`` for ConvNet). The model is returned in train mode with PyTorch's default init.
     """
     key = _resolve(name)
-    channel = _positive_int(channel, "channel")
-    num_classes = _positive_int(num_classes, "num_classes")
-    size = _im_size(im_size)
+    channel = checks.whole(channel, "create_model: channel", minimum=1)
+    num_classes = checks.whole(num_classes, "create_model: num_classes", minimum=1)
+    size = checks.size(im_size, "create_model: im_size")
     builder = _user_builder(key) if is_user_model(key) else _MODELS[key]
     try:
         return builder(channel, num_classes, size, **kwargs)

@@ -1,0 +1,113 @@
+"""How a set is evaluated: a ``Protocol`` is every setting of the evaluation resolved, and a named
+protocol is one entry of ``PROTOCOLS`` (``gradmatch protocols`` lists them).  A set and its random-real
+baseline are given the same object, so they are trained the same way by construction."""
+from __future__ import annotations
+
+from dataclasses import fields
+from functools import partial
+from typing import Optional
+
+from . import checks
+from .augment import check_strategy
+from .settings import Settings, declared, setting
+
+DEFAULT_EPOCHS, AUGMENTED_EPOCHS = 300, 1000  # DC's rule where a protocol leaves the epochs to it
+EVAL_METHODS = ("auto", "sequential", "parallel", "batched")
+REPORTS = ("final", "best", "best_and_last")
+
+
+def _models(value, what: str) -> tuple:
+    from .models import check_model_name  # the registry, imported where a protocol is checked
+
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise checks.GradmatchError(f"{what} takes a list of model names, got {checks.show(value)}")
+    for name in value:
+        check_model_name(name)
+    return tuple(value)
+
+
+def _fractions(value, what: str) -> tuple:
+    return tuple(checks.number(v, what, minimum=0, below=1.0000001) for v in value)
+
+
+def _rates(value, what: str) -> tuple:
+    return tuple(checks.learning_rate(v, what) for v in value)
+
+
+def _strategy(value, what: str) -> str:
+    return check_strategy(checks.text(value, what))
+
+
+@declared("protocol")
+class Protocol(Settings):
+    """Every setting of an evaluation; ``flag``: the seed's flag that overrides it where given (never a flag
+    of its own: the seed trains its evaluation networks with the condensation's --lr_net and --batch_train)."""
+    name: str = setting("dc", "the named protocol it follows", check=checks.text)
+    models: tuple = setting(("ConvNet",), "the evaluated architectures", check=_models)
+    num_eval: int = setting(20, "networks per model", check=partial(checks.whole, minimum=1), flag="num_eval")
+    epochs: Optional[int] = setting(None, "training epochs (None: 300, or 1000 with augmentation)",
+                                    check=partial(checks.whole, minimum=1), flag="epoch_eval_train")
+    lr: Optional[float] = setting(0.01, "SGD learning rate (None: the set's own learned rate)",
+                                  check=checks.learning_rate, flag="lr_net")
+    lr_grid: tuple = setting((), "rates to choose from by test accuracy where the set carries none", check=_rates)
+    batch_size: int = setting(256, "batch size", check=partial(checks.whole, minimum=1), flag="batch_train")
+    momentum: float = setting(0.9, "SGD momentum", check=partial(checks.number, minimum=0))
+    weight_decay: float = setting(5e-4, "SGD weight decay", check=partial(checks.number, minimum=0))
+    milestones: tuple = setting((0.5,), "the lr drops, as fractions of the epochs", check=_fractions)
+    gamma: float = setting(0.1, "the lr's factor at each drop", check=partial(checks.number, minimum=0))
+    augment: str = setting("auto", "auto (DC's choice by dataset and model), none, crop_scale_rotate, crop_noise, "
+                           "dsa[:ops]", check=_strategy)
+    cutmix: float = setting(0.0, "the probability of CutMix per batch (the loss mixed by area)",
+                            check=partial(checks.number, minimum=0, below=1.0000001))
+    zca: bool = setting(False, "ZCA whitening fitted on the training images")
+    test_every: int = setting(0, "epochs between test checks (0: only after the last)",
+                              check=partial(checks.whole, minimum=0))
+    report: str = setting("final", f"which accuracy: {', '.join(REPORTS)}",
+                          check=partial(checks.choice, choices=REPORTS, kind="accuracy to report"))
+    method: str = setting("auto", "how the networks are trained: auto, sequential, parallel or batched (same "
+                          "numbers)", check=partial(checks.choice, choices=EVAL_METHODS, kind="evaluation method"),
+                          flag="eval_method")
+    seed: int = setting(0, "network k of a model draws from seeds of (seed, model, k)", check=checks.seed)
+    overrides: tuple = setting((), "the flags given over the named protocol, as said with each result")
+
+    def label(self, f) -> str:
+        return f"protocol {f.name}"  # a Protocol is built in Python: its fields have no flags of their own
+
+    def epochs_for(self, strategy: Optional[str]) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return AUGMENTED_EPOCHS if strategy not in (None, "none") else DEFAULT_EPOCHS
+
+    def which(self) -> str:
+        """Which accuracy a result is, in words."""
+        if self.report == "final":
+            return "final epoch"
+        every = f"every {self.test_every} epochs" if self.test_every else "the end"
+        return f"best of {every}" if self.report == "best" else f"best and last of {every}"
+
+
+# The named protocols; each number is cited in docs/protocols.md.
+PROTOCOLS = {p.name: p for p in (
+    Protocol(),  # the seed's / DC's evaluate_synset
+    Protocol(name="dsa", augment="dsa", epochs=AUGMENTED_EPOCHS),
+)}
+
+def resolve(name: str, given: dict, **fixed) -> Protocol:
+    """Protocol ``name`` with the ``given`` flags (by setting name, None: not given) that override it, each
+    recorded in ``overrides`` where it changes the protocol (every result says them), and ``fixed`` (models,
+    seed, augment) set."""
+    base = PROTOCOLS[name]
+    flags = {f.metadata["flag"]: f.name for f in fields(Protocol) if f.metadata.get("flag")}
+    changes = {flags[k]: v for k, v in given.items() if k in flags and v is not None}
+    said = tuple(f"--{k} {given[k]} (its {f}: {_shown(getattr(base, f))})" for k, f in flags.items()
+                 if f in changes and changes[f] != getattr(base, f) and f != "method")
+    return base.replace(**changes, **fixed, overrides=said)
+
+
+def _shown(value) -> str:
+    return f"{DEFAULT_EPOCHS} or {AUGMENTED_EPOCHS} with augmentation" if value is None else str(value)
+
+
+def describe(protocol: Protocol) -> str:
+    """Every setting of ``protocol`` on one line."""
+    return ", ".join(f"{f.name} {getattr(protocol, f.name)}" for f in fields(protocol) if f.name != "name")
