@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import checks
 from .config import RunConfig, apply, fields_for
 from .errors import GradmatchError, Interrupted, is_out_of_memory, out_of_memory, scope, unknown_name, warn
 from .settings import help_of
@@ -19,7 +20,8 @@ METHOD_CHOICES = ("DC", "DSA")
 DEMO_ITERATIONS = 10
 BASELINES = ("random",)
 OWN = ("func", "command", "scheme_script", "file", "experiment", "baseline", "to", "format", "preset", "scale",
-       "dry_run", "run_dir", "method", "adaptive_step", "resume")  # flags of a command, not settings
+       "dry_run", "run_dir", "method", "adaptive_step", "resume", "json", "scores", "full_accuracy", "lrs_units",
+       "factor", "stored_as")  # flags of a command, not settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,51 +104,87 @@ def cmd_condense(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import distributed
     from .data import DataConfig, load_data
-    from .evaluate import check_compatible, check_models_fit, evaluate_set, real_subset
-    from .results import load_synthetic
+    from .evaluate import check_compatible, check_models_fit, evaluate_set, protocol_space, real_subset
+    from .results import save_json
+    from .sets import in_space, read_set, renormalised
 
     settings = _settings(args)
     config = apply(RunConfig(), settings).validate()
     if args.baseline is not None and args.baseline not in BASELINES:
         raise unknown_name("baseline (--baseline)", args.baseline, BASELINES)
-    syn = load_synthetic(args.file, args.experiment)  # checked once, here
+    protocol = config.protocol()  # one protocol: the set and its baseline are trained the same way
+    factor = checks.whole(args.factor, "--factor", minimum=1)
+    syn, stored = read_set(args.file, args.experiment, args.stored_as, factor)  # checked once, here
     data = config.data
     if "dataset" not in settings:  # the set's own data, read as it was (folder, held-out split, size)
         if not (syn.source or syn.dataset):
             raise GradmatchError(f"{args.file} does not say its dataset; pass --dataset")
         given = {k: v for k, v in dataclasses.asdict(data).items() if k in settings}
         data = DataConfig(**{**(syn.source or {"dataset": syn.dataset}), **given}).validate()
-    parts = load_data(data, ("train", "test") if args.baseline else ("test",))  # one read of a source
+    scores = args.scores or args.full_accuracy is not None
+    parts = load_data(data, ("train", "test") if args.baseline or scores or protocol.zca else ("test",))
     test = parts["test"]
     if test.note:
         warn(test.note)
-    if not syn.dataset and not syn.source:  # DC's own layout: no classes, no normalisation: the data's
+    syn = in_space(syn, stored, data.source()[0])
+    if stored == "ours" and not syn.dataset and not syn.source:  # DC's layout: classes and normalisation unknown
         warn(f"{args.file} names no dataset, classes or normalisation (DC's layout): its labels are read as classes "
-             f"of --dataset {data.dataset} and its pixels as normalised like {data.dataset}'s")
+             f"of --dataset {data.dataset} and its pixels as normalised like {data.dataset}'s (pass --stored_as vico "
+             "for a set of DC's, DSA's or DM's own code)")
         if int(syn.labels.max()) >= test.num_classes:
             raise GradmatchError(f"{args.file} has labels up to {int(syn.labels.max())}, beyond the {test.num_classes} "
                                  f"classes of {data.dataset}; pass the dataset the set was made from")
         syn = dataclasses.replace(syn, dataset=test.name, mean=test.mean, std=test.std, classes=list(test.classes))
-    resized = f" resized by --size {','.join(map(str, data.size))}" if data.size else ""
-    if test.images.shape[1:] != syn.images.shape[1:]:  # first: a resize changes the statistics too
-        raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {data.dataset} test "
-                             f"images{resized} are {tuple(test.images.shape[1:])}; pass the dataset the set was made "
-                             f"from{' and the --size it was made at' if data.size else ''}")
-    check_compatible(syn, test, str(args.file))
-    protocol = config.protocol()  # one protocol: the set and its baseline are trained the same way
+    elif stored in ("vico", "ddranking", "pixels"):  # another tool's normalisation: the same pixels in ours
+        syn = renormalised(dataclasses.replace(syn, dataset=syn.dataset or test.name), test.mean, test.std)
+    if syn.config.get("space") != "zca":
+        resized = f" resized by --size {','.join(map(str, data.size))}" if data.size else ""
+        if test.images.shape[1:] != syn.images.shape[1:]:  # first: a resize changes the statistics too
+            raise GradmatchError(f"images in {args.file} are {tuple(syn.images.shape[1:])}, {data.dataset} test "
+                                 f"images{resized} are {tuple(test.images.shape[1:])}; pass the dataset the set was "
+                                 f"made from{' and the --size it was made at' if data.size else ''}")
+        check_compatible(syn, test, str(args.file))
+    elif not protocol.zca:
+        raise GradmatchError(f"{args.file} is stored in ZCA space; evaluate it with --protocol mtt")
     check_models_fit(protocol.models, syn.channel, syn.num_classes, syn.im_size, flag="--eval_mode/--model")
-    main_process = distributed.current().is_main
-    for result in evaluate_set(syn, test, protocol, config.device):
-        if main_process:
-            print(result.line())
-    if args.baseline == "random":  # a random real subset of the same ipc, the same protocol
-        subset = real_subset(parts["train"], syn.ipc, protocol.seed)
+    into = protocol_space(protocol, parts.get("train"))
+    syn, test = into(syn), into(test)
+    results = evaluate_set(syn, test, protocol, config.device)
+    report = {**results[0].record(), "models": list(protocol.models), "results": [r.record() for r in results]}
+    randoms = []
+    if args.baseline == "random" or scores:  # a random real subset of the same ipc, the same protocol
+        subset = into(real_subset(parts["train"], syn.ipc, protocol.seed))
         counts = subset.labels.bincount(minlength=subset.num_classes).tolist()
         size = f"{syn.ipc} per class" if min(counts) == syn.ipc else \
             f"{min(counts)} to {max(counts)} per class: some classes hold fewer than {syn.ipc}"
-        for result in evaluate_set(subset, test, protocol, config.device):
-            if main_process:
-                print(f"random real subset ({size}): {result.line()}")
+        randoms = evaluate_set(subset, test, protocol, config.device)
+        report.update(random_mean=randoms[0].record()["mean"], random=[r.record() for r in randoms])
+    if scores:
+        from .scores import full_accuracy, label_robust_scores
+
+        full = args.full_accuracy if args.full_accuracy is not None else full_accuracy(parts, data, protocol,
+                                                                                       config.device)
+        report.update(full_accuracy=full, **label_robust_scores(full, report["mean"], report["random_mean"],
+                                                                args.lrs_units))
+    if distributed.current().is_main:
+        for result in results:
+            print(result.line())
+        for result in randoms:
+            print(f"random real subset ({size}): {result.line()}")
+        if scores:
+            print(f"DD-Ranking's scores ({args.lrs_units}): HLR {report['hlr']:.4f}, IOR {report['ior']:.4f}, "
+                  f"LRS {report['lrs']:.4f} (full data {full:.2f}%, synthetic {report['mean']:.2f}%, random "
+                  f"{report['random_mean']:.2f}%)")
+        if args.json:
+            save_json(report, args.json)
+    return 0
+
+
+def cmd_protocols(args) -> int:
+    from .protocols import PROTOCOLS, describe
+
+    for protocol in PROTOCOLS.values():
+        print(f"{protocol.name}: {describe(protocol)}")
     return 0
 
 
@@ -215,6 +253,7 @@ def _condense_flags(p: argparse.ArgumentParser, scheme: Optional[str]) -> None:
 def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     from .export import FORMATS
     from .reproduce import PRESET_ROWS, SCALES
+    from .sets import STORED
 
     if scheme is not None:  # the seed's scripts: the condense flags only
         p = _Parser(prog=f"{scheme}.py", description=f"gradmatch: {scheme} gradient matching")
@@ -228,12 +267,27 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_condense)
 
     e = sub.add_parser("evaluate", help="train fresh networks on a saved synthetic set")
-    e.add_argument("file", help="a .pt in DC's layout")
+    e.add_argument("file", help="a set: a .pt in DC's layout, IDC's data.pt, a DD-Ranking or MTT folder, or a folder "
+                   "of class subfolders of images")
     _setting_flags(e, "evaluate")
     _flag(e, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
     _flag(e, "baseline", default=None, help="random: also evaluate a random real subset of the same ipc, trained "
           "the same way")
+    _flag(e, "json", default=None, metavar="PATH", help="write the results (protocol, models, mean, std, which, lr, "
+          "epochs, accuracies, scores) as JSON")
+    _flag(e, "scores", action="store_true", help="DD-Ranking's HLR, IOR and LRS (on fractions), with the random "
+          "baseline and the full-data accuracy")
+    _flag(e, "full_accuracy", type=float, default=None, metavar="PERCENT", help="the full-data accuracy for --scores "
+          "(default: trained once under the protocol and cached)")
+    _flag(e, "lrs_units", default="fractions", choices=("fractions", "points"), help="points: DD-Ranking 0.2.0's "
+          "scores on percentage points, for comparison")
+    _flag(e, "stored_as", default=None, choices=STORED, help="how the set's pixels are stored where its layout does "
+          "not say (an MTT set): ours, vico, ddranking, pixels or zca")
+    _flag(e, "factor", type=int, default=1, help="decode each stored image into factor x factor images (IDC's "
+          "multi-formation)")
     e.set_defaults(func=cmd_evaluate)
+    pr = sub.add_parser("protocols", help="list the named evaluation protocols with every setting")
+    pr.set_defaults(func=cmd_protocols)
 
     r = sub.add_parser("reproduce", help="run one of the paper's tables (the seed's commands) and write table.md")
     r.add_argument("preset", help=f"one of: {', '.join(PRESET_ROWS)}")

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import checks
+from .augment import NAMES as AUGMENTS
+from .augment import check_strategy
 from .augment.dsa import STRATEGY as DSA_DEFAULT_STRATEGY
 from .augment.dsa import parse_strategy
 from .data.registry import DataConfig
@@ -207,6 +209,8 @@ class EvalConfig(Settings):
                                       type=int, check=partial(checks.whole, minimum=1))
     epoch_eval_train: Optional[int] = setting(None, "evaluation epochs (default: the protocol's; dc: 300, 1000 with "
                                               "augmentation)", type=int, check=partial(checks.whole, minimum=1))
+    augment: Optional[str] = setting(None, lambda: f"the evaluation's augmentation over the protocol's: "
+                                     f"{', '.join(AUGMENTS)}", type=str, check=lambda v, what: check_strategy(v))
     eval_method: str = setting("auto", "how the networks are trained: auto, sequential, parallel (worker threads) or "
                                "batched (one torch.func ensemble; for GPUs): same accuracies",
                                check=one_of(EVAL_METHODS, "evaluation method"), free=True)

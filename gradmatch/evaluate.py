@@ -8,16 +8,19 @@ network gets the same initialisation, shuffling and augmentation whatever the me
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import List, Optional, Sequence
 
 import torch
 
 from . import checks, distributed
-from .augment import make_augment, strategy_for
+from .augment import BY_METHOD, make_augment, strategy_for
+from .augment.bench import cutmix
 from .data import Dataset, check_dataset
 from .distributed import Group
 from .errors import GradmatchError
@@ -29,15 +32,21 @@ from .protocols import Protocol
 from .runtime import RUNNER, job_threads, resolve_device, torch_threads, tune_cpu_allocator, tune_cuda
 from .seeds import derive_seed
 from .synset import SyntheticSet
-from .train import Trainer, accuracy, fit
+from .train import Trainer, accuracies, fit
 
 BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x batch under this
 
 
 @dataclass
 class EvalResult:
+    """One model's networks under ``protocol``: ``accuracies`` as the protocol reports them (final epoch, or the
+    best of its test checks), ``last`` the final epoch's, ``lrs`` each network's rate."""
     model: str
     accuracies: List[float]
+    protocol: Optional[Protocol] = None
+    epochs: Optional[int] = None
+    last: Optional[List[float]] = None
+    lrs: Optional[List[float]] = None
 
     @property
     def mean(self) -> float:
@@ -47,9 +56,26 @@ class EvalResult:
     def std(self) -> float:
         return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
+    def what(self) -> str:
+        """Which accuracy this is, under which protocol, in words."""
+        p = self.protocol
+        if p is None:
+            return ""
+        last = f", last {100 * statistics.fmean(self.last):.2f}" if p.report == "best_and_last" else ""
+        rates = "/".join(f"{r:g}" for r in sorted(set(self.lrs)))
+        said = f"; {', '.join(p.overrides)}" if p.overrides else ""
+        return f" (protocol {p.name}: {p.which()}{last}, {self.epochs} epochs, lr {rates}{said})"
+
     def line(self) -> str:
         return (f"Evaluate {len(self.accuracies)} random {self.model}, mean = {100 * self.mean:.2f} "
-                f"std = {100 * self.std:.2f}")
+                f"std = {100 * self.std:.2f}{self.what()}")
+
+    def record(self) -> dict:
+        """What a log or --json keeps: mean and std in percent as printed, the networks' accuracies as fractions."""
+        p = self.protocol
+        return {"model": self.model, "mean": 100 * self.mean, "std": 100 * self.std, "accuracies": self.accuracies,
+                "last": self.last, "lr": self.lrs, "epochs": self.epochs, "networks": len(self.accuracies),
+                "protocol": p.name if p else None, "which": p.which() if p else None}
 
 
 def lr_factor(passes_done: int, epochs: int, milestones=(0.5,), gamma: float = 0.1) -> float:
@@ -123,6 +149,9 @@ def evaluate_set(syn: SyntheticSet, test: Dataset, protocol: Protocol, device=No
                  group: Optional[Group] = None) -> List[EvalResult]:
     """Every model of ``protocol`` trained on ``syn`` and tested on ``test``: all three trusted (checked
     where they entered)."""
+    if not (protocol.lr or syn.lr or protocol.lr_grid):
+        raise GradmatchError(f"protocol {protocol.name} trains at the set's own learning rate, which this set does not "
+                             "carry; pass --lr_net (lr= from Python)")
     device = resolve_device(device)
     tune_cuda(device)
     if device.type == "cpu":
@@ -134,43 +163,78 @@ def evaluate_set(syn: SyntheticSet, test: Dataset, protocol: Protocol, device=No
 
 def _evaluate_model(syn: SyntheticSet, model: str, test: Dataset, protocol: Protocol, device: torch.device,
                     group: Group) -> EvalResult:
-    strategy = strategy_for(syn.dataset, model) if protocol.augment == "auto" else protocol.augment
+    strategy = {"auto": strategy_for(syn.dataset, model),
+                BY_METHOD: "dsa" if syn.config.get("dsa") else "none"}.get(protocol.augment, protocol.augment)
     epochs = protocol.epochs_for(strategy)
+    rates = [protocol.lr or syn.lr] if protocol.lr or syn.lr else list(protocol.lr_grid)
     images, labels = syn.images.detach().to(device), syn.labels.long().to(device)
     model_key = zlib.crc32(model.encode())
     mine = [k for k in range(protocol.num_eval) if group.owns(k)]  # with several processes, a share each
-    gens = [torch.Generator().manual_seed(derive_seed(protocol.seed, model_key, k, 0)) for k in mine]
-    seeds = [derive_seed(protocol.seed, model_key, k, 1) for k in mine]
     shape = (syn.channel, syn.num_classes, syn.im_size)
     plan = eval_plan(protocol.method, model, shape, device, augmented=strategy not in (None, "none"))
+    checks_at = protocol.checks_at(epochs)
 
-    def lr_at(epoch: int) -> float:
-        return protocol.lr * lr_factor(epoch, epochs, protocol.milestones, protocol.gamma)
-
-    def train_and_test(ks: Sequence[int]) -> List[float]:
-        nets = Networks.build(model, *shape, [seeds[k] for k in ks], device)
+    def train_and_test(ks: Sequence[int], lr: float) -> List[tuple]:
+        """(best of the checks, last, lr) of networks ``ks`` trained at ``lr``, each drawing as it always does."""
+        gens = [torch.Generator().manual_seed(derive_seed(protocol.seed, model_key, k, 0)) for k in ks]
+        nets = Networks.build(model, *shape, [derive_seed(protocol.seed, model_key, k, 1) for k in ks], device)
+        lr_at = lambda epoch: lr * lr_factor(epoch, epochs, protocol.milestones, protocol.gamma)  # noqa: E731
         trainer = Trainer(nets, lr_at(0), protocol.momentum, protocol.weight_decay, stacked=len(ks) > 1,
                           capture=plan.capture)
-        fit(trainer, images, labels, epochs, protocol.batch_size, [gens[k] for k in ks],
-            augments=[make_augment(strategy, gens[k]) for k in ks], lr_at=lr_at)
-        return [accuracy(net, test.images, test.labels) for net in nets.members]
+        best, latest = [0.0] * len(ks), [0.0] * len(ks)
+
+        def check(epoch: int) -> None:
+            if epoch in checks_at:
+                latest[:] = accuracies(nets, test.images, test.labels)
+                best[:] = map(max, best, latest)
+        mixes = [partial(cutmix(protocol.cutmix, syn.num_classes), generator=g) for g in gens] \
+            if protocol.cutmix else None
+        fit(trainer, images, labels, epochs, protocol.batch_size, gens, mixes=mixes, lr_at=lr_at, after=check,
+            augments=[make_augment(strategy, g, (syn.mean, syn.std, syn.im_size)) for g in gens])
+        last = latest if epochs - 1 in checks_at else accuracies(nets, test.images, test.labels)
+        return [(max(b, f) if checks_at else f, f, lr) for b, f in zip(best, last)]
+
+    def job(ks: Sequence[int]) -> List[tuple]:
+        with torch_threads(job_threads()) if device.type == "cpu" else nullcontext():
+            trials = [train_and_test(ks, lr) for lr in rates]  # DD-Ranking's grid: the rate with the best result
+            return [max(per_lr, key=lambda t: t[0]) for per_lr in zip(*trials)]
 
     indices = list(range(len(mine)))
     if plan.method == "batched":
         per_group = max(1, BATCHED_IMAGES // max(1, min(protocol.batch_size, len(images))))
-        chunks = [indices[i:i + per_group] for i in range(0, len(indices), per_group)]
+        chunks = [[mine[i] for i in indices[i:i + per_group]] for i in range(0, len(indices), per_group)]
     else:
-        chunks = [[k] for k in indices]
-
-    def job(ks: Sequence[int]) -> List[float]:
-        with torch_threads(job_threads()) if device.type == "cpu" else nullcontext():
-            return train_and_test(ks)
-
+        chunks = [[k] for k in mine]
     if plan.method == "parallel":
         parts = RUNNER.map(job, chunks, ("eval", model, tuple(images.shape), epochs), torch.get_num_threads())
     else:
         parts = [job(ks) for ks in chunks]
-    return EvalResult(model, group.gather([a for part in parts for a in part], protocol.num_eval))
+    results = group.gather([r for part in parts for r in part], protocol.num_eval)
+    reported = [r[0] if protocol.report != "final" else r[1] for r in results]
+    return EvalResult(model, reported, protocol, epochs, [r[1] for r in results], [r[2] for r in results])
+
+
+def protocol_space(protocol: Protocol, train: Optional[Dataset]):
+    """A function taking a set or a dataset into the space the protocol trains in: ZCA (fitted on the unnormalised
+    training images) where it asks for it, else as they are."""
+    if not protocol.zca:
+        return lambda x: x
+    from .sets import ZCA
+
+    zca = ZCA(_pixels(train))
+
+    def into(x):
+        if getattr(x, "config", {}).get("space") == "zca":
+            return x
+        zero, one = (0.0,) * x.images.shape[1], (1.0,) * x.images.shape[1]
+        extra = {"config": {**x.config, "space": "zca"}} if isinstance(x, SyntheticSet) else {}
+        return dataclasses.replace(x, images=zca(_pixels(x)), mean=zero, std=one, **extra)
+    return into
+
+
+def _pixels(x) -> torch.Tensor:
+    mean, std = (torch.tensor(v, device=x.images.device).view(1, -1, 1, 1) for v in (x.mean, x.std))
+    return x.images.detach() * std + mean
 
 
 def random_real_subset(real: Dataset, ipc: int, seed: int = 0) -> SyntheticSet:

@@ -16,7 +16,8 @@ dataset; both are in metadata.json.
 ``--format hf`` writes ``datasets.Dataset.save_to_disk(DIR)`` (read it with ``datasets.load_from_disk``):
 features ``image`` (``datasets.Image()``, the same 8-bit pixels as the PNGs) and ``label``
 (``datasets.ClassLabel`` with the class names), the metadata as JSON in ``info.description``, and
-metadata.json beside it.
+metadata.json beside it.  ``--format ddranking`` writes DD-Ranking's images.pt (class-major, normalised with
+DD-Ranking's constants for the dataset), labels.pt and lr.pt (``gradmatch.sets``), metadata.json beside them.
 
 Nothing is half-written and nothing is written through a link: the export is written into a fresh
 hidden folder inside DIR and moved into place only when every file is written (metadata.json last); on
@@ -46,7 +47,7 @@ from .synset import SyntheticSet
 
 FORMAT = "gradmatch-export"
 FORMAT_VERSION = 1
-FORMATS = ("png", "hf")
+FORMATS = ("png", "hf", "ddranking")
 RESERVED = {"train", "test", "metadata.json"}  # split folders for the folder dataset; our metadata file
 NAME_BYTES = 255  # the longest name of one file or folder on common file systems (ext4, APFS, NTFS)
 STAGING, REPLACED = ".gradmatch-export-", ".gradmatch-replaced-"  # hidden: the folder dataset skips them
@@ -117,13 +118,15 @@ def export(path, to, experiment: int = -1, overwrite: bool = False, format: str 
         "ipc": syn.ipc, "channels": syn.channel, "image_size": list(syn.im_size),
         "mean": list(syn.mean), "std": list(syn.std),
         "pixels": "round(255 * clamp(image * std + mean, 0, 1)); to renormalise: (png / 255 - mean) / std",
-        "config": syn.config, "accs_all_exps": payload.get("accs_all_exps") or {},
+        "config": syn.config, "accs_all_exps": payload.get("accs_all_exps") or {}, "source_data": syn.source,
         "gradmatch_version": payload.get("gradmatch_version") or "", "exported_by": __version__,
     }
     if format == "png":
         write = _png_writer(syn, folders, meta)
-    else:
+    elif format == "hf":
         write = _hf_writer(syn, meta, datasets)
+    else:
+        write = _ddranking_writer(syn, meta)
     _write_in_place(to, write, meta, old, overwrite, made)
     if format == "png":
         replaced = {*old, *meta["written"], METADATA}
@@ -149,6 +152,17 @@ def _png_writer(syn, folders: List[str], meta: dict) -> Callable[[Path], None]:
             Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(stage / name)
             files.append({"file": name, "label": label})
         meta["files"] = files
+    return write
+
+
+def _ddranking_writer(syn, meta: dict) -> Callable[[Path], None]:
+    from .sets import write_ddranking
+
+    lr = syn.lr or syn.config.get("lr_net") or 0.01  # the rate its networks trained at (the seed's default)
+
+    def write(stage: Path) -> None:
+        meta["files"] = [{"file": name} for name in write_ddranking(syn, stage, lr)]
+        meta["lr"] = lr
     return write
 
 

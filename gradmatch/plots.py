@@ -11,6 +11,7 @@ Every PNG is written atomically (temporary file, then rename).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -19,13 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from .synset import SyntheticSet
-from .errors import GradmatchError
+from .errors import GradmatchError, warn
+from . import checks
 from .results import atomic_write, read_log
 from .rundir import RunFiles
 
 CURVES_SIZE = (10.0, 4.0)   # inches; at DPI this is 1000 x 400 pixels
 DPI = 100
 SEPARATOR = 0.5             # grey level between the images of a grid
+DRAWABLE = 1e100            # values beyond are left out of a curve (and said)
 
 
 def image_grid(syn: SyntheticSet, min_cell: int = 32) -> np.ndarray:
@@ -68,6 +71,17 @@ def _pyplot():
     return plt
 
 
+def _plain_text(draw):
+    """``draw`` with every label drawn as the plain text it is: a name holding ``$...$`` is not TeX."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return drawn
+
+
 def _save_figure(plt, fig, path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -87,6 +101,7 @@ def labelled_grid_size(syn: SyntheticSet) -> tuple[float, float]:
     return round(fig_w, 2), round(fig_h, 2)
 
 
+@_plain_text
 def save_labelled_grid(syn: SyntheticSet, path, title: str = "") -> Path:
     """The grid with each row's class name on the left, image numbers below, and a title."""
     plt = _pyplot()
@@ -121,6 +136,7 @@ def _running_mean(values: list[float], window: int) -> np.ndarray:
     return out
 
 
+@_plain_text
 def save_curves(log_path, path, title: str = "", iterations: int | None = None,
                 chance: float | None = None) -> Path | None:
     """Matching loss per iteration and accuracy at each evaluation point, from a run's log.
@@ -132,12 +148,16 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
     records = read_log(log_path)
     # a record whose values are not of their kind (a damaged or hand-edited log) is left out, not drawn
     losses = sorted((r["experiment"], r["iteration"], r["loss"]) for r in records
-                    if r.get("event") == "iteration" and _whole(r.get("experiment")) and _number(r.get("iteration"))
-                    and _number(r.get("loss")))
+                    if r.get("event") == "iteration" and checks.is_whole(r.get("experiment"))
+                    and _drawable(r.get("iteration")) and _drawable(r.get("loss")))
     evals = sorted((r["experiment"], r["iteration"], r["model"], r["mean"], r["std"])
-                   for r in records if r.get("event") == "eval" and _whole(r.get("experiment"))
-                   and _number(r.get("iteration")) and isinstance(r.get("model"), str) and _number(r.get("mean"))
-                   and _number(r.get("std")))
+                   for r in records if r.get("event") == "eval" and checks.is_whole(r.get("experiment"))
+                   and _drawable(r.get("iteration")) and isinstance(r.get("model"), str)
+                   and all(_drawable(r.get(k)) and 0 <= r[k] <= 1 for k in ("mean", "std")))
+    left_out = sum(r.get("event") in ("iteration", "eval") for r in records) - len(losses) - len(evals)
+    if left_out:
+        warn(f"{log_path}: {left_out} record(s) hold values that cannot be drawn (not numbers, beyond +-{DRAWABLE:g}, "
+             "or accuracies outside 0 to 1); they are left out of the curves")
     if not losses and not evals:
         return None
     plt = _pyplot()
@@ -191,12 +211,9 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
     return _save_figure(plt, fig, path)
 
 
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _drawable(value) -> bool:
+    """A number matplotlib can place on an axis (its range arithmetic overflows near float's limit)."""
+    return checks.is_number(value) and math.isfinite(value) and abs(value) <= DRAWABLE
 
 
 def _run_config(files: RunFiles) -> dict:
@@ -232,7 +249,7 @@ def plot_run(run_dir) -> list[Path]:
     files = _one_run(run_dir)
     config = _run_config(files)
     condense = config.get("condense") if isinstance(config.get("condense"), dict) else {}
-    iterations = condense.get("iterations") if _whole(condense.get("iterations")) and \
+    iterations = condense.get("iterations") if checks.is_whole(condense.get("iterations")) and \
         0 <= condense["iterations"] < 2**53 else None  # a damaged config.json: the axes from the log
     sets: list[tuple[str, SyntheticSet]] = []
     if files.pt.is_file():

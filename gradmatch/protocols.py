@@ -56,12 +56,14 @@ class Protocol(Settings):
     milestones: tuple = setting((0.5,), "the lr drops, as fractions of the epochs", check=_fractions)
     gamma: float = setting(0.1, "the lr's factor at each drop", check=partial(checks.number, minimum=0))
     augment: str = setting("auto", "auto (DC's choice by dataset and model), none, crop_scale_rotate, crop_noise, "
-                           "dsa[:ops]", check=_strategy)
+                           "dsa[:ops]", check=_strategy, flag="augment")
     cutmix: float = setting(0.0, "the probability of CutMix per batch (the loss mixed by area)",
                             check=partial(checks.number, minimum=0, below=1.0000001))
     zca: bool = setting(False, "ZCA whitening fitted on the training images")
     test_every: int = setting(0, "epochs between test checks (0: only after the last)",
                               check=partial(checks.whole, minimum=0))
+    test_checks: int = setting(0, "test checks spread evenly over the epochs (IDC's 4), where test_every is 0",
+                               check=partial(checks.whole, minimum=0))
     report: str = setting("final", f"which accuracy: {', '.join(REPORTS)}",
                           check=partial(checks.choice, choices=REPORTS, kind="accuracy to report"))
     method: str = setting("auto", "how the networks are trained: auto, sequential, parallel or batched (same "
@@ -73,6 +75,11 @@ class Protocol(Settings):
     def label(self, f) -> str:
         return f"protocol {f.name}"  # a Protocol is built in Python: its fields have no flags of their own
 
+    def checks_at(self, epochs: int) -> set:
+        """The (0-based) epochs after which the networks are tested."""
+        every = self.test_every or (epochs // self.test_checks if self.test_checks else 0)
+        return {e for e in range(epochs) if every and (e + 1) % every == 0}
+
     def epochs_for(self, strategy: Optional[str]) -> int:
         if self.epochs is not None:
             return self.epochs
@@ -82,14 +89,21 @@ class Protocol(Settings):
         """Which accuracy a result is, in words."""
         if self.report == "final":
             return "final epoch"
-        every = f"every {self.test_every} epochs" if self.test_every else "the end"
+        every = f"every {self.test_every} epochs" if self.test_every else f"{self.test_checks} checks" \
+            if self.test_checks else "the end"
         return f"best of {every}" if self.report == "best" else f"best and last of {every}"
 
 
-# The named protocols; each number is cited in docs/protocols.md.
+# The named protocols; every number is cited, file by file, in docs/protocols.md.
 PROTOCOLS = {p.name: p for p in (
-    Protocol(),  # the seed's / DC's evaluate_synset
-    Protocol(name="dsa", augment="dsa", epochs=AUGMENTED_EPOCHS),
+    Protocol(),  # the seed's evaluate_synset (utils.py:320-341): E epochs, MultiStepLR([E // 2], 0.1)
+    Protocol(name="dsa", augment="dsa", epochs=AUGMENTED_EPOCHS),  # DC main.py:111-121, utils.py:474-516
+    Protocol(name="dcbench", num_eval=5, augment="none"),  # dc_benchmark evaluator.py:50-72, evaluator_utils.py
+    Protocol(name="idc", batch_size=64, epochs=1000, milestones=(2 / 3, 5 / 6), gamma=0.2, augment="idc",
+             cutmix=0.5, test_checks=4, report="best_and_last", num_eval=1),  # IDC train.py:104-166, argument.py
+    Protocol(name="ddranking", num_eval=5, epochs=1000, lr=None, lr_grid=(0.001, 0.005, 0.01, 0.05, 0.1),
+             augment="by_method", test_every=10, report="best"),  # ddranking/metrics/hard_label.py:119-288
+    Protocol(name="mtt", num_eval=5, epochs=1000, lr=None, augment="dsa", zca=True),  # mtt distill.py:118-450
 )}
 
 def resolve(name: str, given: dict, **fixed) -> Protocol:
@@ -99,13 +113,15 @@ def resolve(name: str, given: dict, **fixed) -> Protocol:
     base = PROTOCOLS[name]
     flags = {f.metadata["flag"]: f.name for f in fields(Protocol) if f.metadata.get("flag")}
     changes = {flags[k]: v for k, v in given.items() if k in flags and v is not None}
-    said = tuple(f"--{k} {given[k]} (its {f}: {_shown(getattr(base, f))})" for k, f in flags.items()
+    said = tuple(f"--{k} {given[k]} (its {f}: {_shown(f, getattr(base, f))})" for k, f in flags.items()
                  if f in changes and changes[f] != getattr(base, f) and f != "method")
     return base.replace(**changes, **fixed, overrides=said)
 
 
-def _shown(value) -> str:
-    return f"{DEFAULT_EPOCHS} or {AUGMENTED_EPOCHS} with augmentation" if value is None else str(value)
+def _shown(name: str, value) -> str:
+    if value is None:
+        return f"{DEFAULT_EPOCHS} or {AUGMENTED_EPOCHS} with augmentation" if name == "epochs" else "None"
+    return str(value)
 
 
 def describe(protocol: Protocol) -> str:

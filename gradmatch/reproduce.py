@@ -342,20 +342,22 @@ class Reproduction:
 
     def _evaluate_random(self, row: Row, config: RunConfig) -> Dict[str, dict]:
         from .data import load_data
-        from .evaluate import evaluate_set, real_subset
+        from .evaluate import evaluate_set, protocol_space, real_subset
         from .plots import save_image_grid
         from .run import evaluation_seed
 
         parts = load_data(config.data)
         protocol = config.protocol()
+        into = protocol_space(protocol, parts["train"])
+        test = into(parts["test"])
         last = config.condense.iterations
         accs: Dict[str, List[float]] = {}
         for exp in range(config.num_exp):
-            subset = real_subset(parts["train"], self.ipc, exp)
+            subset = into(real_subset(parts["train"], self.ipc, exp))
             if exp == 0:
                 save_image_grid(subset, self.save / row.slug / "grid.png")
             seeded = protocol.replace(seed=evaluation_seed(config.condense.seed, exp, last))  # as row e's final set
-            for result in evaluate_set(subset, parts["test"], seeded, config.device):
+            for result in evaluate_set(subset, test, seeded, config.device):
                 accs.setdefault(result.model, []).extend(result.accuracies)
                 if not config.quiet:
                     print(f"[random real, subset {exp}] {result.line()}", file=sys.stderr, flush=True)

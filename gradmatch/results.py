@@ -183,6 +183,8 @@ def reference_payload(sets: list[SyntheticSet | dict], accs_all_exps: dict[str, 
         "dataset": sets[0].dataset if sets else "",
         "config": sets[0].config if sets else {},
         "ipc": sets[0].ipc if sets else 0,
+        "source": sets[0].source if sets else None,
+        "lr": sets[0].lr if sets else None,
         "format_version": SET_FORMAT_VERSION,
         "gradmatch_version": _version(),
     }

@@ -16,7 +16,7 @@ from .condense import Condensation, ExperimentState, NonFinite
 from .config import RunConfig, flatten, resume_config
 from .data import load_data
 from .errors import GradmatchError, Interrupted, scope, warn
-from .evaluate import check_models_fit, evaluate_set
+from .evaluate import check_models_fit, evaluate_set, protocol_space
 from .plan import groups, make_plan
 from .plots import save_image_grid
 from .results import append_log, reference_payload, save_json, save_torch, summarise
@@ -137,7 +137,8 @@ class Run:
         if self.writes:
             warn_if_too_deep(cfg.condense.model, train.im_size)
         device = resolve_device(cfg.device)
-        self.train, self.test = train.to(device), test.to(device)  # once for the whole run
+        self.into = protocol_space(self.protocol, train)  # ZCA where the protocol trains in it
+        self.train, self.test = train.to(device), self.into(test).to(device)  # once for the whole run
         plan = make_plan(condense, train, device, self.group, cfg.experiments)
         self._log({"event": "plan", **plan.record()})
         for note in plan.notes:
@@ -212,10 +213,10 @@ class Run:
         protocol = self.protocol.replace(seed=evaluation_seed(self.cfg.condense.seed, exp, it))
         for model in protocol.models:
             start = time.perf_counter()
-            result, = evaluate_set(syn, self.test, protocol.replace(models=(model,)), cond.device, self.group)
-            record = {"event": "eval", "experiment": exp, "iteration": it, "model": model,
-                      "accuracies": result.accuracies, "mean": result.mean, "std": result.std,
-                      "seconds": round(time.perf_counter() - start, 3)}
+            result, = evaluate_set(self.into(syn), self.test, protocol.replace(models=(model,)), cond.device,
+                                   self.group)
+            record = {**result.record(), "event": "eval", "experiment": exp, "iteration": it, "mean": result.mean,
+                      "std": result.std, "seconds": round(time.perf_counter() - start, 3)}
             self.state.evaluations.append(record)
             self._log(record)
             if self.writes:

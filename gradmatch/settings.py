@@ -93,8 +93,8 @@ class Settings:
                 continue
             check, flag = f.metadata.get("check"), self.label(f)
             try:
-                if value is None and f.default is None:  # None means "unset" only where that is the default
-                    pass
+                if value is None and (f.default is None or str(f.type).startswith("Optional")):
+                    pass  # None means "unset" only where the declaration allows it
                 elif f.metadata.get("code") and not code and isinstance(value, str) and ":" in value:
                     check_function_name(flag, value)  # a saved run's package.module:function, never imported
                 elif check is not None:

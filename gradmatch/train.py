@@ -15,7 +15,7 @@ schedule's early stop.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from .models.stack import Networks
 from .runtime import FastKernels, cpu_context, to_device
 
 Augment = Optional[Callable[[Tensor], Tensor]]
+Mix = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]  # (images, labels) -> (images, soft targets)
 
 
 def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], lr, momentum: float,
@@ -141,16 +142,20 @@ class Trainer:
                        for e, net in enumerate(self.nets.members))
         return list(torch.autograd.grad(loss, leaves))
 
-    def _run(self, store: _Storage, augments: Optional[Sequence[Augment]], active: Sequence[bool]) -> None:
+    def _run(self, store: _Storage, augments: Optional[Sequence[Augment]], active: Sequence[bool],
+             mixes: Optional[Sequence[Mix]] = None) -> None:
         mask = store.mask if len(self.nets) > 1 else None  # a stack of one never trains a stopped member
         lr = store.lr if self.capture else self.lr
         for x, y in store.batches():
             if augments is not None:
                 x = torch.stack([a(x[e]) if a is not None and active[e] else x[e] for e, a in enumerate(augments)])
+            if mixes is not None:  # mixed images, soft targets (CutMix: the loss mixed by area)
+                x, y = (torch.stack(part) for part in zip(*[mix(x[e], y[e]) for e, mix in enumerate(mixes)]))
             sgd_update(self.params, self._gradients(x, y), self.momenta, lr, self.momentum, self.weight_decay, mask)
 
     def epoch(self, images: Tensor, labels: Tensor, batch_size: int, generators: Sequence[torch.Generator],
-              augments: Optional[Sequence[Augment]] = None, active: Optional[Sequence[bool]] = None) -> None:
+              augments: Optional[Sequence[Augment]] = None, active: Optional[Sequence[bool]] = None,
+              mixes: Optional[Sequence[Mix]] = None) -> None:
         """One shuffled epoch of every member on ``images`` (N, C, H, W) shared or (E, N, C, H, W) each,
         ``labels`` (N,) or (E, N); member e's shuffle (and augmentation) drawn from ``generators[e]``.
         ``active`` (E bools): the members where it is False draw nothing and stay untouched."""
@@ -172,15 +177,15 @@ class Trainer:
         store.order.copy_(to_device(orders, images.device))
         store.mask.copy_(to_device(torch.tensor(active), images.device))
         self.nets.train()
-        if self.capture and augments is None and images.device.type == "cuda" and not store.tried:
+        if self.capture and augments is None and mixes is None and images.device.type == "cuda" and not store.tried:
             store.tried = True  # augmentation draws on the host every batch: never captured
             store.graph = capture_graph(lambda: self._run(store, None, active),
                                         [*self.params, *self.nets.buffers.values(), *self.momenta])
-        if store.graph is not None and augments is None:
+        if store.graph is not None and augments is None and mixes is None:
             store.graph.replay()
             return
         with cpu_context(images.device):
-            self._run(store, augments, active)
+            self._run(store, augments, active, mixes)
 
     @torch.no_grad()
     def held_losses(self, held) -> List[float]:
@@ -192,15 +197,19 @@ class Trainer:
 
 def fit(trainer: Trainer, images: Tensor, labels: Tensor, epochs: int, batch_size: int,
         generators: Sequence[torch.Generator], *, augments: Optional[Sequence[Augment]] = None,
-        lr_at: Optional[Callable[[int], float]] = None,
-        stop: Optional[Callable[[List[bool]], List[bool]]] = None) -> None:
+        mixes: Optional[Sequence[Mix]] = None, lr_at: Optional[Callable[[int], float]] = None,
+        stop: Optional[Callable[[List[bool]], List[bool]]] = None,
+        after: Optional[Callable[[int], None]] = None) -> None:
     """``epochs`` epochs of ``trainer``: ``lr_at(epoch)`` is the learning rate of each (the evaluation's
-    drop), ``stop(active)`` after each says which members go on (a schedule's early stop)."""
+    drop), ``after(epoch)`` is called after each (test checks), ``stop(active)`` says which members go on
+    (a schedule's early stop)."""
     active = [True] * len(generators)
     for epoch in range(epochs):
         if lr_at is not None and lr_at(epoch) != trainer.lr:
             trainer.set_lr(lr_at(epoch))
-        trainer.epoch(images, labels, batch_size, generators, augments, active)
+        trainer.epoch(images, labels, batch_size, generators, augments, active, mixes)
+        if after is not None:
+            after(epoch)
         if stop is not None:
             active = stop(active)
             if not any(active):
@@ -215,6 +224,23 @@ def mean_loss(net: nn.Module, images: Tensor, labels: Tensor) -> float:
     loss = F.cross_entropy(net(images), labels).item()
     net.train(was_training)
     return loss
+
+
+@torch.no_grad()
+def accuracies(nets: Networks, images: Tensor, labels: Tensor, batch_size: int = 512) -> List[float]:
+    """Every member's top-1 accuracy in eval mode: members without running state in one vmapped pass per
+    batch (one large inference instead of E small ones), others one by one."""
+    if len(nets) == 1 or nets.buffers:
+        return [accuracy(net, images, labels, batch_size) for net in nets.members]
+    nets.train(False)
+    net, names = nets.members[0], list(nets.params)
+    scores = vmap(lambda params, x: functional_call(net, dict(zip(names, params)), (x,)), in_dims=(0, None))
+    correct = torch.zeros(len(nets), dtype=torch.long, device=images.device)
+    with FastKernels() if images.device.type == "cpu" else torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            correct += (scores(list(nets.params.values()), x).argmax(-1) == y).sum(-1)
+    return [c / max(len(images), 1) for c in correct.tolist()]
 
 
 @torch.no_grad()

@@ -5,10 +5,12 @@ name, a module that cannot be imported (for any reason: missing, a syntax error,
 from __future__ import annotations
 
 import importlib
+import os
 import re
+from contextlib import contextmanager
 from typing import Callable
 
-from .errors import GradmatchError
+from .errors import GradmatchError, warn
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # a module path; after the colon a function or Class.method
 
@@ -27,7 +29,8 @@ def import_function(flag: str, name: str) -> Callable:
     check_function_name(flag, name)
     module_name, _, attr = name.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        with staying_here(flag, name, "while it was imported"):
+            module = importlib.import_module(module_name)
     except ImportError as err:
         raise GradmatchError(f"{flag} {name}: cannot import module '{module_name}' ({err}); make it importable "
                              "(PYTHONPATH) or fix the name") from None
@@ -40,3 +43,26 @@ def import_function(flag: str, name: str) -> Callable:
     if not callable(fn):
         raise GradmatchError(f"{flag} {name}: module '{module_name}' has no function '{attr}'")
     return fn
+
+
+@contextmanager
+def staying_here(flag: str, name: str, doing: str):
+    """Run a user's code (``doing`` says what it was doing) and come back to the working folder it found:
+    code that changes folders must not move where gradmatch reads and writes.  A move is said in one
+    warning line."""
+    try:
+        here = os.getcwd()
+    except OSError:  # the working folder is gone already: nothing to come back to
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            moved = os.getcwd()
+        except OSError:
+            moved = "a removed folder"
+        if moved != here:
+            os.chdir(here)
+            warn(f"{flag} {name} changed the working folder (to {moved}) {doing}; gradmatch went back to {here}, "
+                 "where it reads and writes: leave the working folder as it is")

@@ -139,9 +139,9 @@ def test_evaluate_with_dsa_trains_the_set_and_its_baseline_alike(tmp_path, capsy
     trained = []
     real_fit = gm_evaluate.fit
 
-    def spy(trainer, images, labels, epochs, batch_size, generators, augments=None, lr_at=None, stop=None):
+    def spy(trainer, images, labels, epochs, batch_size, generators, augments=None, lr_at=None, **rest):
         trained.append((len(images), epochs, len(generators), tuple(a is not None for a in augments), lr_at(0)))
-        real_fit(trainer, images, labels, 2, batch_size, generators, augments=augments, lr_at=lr_at, stop=stop)
+        real_fit(trainer, images, labels, 2, batch_size, generators, augments=augments, lr_at=lr_at, **rest)
 
     monkeypatch.setattr(gm_evaluate, "fit", spy)
     calls = []

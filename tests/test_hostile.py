@@ -307,7 +307,7 @@ def test_a_dc_layout_set_takes_the_classes_of_the_dataset(tmp_path, capsys):
     torch.save({"data": [[torch.zeros(12, 1, 8, 8), torch.arange(12)]]}, tmp_path / "dc.pt")
     assert main(["evaluate", str(tmp_path / "dc.pt"), "--dataset", "digits", "--model", "ConvNetD1",
                  "--num_eval", "1", "--epoch_eval_train", "1"]) == 2
-    line = one_error_line(capsys, warned=("DC's layout",))
+    line = one_error_line(capsys, warned=("read as DC's layout", "names no dataset"))
     assert "labels up to 11, beyond the 10 classes of digits" in line
 
 

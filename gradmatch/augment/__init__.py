@@ -1,9 +1,10 @@
-"""Augmentation: DC's for training evaluation networks (``dc``), and DSA, the differentiable siamese
-augmentation of the matching step, the inner loop and the evaluation (``dsa``).
+"""Augmentation: DC's for training evaluation networks (``dc``), DSA, the differentiable siamese augmentation of
+the matching step, the inner loop and the evaluation (``dsa``), and other tools' evaluation choices (``bench``).
 
-``make_augment(strategy, generator)`` turns an evaluation strategy name into a function of a batch:
-DC's ``crop_scale_rotate`` / ``crop_noise``, or ``dsa`` / ``dsa:<ops>`` (DSA, one op per batch and
-per-image parameters, as DSA trains its networks), every draw from ``generator``.
+``make_augment(strategy, generator, space)`` turns an evaluation strategy name into a function of a batch: DC's
+``crop_scale_rotate`` / ``crop_noise``, ``dsa`` / ``dsa:<ops>`` (one op per batch, per-image parameters, as DSA
+trains its networks), ``idc``, or DC-BENCH's ``autoaug``, ``randaug``, ``cifar_aug``, ``imagenet_aug`` (which
+need the set's ``space``: mean, std and image size); every draw from ``generator``.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import torch
 from torch import Tensor
 
 from ..errors import GradmatchError, unknown_name
-from . import dsa
+from . import bench, dsa
 from .dc import STRATEGIES, augment, strategy_for
 
 DSA_PREFIX = "dsa"
+BY_METHOD = "by_method"  # DSA where the set was condensed with DSA, else none (DD-Ranking's per-method configs)
+NAMES = ("auto", "none", BY_METHOD, *STRATEGIES, "dsa", "dsa:<ops>", "idc", *bench.DCBENCH)
 
 
 def dsa_strategy(strategy: Optional[str]) -> Optional[str]:
@@ -28,26 +31,33 @@ def dsa_strategy(strategy: Optional[str]) -> Optional[str]:
 
 
 def check_strategy(strategy: Optional[str]) -> Optional[str]:
-    """An evaluation augmentation: auto (DC's rule), none, one of DC's strategies, or dsa[:ops]."""
-    if strategy is None or strategy in ("auto", "none") or strategy in STRATEGIES:
+    """An evaluation augmentation, one of ``NAMES``."""
+    if strategy is None or strategy in NAMES:
         return strategy
     if isinstance(strategy, str) and dsa_strategy(strategy) is not None:
         if not dsa.parse_strategy(dsa_strategy(strategy)):
             raise GradmatchError(f"augmentation '{strategy}' names no DSA operation; give some of "
                                  f"{', '.join(dsa.OPS)} joined by '_', or 'none'")
         return strategy
-    raise unknown_name("augmentation", str(strategy), ["auto", "none", *STRATEGIES, "dsa", "dsa:<ops>"])
+    raise unknown_name("augmentation", str(strategy), NAMES)
 
 
-def make_augment(strategy: Optional[str], generator: torch.Generator) -> Optional[Callable[[Tensor], Tensor]]:
+def make_augment(strategy: Optional[str], generator: torch.Generator,
+                 space=None) -> Optional[Callable[[Tensor], Tensor]]:
     if strategy is None or strategy == "none":
         return None
     ops = dsa_strategy(strategy)
     if ops is not None:
         dsa.parse_strategy(ops)  # an unknown op: one clear error now, not mid-training
         return lambda images: dsa.augment_batch(images, ops, generator)
+    if strategy == "idc":
+        return lambda images: bench.idc(images, generator)
+    if strategy in bench.DCBENCH:
+        draw = bench.dcbench(strategy, *space)
+        return lambda images: draw(images, generator)
     names = STRATEGIES[strategy]
     return lambda images: augment(images, names, generator)
 
 
-__all__ = ["STRATEGIES", "augment", "check_strategy", "dsa", "dsa_strategy", "make_augment", "strategy_for"]
+__all__ = ["BY_METHOD", "NAMES", "STRATEGIES", "augment", "bench", "check_strategy", "dsa", "dsa_strategy",
+           "make_augment", "strategy_for"]

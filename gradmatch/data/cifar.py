@@ -4,9 +4,13 @@
 R, G and B planes, each 32 x 32 row-major.
 
 The pickles are read with a restricted unpickler that builds only what the official files hold (dicts,
-lists, str, bytes, ints, and numpy arrays of plain dtypes): a file whose pickle would call anything
-else (``os.system``, ``eval``...) is refused in one line before anything runs. Keys and class names
-may be str or bytes (as Python 3 reads Python 2's str with ``encoding="bytes"``)."""
+lists, str, bytes, ints, numpy integer scalars, and numpy arrays of plain dtypes whose values are in the
+file): a file whose pickle would call anything else (``os.system``, ``eval``...) is refused in one line
+before anything runs. Keys and class names may be str or bytes (as Python 3 reads Python 2's str with
+``encoding="bytes"``); labels may be Python ints, numpy integer scalars (what re-pickling with numpy
+writes) or an integer array. What is read must be what the official files hold: ``data`` uint8 N x 3072
+pixels, N integer labels; anything else (float pixels of a re-saved copy, float labels) is said in one
+line naming the file, never cast."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradmatch import checks
 from gradmatch.data.download import fetch
 from gradmatch.data.dataset import Dataset, Size, corrupt, make_dataset, missing, to_unit
 from gradmatch.data.registry import register_dataset
@@ -34,7 +39,7 @@ class Refused(pickle.UnpicklingError):
     """A pickle asked for a callable the official files never use."""
 
 
-_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]  # numpy's array reconstructor, whichever module holds it
+PLAIN_KINDS = "biuf"  # bool, integer, unsigned, float: numbers, no objects, no structures
 
 
 def _plain_dtype(*args):
@@ -42,6 +47,70 @@ def _plain_dtype(*args):
     if dtype.hasobject:  # an object array would unpickle arbitrary objects into it
         raise Refused(f"an object array (numpy dtype {dtype.str!r})")
     return dtype
+
+
+def _raw(value, what: str) -> bytes:
+    """An array's or a scalar's values as the file holds them: bytes (Python 2's str read as latin-1)."""
+    if isinstance(value, str):
+        value = value.encode("latin1")
+    if not isinstance(value, bytes):
+        raise Refused(f"{what} built from {type(value).__name__} instead of the bytes of its values")
+    return value
+
+
+class _NdarrayClass:
+    """What the name ``numpy.ndarray`` stands for: only the type ``_reconstruct`` is told to build.
+    Called directly it would make an array whose values are not in the file."""
+
+    def __call__(self, *args, **kwargs):
+        raise Refused("numpy.ndarray called directly (an array whose values are not in the file)")
+
+
+_NDARRAY = _NdarrayClass()
+
+
+class _Array:
+    """An array as ``_reconstruct`` starts it: nothing until its state (shape, dtype, the bytes of every
+    value) is set from the file; ``array`` is then a numpy array of its own."""
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise Refused("an array state that is not (shape, dtype, order, values)")
+        shape, dtype, fortran, raw = state[-4:]
+        if not (isinstance(shape, tuple) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                 for d in shape)):
+            raise Refused(f"an array of shape {shape!r}")
+        if not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_KINDS or dtype.fields or dtype.subdtype:
+            raise Refused(f"an array of numpy dtype {getattr(dtype, 'str', dtype)!r} (not plain numbers)")
+        raw = _raw(raw, "an array")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if len(raw) != count * dtype.itemsize:
+            raise pickle.UnpicklingError(f"an array of shape {shape} holds {len(raw)} bytes of values, not the "
+                                         f"{count * dtype.itemsize} its shape needs")
+        array = np.ndarray.__new__(np.ndarray, (0,), "b")
+        array.__setstate__((1, shape, dtype, bool(fortran), raw))
+        self.array = array
+
+
+def _reconstruct(subtype, shape, dtype_code):
+    """numpy's ``_reconstruct`` as the official files use it: a plain ndarray whose state follows."""
+    if subtype is not _NDARRAY:
+        raise Refused(f"an array of type {type(subtype).__name__}")
+    return _Array()
+
+
+def _scalar(dtype, raw=None):
+    """A numpy scalar (``numpy.int64(3)`` in a label list re-pickled with numpy): a plain number, as a
+    Python number; nothing else is built."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_KINDS or dtype.fields or dtype.subdtype:
+        raise Refused(f"a numpy scalar of dtype {getattr(dtype, 'str', dtype)!r}")
+    raw = _raw(raw, "a numpy scalar")
+    if len(raw) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"a numpy {dtype} scalar of {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype)[0].item()
 
 
 def _latin1(text, encoding="latin1"):
@@ -52,20 +121,37 @@ def _latin1(text, encoding="latin1"):
 
 
 class OfficialUnpickler(pickle.Unpickler):
-    """Builds only what CIFAR's official pickles hold: numpy arrays of plain dtypes (Python 2's
-    ``numpy.core.multiarray._reconstruct``, numpy 2's ``numpy._core.multiarray._reconstruct``,
-    ``numpy.ndarray``, ``numpy.dtype``) and bytes as Python 3 writes them (``_codecs.encode``); dicts,
-    lists, str, bytes and ints need no global. Any other global is refused."""
+    """Builds only what CIFAR's official pickles hold: numpy arrays of plain dtypes, each from the bytes of
+    its values (Python 2's ``numpy.core.multiarray._reconstruct``, numpy 2's
+    ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray`` as the type it names, ``numpy.dtype``), numpy
+    scalars of plain dtypes (``multiarray.scalar``: a number from its bytes) and bytes as Python 3 writes
+    them (``_codecs.encode``); dicts, lists, str, bytes and ints need no global. Any other global is
+    refused; an array whose values are not in the file is refused when read (``resolve``)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-               ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _plain_dtype, ("_codecs", "encode"): _latin1}
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+               ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+               ("numpy.core.multiarray", "scalar"): _scalar, ("numpy._core.multiarray", "scalar"): _scalar,
+               ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _plain_dtype, ("_codecs", "encode"): _latin1}
 
     def find_class(self, module, name):
         found = self.ALLOWED.get((module, name))
         if found is None:
             raise Refused(f"{module}.{name}")
         return found
+
+
+def _resolved(value):
+    """``value`` with every array that was read in place of its placeholder (lists and dicts, the only
+    containers the files hold); an array whose values never came is refused."""
+    if isinstance(value, _Array):
+        if value.array is None:
+            raise Refused("an array without its values (an empty array of a given shape, nothing read into it)")
+        return value.array
+    if isinstance(value, list):
+        return [_resolved(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    return value
 
 
 def _text(value):
@@ -77,7 +163,7 @@ def unpickle(path: Path, dataset: str, keys) -> dict:
     and a pickle that would call anything but numpy's array reconstruction is refused unrun."""
     try:
         with open(path, "rb") as f:
-            obj = OfficialUnpickler(f, encoding="latin1").load()
+            obj = _resolved(OfficialUnpickler(f, encoding="latin1").load())
     except Refused as e:
         raise GradmatchError(f"{dataset}: {path} is not an official file: its pickle asks for {e}, which "
                              f"the official files never do (refused, nothing was run); delete it and "
@@ -91,15 +177,46 @@ def unpickle(path: Path, dataset: str, keys) -> dict:
     return obj
 
 
+FIX_PIXELS = ("the official files hold uint8 pixels 0..255: re-save them as uint8 (np.round(x * 255).astype("
+              "np.uint8) for floats in [0, 1]), or delete it and re-download it (pass --download; download=True "
+              "from Python)")
+
+
+def _pixels(data, path: Path, dataset: str) -> np.ndarray:
+    """``data`` as the official files hold it, uint8 N x 3072 (R, G and B planes), else one line."""
+    if not isinstance(data, np.ndarray):
+        raise GradmatchError(f"{dataset}: {path} holds its data as a {type(data).__name__}, not an array of "
+                             f"pixels; {FIX_PIXELS}")
+    if data.dtype != np.uint8:
+        span = f" ({data.min():.3g}..{data.max():.3g})" if data.size and data.dtype.kind in "iuf" else ""
+        raise GradmatchError(f"{dataset}: {path} holds {data.dtype} pixels{span}, not uint8; {FIX_PIXELS}")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise corrupt(dataset, path, f"data of shape {data.shape}; expected N x 3072 (32 x 32 x 3 pixels each)")
+    return data
+
+
+def _labels(values, path: Path, dataset: str) -> np.ndarray:
+    """Integer labels (Python or numpy integers, or an integer array) as int64, else one line."""
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if isinstance(values, np.ndarray):
+        values = values.tolist() if values.ndim == 1 else [values]
+    if not isinstance(values, list):
+        raise corrupt(dataset, path, f"labels are a {type(values).__name__}; expected a list of integers")
+    odd = next((v for v in values if not checks.is_whole(v)), None)
+    if odd is not None:
+        raise GradmatchError(f"{dataset}: {path} holds the label {checks.show(odd)} (a {type(odd).__name__}); the "
+                             f"official files hold integer class indices: re-save the labels as integers, or delete "
+                             f"it and re-download it (pass --download; download=True from Python)")
+    return np.asarray([int(v) for v in values], dtype=np.int64)
+
+
 def _batch(path: Path, dataset: str, labels_key: str):
     obj = unpickle(path, dataset, ["data", labels_key])
-    try:
-        data = np.asarray(obj["data"], dtype=np.uint8)
-        labels = np.asarray(obj[labels_key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise corrupt(dataset, path, str(e)) from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise corrupt(dataset, path, f"data {data.shape} with {len(labels)} labels; expected N x 3072 and N")
+    data = _pixels(obj["data"], path, dataset)
+    labels = _labels(obj[labels_key], path, dataset)
+    if len(labels) != len(data):
+        raise corrupt(dataset, path, f"{len(data)} images with {len(labels)} labels; expected one label per image")
     return data, labels
 
 

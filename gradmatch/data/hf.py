@@ -30,6 +30,7 @@ to. Normalisation: the per-channel mean/std of the training images (the training
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -43,6 +44,7 @@ from gradmatch.data.splits import two_splits
 from gradmatch.errors import GradmatchError, warn
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+SILENT = logging.CRITICAL + 1  # a log level above every record the library writes
 
 
 def library():
@@ -57,8 +59,9 @@ def library():
 
 @contextlib.contextmanager
 def _quiet(datasets, offline: bool):
-    """No progress bars or info logs from ``datasets``; no network unless ``offline`` is False. Both the
-    library's flags (read at call time) and the environment are set, and restored after."""
+    """No progress bars and no log lines from ``datasets`` (not even its errors: a file it cannot read
+    becomes gradmatch's one line, said once); no network unless ``offline`` is False. Both the library's
+    flags (read at call time) and the environment are set, and restored after."""
     import huggingface_hub.constants as hub
 
     saved_flags = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
@@ -71,7 +74,7 @@ def _quiet(datasets, offline: bool):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(SILENT)
     try:
         yield
     finally:

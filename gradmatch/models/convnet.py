@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from gradmatch.errors import GradmatchError, unknown_name
+from gradmatch import checks
+from gradmatch.errors import unknown_name
 from gradmatch.models.layers import FeaturesThenLinear, is_mnist_size, norm2d
 from gradmatch.models.registry import register_model
 
@@ -45,9 +46,8 @@ class ConvNet(FeaturesThenLinear):
                  depth: int = 3, act: str = "relu", norm: str = "instancenorm", pooling: str = "avgpooling",
                  name: str = "ConvNet"):
         super().__init__()
-        for value, what in ((width, "width"), (depth, "depth")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GradmatchError(f"ConvNet {what} must be a positive integer, got {value!r}")
+        checks.whole(width, "ConvNet width", minimum=1)
+        checks.whole(depth, "ConvNet depth", minimum=1)
         if act not in ACTIVATIONS:
             raise unknown_name("activation", act, ACTIVATIONS)
         if norm not in NORMS:

@@ -3,8 +3,9 @@
 A builder is a function ``builder(channel, num_classes, im_size, **kwargs) -> nn.Module`` where
 ``im_size`` is an ``(H, W)`` tuple.  Register your own with ``@register_model``, or name it as
 ``package.module:function`` (``--model mypackage.nets:small``): the function is imported and called
-with ``channel``, ``num_classes`` and ``im_size`` as keywords.  ``check_network`` tries a network once
-on a small batch before any work.
+with ``channel``, ``num_classes`` and ``im_size`` as keywords (it must return a network, not exit; a
+change of working folder is undone and said).  ``check_network`` tries a network on small batches as
+gradient matching uses it, before any work.
 """
 
 from __future__ import annotations
@@ -53,19 +54,24 @@ def list_models(filter: str = "") -> list[str]:
 
 
 def _user_builder(name: str) -> Builder:
-    """The function ``package.module:function`` names, imported (GradmatchError if it cannot be)."""
-    from gradmatch.usercode import import_function
+    """The function ``package.module:function`` names, imported (GradmatchError if it cannot be).  Each call
+    comes back to the working folder it started in and turns a ``sys.exit`` into one line."""
+    from gradmatch.usercode import import_function, staying_here
 
     fn = import_function("--model", name)
 
     def build(channel, num_classes, im_size, **kwargs):
+        called = f"calling it with channel={channel}, num_classes={num_classes}, im_size={im_size}"
         try:
-            net = fn(channel=channel, num_classes=num_classes, im_size=im_size, **kwargs)
+            with staying_here("--model", name, "while building a network"):
+                net = fn(channel=channel, num_classes=num_classes, im_size=im_size, **kwargs)
         except GradmatchError:
             raise
+        except SystemExit as err:
+            raise GradmatchError(f"--model {name}: {called} called sys.exit({err.code!r}); it must return a "
+                                 "torch.nn.Module") from None
         except Exception as err:  # noqa: BLE001 - a user's function can fail in any way
-            raise GradmatchError(f"--model {name}: calling it with channel={channel}, num_classes={num_classes}, "
-                                 f"im_size={im_size} failed ({type(err).__name__}: {err})") from None
+            raise GradmatchError(f"--model {name}: {called} failed ({type(err).__name__}: {err})") from None
         if not isinstance(net, nn.Module):
             raise GradmatchError(f"--model {name} returned {type(net).__name__}; it must return a torch.nn.Module")
         return net
@@ -108,27 +114,95 @@ def check_model_name(name) -> None:
         _user_builder(key)
 
 
+TRIAL_BATCHES = (2, 3)  # a network must take any batch size: two of them tell one that takes a fixed one
+
+
 def check_network(name: str, channel: int, num_classes: int, im_size) -> None:
-    """Build ``name`` once (leaving the global random stream alone) and try it on a batch of two images:
-    it must return (2, num_classes) scores and have parameters that take gradients.  One line otherwise."""
+    """Build ``name`` once (leaving the global random stream alone) and try it as gradient matching will use
+    it, before any work: parameters of the data's dtype (torch's default) that take gradients, some with 2
+    or more dimensions (what a layer-wise distance matches); on random batches of 2 and 3 images one
+    forward and backward pass must leave the images unchanged, return (batch, num_classes) finite scores and
+    give every trainable parameter a finite gradient.  One line naming the network otherwise."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         net = create_model(name, channel, num_classes, im_size)
-        if not any(p.requires_grad for p in net.parameters()):
-            raise GradmatchError(f"--model {name} has no parameters that take gradients; gradient matching needs them")
-        x = torch.randn(2, channel, *im_size, dtype=next(net.parameters()).dtype)
-        try:
-            with torch.no_grad():
-                out = net.train()(x)
-        except Exception as err:  # noqa: BLE001 - any failure means the network does not take such images
-            raise GradmatchError(f"--model {name} fails on a batch of 2 images of {channel}x"
-                                 f"{'x'.join(map(str, im_size))} ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        trainable = _check_parameters(name, net)
+        for batch in TRIAL_BATCHES:
+            _trial(name, net, trainable, batch, channel, num_classes, im_size)
+
+
+def _names(params) -> str:
+    listed = [n or "(unnamed)" for n, _ in params]
+    return ", ".join(listed[:4]) + (f" and {len(listed) - 4} more" if len(listed) > 4 else "")
+
+
+def _check_parameters(name: str, net: nn.Module) -> list:
+    """The trainable (name, parameter) pairs, checked for what gradient matching needs of them."""
+    import torch
+
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise GradmatchError(f"--model {name} has no parameters that take gradients; gradient matching needs them")
+    dtype = torch.get_default_dtype()
+    other = [(n, p) for n, p in net.named_parameters() if p.dtype != dtype]
+    if other:
+        kind = str(other[0][1].dtype).replace("torch.", "")
+        want = str(dtype).replace("torch.", "")
+        raise GradmatchError(f"--model {name} has {kind} parameters ({_names(other)}) but the data are {want}: build "
+                             f"it in {want} (torch's default dtype), without .double()/.half() or a dtype=")
+    if all(p.dim() < 2 for _, p in trainable):
+        raise GradmatchError(f"--model {name} has only 1-D parameters ({_names(trainable)}): nothing a layer-wise "
+                             "distance (--dis_metric baseline, improved, dc) can match, as it matches weights of 2 or "
+                             "more dimensions; give it a weight layer (nn.Linear, nn.Conv2d)")
+    return trainable
+
+
+def _trial(name: str, net: nn.Module, trainable: list, batch: int, channel: int, num_classes: int, im_size) -> None:
+    """One forward and backward pass of ``net`` on ``batch`` random images, checked."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = f"{channel}x{'x'.join(map(str, im_size))}"
+    images = torch.randn(batch, channel, *im_size)
+    given = images.clone()
+    labels = torch.randint(num_classes, (batch,))
+    net.zero_grad(set_to_none=True)
+    try:
+        with torch.enable_grad():
+            out = net.train()(images)
+            if isinstance(out, torch.Tensor) and tuple(out.shape) == (batch, num_classes) and \
+                    out.is_floating_point():
+                F.cross_entropy(out, labels).backward()
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - any failure means it does not take such batches
+        text = str(err).splitlines()[0] if str(err) else ""
+        fixed = f"; it takes a batch of {TRIAL_BATCHES[0]} but must take a batch of any size" \
+            if batch != TRIAL_BATCHES[0] else ""
+        raise GradmatchError(f"--model {name} fails on a batch of {batch} images of {shape} ({type(err).__name__}: "
+                             f"{text}){fixed}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise GradmatchError(f"--model {name} returns {got} for a batch of 2 images; it must return (2, "
+        raise GradmatchError(f"--model {name} returns {got} for a batch of {batch} images; it must return ({batch}, "
                              f"{num_classes}): one score per class")
+    if not out.is_floating_point():
+        raise GradmatchError(f"--model {name} returns {str(out.dtype).replace('torch.', '')} scores; it must return "
+                             "float scores, one per class")
+    if not torch.equal(images, given):
+        raise GradmatchError(f"--model {name} changes the images it is given (an in-place first operation, such as "
+                             "nn.ReLU(inplace=True) applied to its input); the images are what gradient matching "
+                             "learns: make that first operation out of place (inplace=False)")
+    if not bool(torch.isfinite(out).all()):
+        raise GradmatchError(f"--model {name} gives non-finite scores on a batch of random images (nan or inf); fix "
+                             "its forward pass (a log or a division of values that can be 0 or negative)")
+    unused = [(n, p) for n, p in trainable if p.grad is None]
+    if unused:
+        raise GradmatchError(f"--model {name}: its parameter(s) {_names(unused)} take no gradient (its forward "
+                             "pass does not use them); remove them, or set requires_grad=False on them")
+    if not all(bool(torch.isfinite(p.grad).all()) for _, p in trainable):
+        bad = [(n, p) for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
+        raise GradmatchError(f"--model {name} gives non-finite gradients (in {_names(bad)}) on a batch of random "
+                             "images; fix its forward pass")
+    net.zero_grad(set_to_none=True)
 
 
 def _smallest_square_that_fits(builder: Builder, channel: int, num_classes: int, start: int,
