@@ -1,12 +1,7 @@
 """gradmatch: dataset condensation by gradient matching (DC and Jiang et al.'s effective matching).
 
-    import gradmatch
-    real = gradmatch.data.load("CIFAR10", "data", "train")
-    test = gradmatch.data.load("CIFAR10", "data", "test")
-    syn = gradmatch.condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")
-    print(gradmatch.evaluate(syn, "ConvNet", test, num_eval=5).line())
-    sets = gradmatch.condense_experiments(real, 5, ipc=10)  # experiments 0-4
-    syn = gradmatch.load_synthetic("result/multi-level_CIFAR10_ConvNet_10ipc.pt")  # a saved set (DC's layout)
+    syn = gradmatch.condense(gradmatch.data.load("CIFAR10", "data", "train"), ipc=10, scheme="multi-level")
+    print(gradmatch.evaluate(syn, "ConvNet", gradmatch.data.load("CIFAR10", "data", "test"), num_eval=5).line())
 """
 from . import data
 from .condense import condense, condense_experiments

@@ -1,6 +1,5 @@
-"""One rule per concept, written once.  Each check returns the value normalised or raises one
-``GradmatchError`` line that names the argument (``what``) and the fix.  The edges (the CLI, the
-public API, the file readers) call them; what they hand inward is trusted and not checked again."""
+"""One rule per concept, written once: each check returns the value normalised or raises one ``GradmatchError``
+line naming the argument (``what``) and the fix.  The edges call them; what they hand inward is trusted."""
 from __future__ import annotations
 
 import math
@@ -48,7 +47,6 @@ def whole(value: Any, what: str, minimum: Optional[int] = None, maximum: Optiona
 
 
 def number(value: Any, what: str, minimum: Optional[float] = None, below: Optional[float] = None) -> float:
-    """A finite real number, at least ``minimum`` and below ``below`` where given."""
     if not is_number(value) or not math.isfinite(value):
         raise GradmatchError(f"{what} takes a finite number, got {show(value)}")
     if (minimum is not None and value < minimum) or (below is not None and not value < below):
@@ -59,14 +57,12 @@ def number(value: Any, what: str, minimum: Optional[float] = None, below: Option
 
 
 def seed(value: Any, what: str = "seed") -> int:
-    """Any signed 64-bit whole number (negative ones too)."""
     if not is_whole(value) or not -SEED_LIMIT <= value < SEED_LIMIT:
         raise GradmatchError(f"{what} takes a whole number from -2**63 to 2**63 - 1 (64 bits), got {show(value)}")
     return int(value)
 
 
 def fraction(value: Any, what: str = "test_fraction") -> float:
-    """A share in [0, 1)."""
     if not is_number(value) or not math.isfinite(value) or not 0 <= value < 1:
         raise GradmatchError(f"{what} takes a number from 0 to below 1 (the share of each class held out for "
                              f"testing; 0 tests on the training images), got {show(value)}")
@@ -94,7 +90,6 @@ def choice(value: Any, what: str, choices: Iterable, kind: str = "") -> Any:
 
 
 def text(value: Any, what: str) -> str:
-    """A non-empty str without NUL (which no file name can hold)."""
     if not isinstance(value, str) or not value.strip():
         raise GradmatchError(f"{what} takes a non-empty name, got {show(value)}")
     if "\0" in value:
@@ -103,7 +98,6 @@ def text(value: Any, what: str) -> str:
 
 
 def file_name(value: Any, what: str) -> str:
-    """One file name: no '/', not hidden, at most 255 bytes."""
     text(value, what)
     if "/" in value or value.startswith("."):
         raise GradmatchError(f"{what} '{value}' is not a file name; give a name without '/' that does not start "
@@ -128,7 +122,6 @@ def size(value: Any, what: str = "size") -> Tuple[int, int]:
 
 
 def whole_list(value: Any, what: str) -> list:
-    """Whole numbers as a list, or the text "100,200" of the command line."""
     if isinstance(value, str):
         try:
             value = [int(x) for x in value.split(",")]
@@ -146,9 +139,8 @@ def per_channel(values: Any, channels: int, what: str, positive: bool = False) -
     ok = isinstance(values, (list, tuple)) and len(values) == channels and all(
         is_number(v) and math.isfinite(v) and (not positive or v > 0) for v in values)
     if not ok:
-        kind = "positive " if positive else ""
-        raise GradmatchError(f"{what} is {show(values)}; expected one finite {kind}number per channel ({channels} for "
-                             f"{channels}-channel images)")
+        raise GradmatchError(f"{what} is {show(values)}; expected one finite {'positive ' if positive else ''}"
+                             f"number per channel ({channels} for {channels}-channel images)")
     return tuple(float(v) for v in values)
 
 
@@ -161,9 +153,9 @@ def class_names(classes: Any, what: str, at_least: int = 1) -> list:
     """Distinct str class names, in label order, at least ``at_least`` of them."""
     if isinstance(classes, np.ndarray):
         classes = classes.tolist()
-    if isinstance(classes, str) or not isinstance(classes, (list, tuple)) or not all(isinstance(c, str)
-                                                                                     for c in classes):
-        odd = next((c for c in classes if not isinstance(c, str)), None) if isinstance(classes, (list, tuple)) else None
+    listed = isinstance(classes, (list, tuple))
+    if not listed or not all(isinstance(c, str) for c in classes):
+        odd = next((c for c in classes if not isinstance(c, str)), None) if listed else None
         holds = f" (it holds {show(odd)}, a {type(odd).__name__})" if odd is not None else ""
         raise GradmatchError(f"{what} is {show(classes)}{holds}; expected a list of class names (str), in label order")
     twice = sorted({c for c in classes if list(classes).count(c) > 1})
@@ -179,14 +171,10 @@ def class_names(classes: Any, what: str, at_least: int = 1) -> list:
 
 
 def _tensor_kind(t: Tensor) -> Optional[str]:
-    """What makes ``t`` unusable as data: sparse, meta (shapes without values), quantized; None if fine."""
+    """What makes ``t`` unusable as data (sparse, meta, quantized); None if fine."""
     if t.device.type == "meta":
         return "meta (shapes without values)"
-    if t.layout != torch.strided:
-        return str(t.layout).replace("torch.", "")
-    if t.is_quantized:
-        return "quantized"
-    return None
+    return str(t.layout).replace("torch.", "") if t.layout != torch.strided else "quantized" if t.is_quantized else None
 
 
 LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # what torch computes on

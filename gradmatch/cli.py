@@ -1,9 +1,5 @@
-"""``gradmatch condense | evaluate | reproduce | export | plot | models | demo``; the seed's flag names,
-kebab-case aliases too.  Every setting's flag is generated from its declaration (``gradmatch.config``):
-a command takes the parts it reads (``config.COMMANDS``) and the settings that name it.
-
-Every user error ends as one line on stderr and exit code 2, never a traceback.
-"""
+"""``gradmatch condense | evaluate | reproduce | export | plot | models | demo``, flags generated from the settings'
+declarations; every user error ends as one line on stderr and exit code 2, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +8,13 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import checks
-from .config import RunConfig, apply, fields_for
+from .config import RunConfig, apply, declarations, fields_for
 from .errors import GradmatchError, Interrupted, is_out_of_memory, out_of_memory, scope, unknown_name, warn
 from .settings import help_of
 
 METHOD_CHOICES = ("DC", "DSA")
 DEMO_ITERATIONS = 10
 BASELINES = ("random",)
-OWN = ("func", "command", "scheme_script", "file", "experiment", "baseline", "to", "format", "preset", "scale",
-       "dry_run", "run_dir", "method", "adaptive_step", "resume", "json", "scores", "full_accuracy", "lrs_units",
-       "factor", "stored_as")  # flags of a command, not settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,27 +29,20 @@ def _flag(parser, name: str, dest: Optional[str] = None, **kwargs):
 
 
 def _setting_flags(parser, command: str, skip=(), defaults: Optional[Dict[str, Any]] = None) -> None:
-    """One flag per setting ``command`` takes.  A flag left out is absent from the parsed namespace
-    (argparse.SUPPRESS): the declarations are the one place defaults live."""
-    for f in fields_for(command):
-        if f.name in skip:
-            continue
+    """A flag left out is absent from the namespace (SUPPRESS): the declarations are the one place defaults live."""
+    for f in [f for f in fields_for(command) if f.name not in skip]:
         help = help_of(f)
         default = (defaults or {}).get(f.name, f.default)  # a command of its own default (demo's iterations)
         if default not in (None, False, dataclasses.MISSING) and "default" not in help:
             help = f"{help} (default {default})".strip()
-        kwargs = {"help": help or None, "default": argparse.SUPPRESS}
-        if f.default is False:
-            kwargs["action"] = "store_true"
-        else:
-            kwargs["type"] = f.metadata.get("type") or type(f.default)
-        _flag(parser, f.metadata.get("flag") or f.name, dest=f.name, **kwargs)
+        kind = {"action": "store_true"} if f.default is False else {"type": f.metadata.get("type") or type(f.default)}
+        _flag(parser, f.metadata.get("flag") or f.name, f.name, help=help or None, default=argparse.SUPPRESS, **kind)
 
 
 def _settings(args, scheme: Optional[str] = None) -> Dict[str, Any]:
-    """The settings given on the command line, by name: --method and --adaptive_step folded in."""
-    given = vars(args)
-    settings = {k: v for k, v in given.items() if k not in OWN}
+    """The settings given, by name: --method and --adaptive_step folded in."""
+    given, known = vars(args), declarations()
+    settings = {k: v for k, v in given.items() if k in known}  # not a command's own flags
     if scheme is not None:
         settings["scheme"] = scheme
     method = given.get("method", "DC")
@@ -70,14 +56,13 @@ def _settings(args, scheme: Optional[str] = None) -> Dict[str, Any]:
 
 
 def parse_run(argv: List[str], scheme: Optional[str] = None) -> Tuple[RunConfig, Dict[str, Any], Any]:
-    """``gradmatch condense ARGV`` (or a seed script's ARGV): the validated RunConfig, the settings given, and
-    --resume (False, True, or a run folder)."""
+    """``gradmatch condense ARGV`` (or a seed script's): the RunConfig, the settings given, --resume."""
     args = build_parser(scheme).parse_args(argv if scheme else ["condense", *argv])
     settings = _settings(args, scheme)
     return apply(RunConfig(), settings).validate(), settings, getattr(args, "resume", False)
 
 
-def cmd_condense(args) -> int:
+def cmd_condense(args) -> None:
     from .rundir import RunFiles
     from .run import Run
     from .runstate import load_checkpoint
@@ -90,22 +75,21 @@ def cmd_condense(args) -> int:
         if not files.checkpoint.is_file():
             raise GradmatchError(f"nothing to resume: no checkpoint at {files.checkpoint}; point --resume at a run "
                                  "folder")
-        config = load_checkpoint(files.checkpoint).config
-        config = dataclasses.replace(config, save_path=str(files.dir.parent))
+        config = dataclasses.replace(load_checkpoint(files.checkpoint).config, save_path=str(files.dir.parent))
         settings["save_path"] = config.save_path
         if config.run_dir.resolve() != files.dir.resolve():
             raise GradmatchError(f"{files.dir} holds the run {config.name} (by the settings in its checkpoint); its "
                                  f"folder was renamed or its checkpoint edited: name the folder {config.name} to "
                                  "resume it, or start the run again with --overwrite")
     Run(config, settings).start(resume=bool(resume))
-    return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args) -> None:
     from . import distributed
     from .data import DataConfig, load_data
     from .evaluate import check_compatible, check_models_fit, evaluate_set, protocol_space, real_subset
     from .results import save_json
+    from .scores import full_accuracy, label_robust_scores
     from .sets import in_space, read_set, renormalised
 
     settings = _settings(args)
@@ -160,8 +144,6 @@ def cmd_evaluate(args) -> int:
         randoms = evaluate_set(subset, test, protocol, config.device)
         report.update(random_mean=randoms[0].record()["mean"], random=[r.record() for r in randoms])
     if scores:
-        from .scores import full_accuracy, label_robust_scores
-
         full = args.full_accuracy if args.full_accuracy is not None else full_accuracy(parts, data, protocol,
                                                                                        config.device)
         report.update(full_accuracy=full, **label_robust_scores(full, report["mean"], report["random_mean"],
@@ -177,18 +159,9 @@ def cmd_evaluate(args) -> int:
                   f"{report['random_mean']:.2f}%)")
         if args.json:
             save_json(report, args.json)
-    return 0
 
 
-def cmd_protocols(args) -> int:
-    from .protocols import PROTOCOLS, describe
-
-    for protocol in PROTOCOLS.values():
-        print(f"{protocol.name}: {describe(protocol)}")
-    return 0
-
-
-def cmd_plot(args) -> int:
+def cmd_plot(args) -> None:
     from .plots import plot_run
 
     try:
@@ -196,27 +169,16 @@ def cmd_plot(args) -> int:
     except OSError as err:  # a read-only or full disk: the pictures cannot be written beside the run
         raise GradmatchError(f"cannot write the pictures into {args.run_dir} ({err.strerror or err}); copy the run "
                              "folder somewhere writable and plot it there") from None
-    for path in written:
-        print(path)
-    return 0
+    print(*written, sep="\n")  # plot_run writes at least one picture or raises
 
 
-def cmd_models(args) -> int:
-    from .models import list_models
-
-    print("\n".join(list_models()))
-    return 0
-
-
-def cmd_demo(args) -> int:
+def cmd_demo(args) -> None:
     from .demo import demo
 
-    settings = _settings(args)
-    demo(iterations=settings.get("iterations", DEMO_ITERATIONS), quiet=settings.get("quiet", False))
-    return 0
+    demo(iterations=getattr(args, "iterations", DEMO_ITERATIONS), quiet=getattr(args, "quiet", False))
 
 
-def cmd_reproduce(args) -> int:
+def cmd_reproduce(args) -> None:
     from .reproduce import Reproduction, default_save_path
 
     settings = _settings(args)
@@ -227,18 +189,16 @@ def cmd_reproduce(args) -> int:
     rep = Reproduction(args.preset, base.validate(), scale=args.scale, resume=args.resume)
     if args.dry_run:
         print(rep.dry_run())
-        return 0
-    rep.run()
-    return 0
+    else:
+        rep.run()
 
 
-def cmd_export(args) -> int:
+def cmd_export(args) -> None:
     from .export import export
 
     meta = export(args.file, args.to, args.experiment, bool(getattr(args, "overwrite", False)), format=args.format)
     print(f"wrote {len(meta['files'])} images of {len(meta['classes'])} classes to {args.to} "
           f"(experiment {meta['experiment']}; metadata.json beside them)")
-    return 0
 
 
 def _condense_flags(p: argparse.ArgumentParser, scheme: Optional[str]) -> None:
@@ -252,6 +212,8 @@ def _condense_flags(p: argparse.ArgumentParser, scheme: Optional[str]) -> None:
 
 def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     from .export import FORMATS
+    from .models import list_models
+    from .protocols import PROTOCOLS, describe
     from .reproduce import PRESET_ROWS, SCALES
     from .sets import STORED
 
@@ -271,8 +233,7 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
                    "of class subfolders of images")
     _setting_flags(e, "evaluate")
     _flag(e, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
-    _flag(e, "baseline", default=None, help="random: also evaluate a random real subset of the same ipc, trained "
-          "the same way")
+    _flag(e, "baseline", help="random: also evaluate a random real subset of the same ipc, trained the same way")
     _flag(e, "json", default=None, metavar="PATH", help="write the results (protocol, models, mean, std, which, lr, "
           "epochs, accuracies, scores) as JSON")
     _flag(e, "scores", action="store_true", help="DD-Ranking's HLR, IOR and LRS (on fractions), with the random "
@@ -287,7 +248,7 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
           "multi-formation)")
     e.set_defaults(func=cmd_evaluate)
     pr = sub.add_parser("protocols", help="list the named evaluation protocols with every setting")
-    pr.set_defaults(func=cmd_protocols)
+    pr.set_defaults(func=lambda args: print(*(f"{p.name}: {describe(p)}" for p in PROTOCOLS.values()), sep="\n"))
 
     r = sub.add_parser("reproduce", help="run one of the paper's tables (the seed's commands) and write table.md")
     r.add_argument("preset", help=f"one of: {', '.join(PRESET_ROWS)}")
@@ -311,15 +272,11 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     pl.add_argument("run_dir")
     pl.set_defaults(func=cmd_plot)
     m = sub.add_parser("models", help="list the model names")
-    m.set_defaults(func=cmd_models)
+    m.set_defaults(func=lambda args: print(*list_models(), sep="\n"))
     d = sub.add_parser("demo", help="condense the bundled digits and compare with random real images")
     _setting_flags(d, "demo", defaults={"iterations": DEMO_ITERATIONS})
     d.set_defaults(func=cmd_demo)
     return p
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"  # as errors.warn: no file, no line of code
 
 
 def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
@@ -328,7 +285,7 @@ def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
     from . import distributed
     from .runtime import resolve_device
 
-    warnings.formatwarning = _one_line_warning
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # as errors.warn: no file or code
     clean = False
     try:
         with scope():
@@ -339,9 +296,9 @@ def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
                 _, device = distributed.init(device)
                 if device is not None:
                     args.device = device
-            code = args.func(args)
+            args.func(args)
         clean = True
-        return code
+        return 0
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 130
@@ -364,8 +321,7 @@ def main(argv: Optional[List[str]] = None, scheme: Optional[str] = None) -> int:
         distributed.shutdown(wait_for_others=clean)  # after an error, others may never reach a barrier
 
 
-def seed_script(scheme: str) -> None:
-    """Entry point of the seed's scripts (baseline.py etc.)."""
+def seed_script(scheme: str) -> None:  # baseline.py etc.
     sys.exit(main(scheme=scheme))
 
 

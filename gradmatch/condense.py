@@ -1,13 +1,7 @@
-"""The condensation loop (SPEC section 4), readable top to bottom, for E >= 1 experiments at once.
+"""The condensation loop (SPEC section 4) for E >= 1 experiments at once (one run is E = 1).
 
-``Condensation`` learns ``ipc`` synthetic images per class for each of its experiments (one run is
-E = 1).  Every outer iteration draws a fresh network per experiment and alternates matching steps on
-the images with training the networks on them.  Each experiment keeps everything of its own: its
-images and their momentum, and every random draw of iteration ``it`` from a generator seeded from
-(seed, experiment, it), drawn in the same order whatever else runs beside it.  So a run stopped after
-any iteration and resumed from its states continues exactly as if it had never stopped, and an
-experiment advanced with others equals its own run up to float rounding.  How the arithmetic is
-shared (engine, stacked training, graph capture) is the run's ``Plan``, decided once.
+Every draw of iteration ``it`` comes from a generator seeded from (seed, experiment, it), whatever runs beside
+it: a resumed run continues exactly, and an experiment advanced with others equals its own run up to rounding.
 """
 from __future__ import annotations
 
@@ -39,8 +33,7 @@ IMAGE_MOMENTUM, NETWORK_MOMENTUM = 0.5, 0.5  # the seed's SGD on the images and 
 
 @dataclass
 class ExperimentState:
-    """What an unfinished experiment is: its images (a leaf on the device), their SGD momentum, the
-    number of updates done and the loss of the last one."""
+    """An unfinished experiment: its images (a leaf on the device), their SGD momentum, updates done, last loss."""
     images: Tensor
     momentum: Tensor
     iteration: int = 0
@@ -48,8 +41,7 @@ class ExperimentState:
 
 
 class NonFinite(GradmatchError):
-    """The loss or the images of update ``iteration`` (0-based; the log calls it iteration + 1) of
-    experiment ``experiment`` became nan or inf."""
+    """The loss or the images of update ``iteration`` (0-based) of ``experiment`` became nan or inf."""
 
     def __init__(self, what: str, iteration: int, experiment: int):
         super().__init__(f"{what} in iteration {iteration + 1} (experiment {experiment}); lower --lr_img or check "
@@ -79,9 +71,6 @@ class Condensation:
         self.trainer: Optional[Trainer] = None
 
     # ---- sampling: every draw takes its experiment's generator of the iteration ------------
-    def generator(self, experiment: int, iteration: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, experiment, iteration, stream))
-
     def real_per_class(self, n: int, gen: torch.Generator):
         """n random real images of every class (all of a class if it has fewer), grouped by class."""
         picks = [idx[torch.randperm(len(idx), generator=gen)[:n]] for idx in self.by_class]
@@ -122,7 +111,7 @@ class Condensation:
         return ExperimentState(images=images, momentum=torch.zeros_like(images.detach()))
 
     def networks(self, iteration: int):
-        """Each experiment's fresh network of ``iteration`` (in the run's one stack) and its trainer."""
+        """Each experiment's fresh network of ``iteration`` (in the run's one stack), and the trainer."""
         seeds = [derive_seed(self.cfg.seed, e, iteration, 1) for e in self.experiments]
         if self.nets is None:
             self.nets = Networks.build(self.cfg.model, self.real.channel, self.num_classes, self.real.im_size,
@@ -138,7 +127,7 @@ class Condensation:
     def update(self, states: Sequence[ExperimentState]) -> List[float]:
         """Returns each experiment's mean matching loss per class and outer step, as DC reports it."""
         cfg, it = self.cfg, states[0].iteration
-        gens = [self.generator(e, it, 0) for e in self.experiments]
+        gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, e, it, 0)) for e in self.experiments]
         nets, trainer = self.networks(it)
         scheme = scheme_at(cfg.scheme, it)
         totals = torch.zeros(len(states), device=self.device)
@@ -196,8 +185,7 @@ class Condensation:
                             std=tuple(self.real.std), dataset=self.real.name, config=self.cfg.to_dict())
 
     def steps(self, states: Optional[Sequence[Optional[ExperimentState]]] = None) -> Iterator[List[ExperimentState]]:
-        """Yield the states before every update and once more at the end (all at one iteration); the
-        caller may evaluate or checkpoint at each yield (``iteration`` = updates done so far)."""
+        """Yield the states before every update and at the end, for the caller to evaluate or checkpoint."""
         states = states or [None] * len(self.experiments)
         states = [s or self.initial_state(e) for e, s in zip(self.experiments, states)]
         if len({s.iteration for s in states}) != 1:
@@ -225,9 +213,7 @@ def freeze_batchnorm(net: torch.nn.Module, real_images: Tensor) -> None:
 
 def condense_experiments(real: Dataset, experiments=5, config: Optional[CondenseConfig] = None, device=None,
                          mode: str = "auto", **overrides) -> List[SyntheticSet]:
-    """``condense`` for several experiments (an int n: 0..n-1, or their numbers): one SyntheticSet each.
-    ``mode`` as ``--experiments``: with ``batched`` they advance together, each equal to its own run up to
-    float rounding."""
+    """``condense`` of several experiments (n: 0..n-1, or their numbers); ``mode`` as ``--experiments``."""
     real = check_dataset(real, "condense: real")
     mode = checks.choice(mode, "--experiments", EXPERIMENT_MODES, kind="condense_experiments: mode")
     if config is not None and not isinstance(config, CondenseConfig):
@@ -254,10 +240,9 @@ def experiment_numbers(experiments) -> List[int]:
     what = "condense_experiments: experiments"
     if checks.is_whole(experiments):
         return list(range(checks.whole(experiments, what, minimum=1, maximum=checks.SEED_LIMIT)))
-    if isinstance(experiments, (str, bytes, dict)) or not hasattr(experiments, "__iter__"):
-        raise GradmatchError(f"{what} takes a whole number of at least 1 or distinct experiment numbers, got "
-                             f"{checks.show(experiments)}")
-    numbers = [checks.whole(e, what, minimum=0, maximum=checks.SEED_LIMIT - 1) for e in experiments]
+    numbers = None
+    if hasattr(experiments, "__iter__") and not isinstance(experiments, (str, bytes, dict)):
+        numbers = [checks.whole(e, what, minimum=0, maximum=checks.SEED_LIMIT - 1) for e in experiments]
     if not numbers or len(set(numbers)) != len(numbers):
         raise GradmatchError(f"{what} takes a whole number of at least 1 or distinct experiment numbers, got "
                              f"{checks.show(experiments)}")
@@ -266,9 +251,6 @@ def experiment_numbers(experiments) -> List[int]:
 
 def condense(real: Dataset, config: Optional[CondenseConfig] = None, experiment: int = 0, device=None,
              **overrides) -> SyntheticSet:
-    """Learn a synthetic set from ``real`` (a ``gradmatch.data.Dataset``).
-
-    ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved", schedule="adaptive")``.
-    """
+    """Learn a synthetic set from ``real``: ``condense(real, ipc=10, scheme="multi-level", dis_metric="improved")``."""
     experiment = checks.whole(experiment, "condense: experiment", minimum=0, maximum=checks.SEED_LIMIT - 1)
     return condense_experiments(real, [experiment], config, device, **overrides)[0]

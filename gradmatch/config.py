@@ -1,9 +1,5 @@
-"""Every setting of a run, declared once in its part: ``DataConfig`` (where the data comes from, in
-``gradmatch.data``), ``CondenseConfig`` (one condensation), ``EvalConfig`` (how sets are evaluated) and
-``RunConfig`` (a whole run: the parts and where it writes).  Parts are passed whole; field names are
-unique across them, so a run's settings also read as one flat namespace (``flatten``, ``apply``): what
-presets, resume and ``to_argv`` work with.  A command's flags are the fields of the parts it takes
-(``COMMANDS``) and those that name it in ``also``."""
+"""Every setting of a run, declared once in its part or in ``RunConfig``; field names are unique across the parts,
+so the settings also read as one flat namespace (``flatten``, ``apply``) for presets, resume and ``to_argv``."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,19 +26,15 @@ from .precision import PRECISIONS
 from .protocols import EVAL_METHODS, PROTOCOLS, Protocol, resolve
 from .runtime import resolve_device
 from .schedule import SCHEDULES, loops_for_ipc
-from .settings import Settings, boolean, declared, setting
+from .settings import Settings, boolean, declared, flag_of, setting
 
 INIT_CHOICES = ("noise", "real")
-EVAL_POOLS = {  # --eval_mode
-    "M": ["MLP", "ConvNet", "LeNet", "AlexNet", "VGG11", "ResNet18"],
-    "W": ["ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256"],
-    "D": ["ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4"],
-    "A": ["ConvNetAS", "ConvNetAR", "ConvNetAL"],
-    "P": ["ConvNetNP", "ConvNetMP", "ConvNetAP"],
-    "N": ["ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN"],
-}
-# How the num_exp condensations run: "batched" advances them together (gradmatch.plan); "auto" one by one
-# until a GPU measurement shows them faster together.
+EVAL_POOLS = {"M": ["MLP", "ConvNet", "LeNet", "AlexNet", "VGG11", "ResNet18"],  # --eval_mode
+              "W": ["ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256"],
+              "D": ["ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4"],
+              "A": ["ConvNetAS", "ConvNetAR", "ConvNetAL"],
+              "P": ["ConvNetNP", "ConvNetMP", "ConvNetAP"],
+              "N": ["ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN"]}
 EXPERIMENT_MODES = ("auto", "batched", "sequential")
 LR_NET, BATCH_TRAIN = 0.01, 256  # the seed's defaults of --lr_net and --batch_train
 
@@ -116,10 +108,6 @@ def device(value: Any, what: str) -> str:
     return value
 
 
-def _names(table) -> str:
-    return ", ".join(table)
-
-
 def one_of(table, kind: str) -> Any:
     return partial(checks.choice, choices=table, kind=kind)
 
@@ -133,9 +121,9 @@ class CondenseConfig(Settings):
     model: str = setting("ConvNet", "see `gradmatch models`, or package.module:function (your own network: called "
                          "with channel, num_classes, im_size, it returns an nn.Module)", check=model_name, code=True,
                          also=("evaluate", "reproduce"))
-    scheme: str = setting("intra-class", lambda: f"{_names(SCHEMES)} (also: baseline = intra-class)",
+    scheme: str = setting("intra-class", lambda: f"{', '.join(SCHEMES)} (also: baseline = intra-class)",
                           check=lambda v, what: resolve_scheme(checks.text(v, what)))
-    dis_metric: Any = setting("baseline", lambda: f"{_names(METRICS)} (ours = dc), or package.module:function (a "
+    dis_metric: Any = setting("baseline", lambda: f"{', '.join(METRICS)} (ours = dc), or package.module:function (a "
                               "per-tensor distance of two row matrices)", check=metric, code=True)
     iterations: int = setting(1000, "outer iterations", flag="Iteration", check=partial(checks.whole, minimum=0),
                               also=("demo",))
@@ -148,18 +136,18 @@ class CondenseConfig(Settings):
     batch_train: Optional[int] = setting(None, f"batch size when training a network on the images (default "
                                          f"{BATCH_TRAIN}; given, it overrides the protocol's)", type=int,
                                          check=partial(checks.whole, minimum=1), also=("evaluate",))
-    init: str = setting("noise", lambda: _names(INIT_CHOICES), check=one_of(INIT_CHOICES, "init"))
-    schedule: str = setting("fixed", lambda: f"{_names(SCHEDULES)} (overrides --adaptive_step)",
+    init: str = setting("noise", lambda: ", ".join(INIT_CHOICES), check=one_of(INIT_CHOICES, "init"))
+    schedule: str = setting("fixed", lambda: f"{', '.join(SCHEDULES)} (overrides --adaptive_step)",
                             check=one_of(SCHEDULES, "inner-loop schedule"))
     outer_loop: Optional[int] = setting(None, "matching steps per iteration (default: by --ipc)", type=int,
                                         check=partial(checks.whole, minimum=1))
     inner_loop: Optional[int] = setting(None, "network epochs between matching steps (default: by --ipc)", type=int,
                                         check=partial(checks.whole, minimum=0))
     seed: int = setting(0, "makes a run repeatable", check=checks.seed, also=("evaluate",))
-    matching: str = setting("auto", lambda: f"the engine of the per-class gradients: {_names(ENGINES)}: auto is "
+    matching: str = setting("auto", lambda: f"the engine of the per-class gradients: {', '.join(ENGINES)}: auto is "
                             "batched on a GPU and fast elsewhere; same numbers",
                             check=one_of(ENGINES, "matching engine"))
-    precision: str = setting("fp32", lambda: f"{_names(PRECISIONS)}: fp32 is PyTorch's defaults; bf16 computes the "
+    precision: str = setting("fp32", lambda: f"{', '.join(PRECISIONS)}: fp32 is PyTorch's defaults; bf16 computes the "
                              "real-gradient targets under bf16 autocast", check=one_of(PRECISIONS, "precision"))
     dsa: bool = setting(False, "differentiable siamese augmentation (DSA) of real and synthetic batches", check=boolean,
                         also=("evaluate",))
@@ -176,8 +164,7 @@ class CondenseConfig(Settings):
         return []
 
     def resolved(self, real=None) -> "CondenseConfig":
-        """The defaults that depend on others filled in (loops by ipc; lr_img 0.1, or 0.01 for MLP; lr_net
-        and batch_train the seed's); with the real data ``real``, also that every class has ``ipc`` images."""
+        """The defaults that depend on others filled in; with the real data, also that every class has ``ipc``."""
         outer, inner = loops_for_ipc(self.ipc)
         lr_img = self.lr_img if self.lr_img is not None else 0.01 if self.model == "MLP" else 0.1
         cfg = dataclasses.replace(self, outer_loop=self.outer_loop or outer, lr_img=lr_img,
@@ -200,7 +187,7 @@ class CondenseConfig(Settings):
 @declared("evaluation")
 class EvalConfig(Settings):
     """How a run evaluates its sets: the named protocol, and the flags that override it."""
-    protocol: str = setting("dc", lambda: f"the evaluation protocol: {_names(PROTOCOLS)} (`gradmatch protocols` "
+    protocol: str = setting("dc", lambda: f"the evaluation protocol: {', '.join(PROTOCOLS)} (`gradmatch protocols` "
                             "lists their settings)", check=one_of(PROTOCOLS, "evaluation protocol"),
                             also=("reproduce",))
     eval_mode: str = setting("S", "S (same model), M, W, D, A, P, N, or model names, comma-separated",
@@ -254,17 +241,15 @@ class RunConfig(Settings):
 
     @property
     def name(self) -> str:
-        """``<prefix>_<dataset>_<model>_<ipc>ipc`` as the reference names its files (prefix: the scheme),
-        then the settings that change the method where they are not the reference's defaults (distance,
-        schedule, precision, DSA), so that the paper's Table 3 runs (M, MD, MDA) keep one file each."""
+        """``<prefix>_<dataset>_<model>_<ipc>ipc`` as the reference names its files, then the method's settings
+        that are not the reference's defaults, so that the paper's Table 3 runs (M, MD, MDA) keep one file each."""
         c = self.condense
         dataset = Path(str(self.data.dataset).removeprefix("hf:").rstrip("/")).name  # a path or hub name: its last part
         name = f"{self.file_name_prefix or c.scheme}_{dataset}_{c.model.rpartition(':')[2]}_{c.ipc}ipc"
         metric = c.dis_metric if isinstance(c.dis_metric, str) else getattr(c.dis_metric, "__name__", "custom")
         metric = METRIC_ALIASES.get(metric, metric).rpartition(":")[2]  # package.module:function -> function
-        for value, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32")):
-            if value != default:
-                name += f"_{value}"
+        name += "".join(f"_{v}" for v, default in ((metric, "baseline"), (c.schedule, "fixed"), (c.precision, "fp32"))
+                        if v != default)
         return name + ("_dsa" if c.dsa else "")
 
     @property
@@ -280,8 +265,7 @@ class RunConfig(Settings):
         return [last]
 
     def protocol(self, seed: Optional[int] = None) -> Protocol:
-        """The evaluation of this run's sets: its named protocol, the flags given over it, its model pool, and
-        DSA where it condensed with DSA (the seed's rule)."""
+        """The named protocol, the flags given over it, and DSA where the run condensed with DSA (the seed's rule)."""
         c, e = self.condense, self.evaluation
         name = "dsa" if c.dsa and e.protocol == "dc" else e.protocol
         fixed = {"models": tuple(eval_pool(e.eval_mode, c.model)), "seed": c.seed if seed is None else seed}
@@ -307,28 +291,22 @@ COMMANDS = {"data": ("condense", "evaluate", "reproduce"), "condense": ("condens
 
 def declarations() -> Dict[str, Tuple[Optional[str], dataclasses.Field]]:
     """{flat name: (its part, or None for the run's own, its field)}."""
-    out = {f.name: (None, f) for f in dataclasses.fields(RunConfig) if f.name not in PARTS}
-    for part, cls in PARTS.items():
-        out.update({f.name: (part, f) for f in dataclasses.fields(cls)})
-    return out
+    return {**{f.name: (None, f) for f in dataclasses.fields(RunConfig) if f.name not in PARTS},
+            **{f.name: (part, f) for part, cls in PARTS.items() for f in dataclasses.fields(cls)}}
 
 
 def fields_for(command: str) -> List[dataclasses.Field]:
-    """The fields whose flags ``command`` takes."""
     return [f for part, f in declarations().values() if f.metadata.get("cli", True)
             and (command in COMMANDS[part] or command in f.metadata.get("also", ()))]
 
 
 def flatten(config: RunConfig) -> Dict[str, Any]:
-    out = {k: v for k, v in vars(config).items() if k not in PARTS}
-    for part in PARTS:
-        out.update(vars(getattr(config, part)))
-    return out
+    return {**{k: v for k, v in vars(config).items() if k not in PARTS},
+            **{k: v for part in PARTS for k, v in vars(getattr(config, part)).items()}}
 
 
 def apply(config: RunConfig, settings: Dict[str, Any]) -> RunConfig:
-    """A copy of ``config`` with ``settings`` ({flat name: value}) set where each is declared; an unknown name
-    is refused in one line (so a typo in a preset fails before any work)."""
+    """``config`` with ``settings`` ({flat name: value}) set; an unknown name fails before any work (a typo)."""
     known = declarations()
     unknown = sorted(set(settings) - set(known))
     if unknown:
@@ -342,14 +320,12 @@ def apply(config: RunConfig, settings: Dict[str, Any]) -> RunConfig:
 
 
 def flag_name(name: str) -> str:
-    f = declarations()[name][1]
-    return "--" + (f.metadata.get("flag") or name)
+    return flag_of(declarations()[name][1])
 
 
 def resume_config(saved: RunConfig, given: Dict[str, Any]) -> Tuple[RunConfig, List[str]]:
-    """The config a resumed run continues with: the saved one, with the ``given`` settings ({flat name:
-    value}) that say only where and how loudly to run (declared ``free``) taken over; and the flags of the
-    others that differ from the saved values, which are ignored.  The one rule of both resume forms."""
+    """The saved config with the ``given`` settings that are declared ``free`` (where and how loudly to run) taken
+    over, and the flags of the others that differ from the saved values, which are ignored."""
     saved_flat, known = flatten(saved), declarations()
     free = {k: v for k, v in given.items() if k in known and known[k][1].metadata.get("free")}
     ignored = [f"{flag_name(k)} {_show(v)} (saved: {_show(saved_flat[k])})" for k, v in given.items()
@@ -365,16 +341,12 @@ def _comparable(value: Any) -> Any:
 
 def _show(value: Any) -> str:
     value = _comparable(value)
-    if value is None:
-        return "default"
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return "default" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def to_argv(config: RunConfig, script: bool = True, always: Sequence[str] = ()) -> List[str]:
-    """The seed command for ``config``: ``[script, --flag, value, ...]`` (``gradmatch condense`` flags with
-    ``script=False``): every setting that differs from its default, and those named in ``always``, in the
-    seed's spelling (``--adaptive_step``, DC's ``--method DSA``).  ``cli.parse_run`` of it gives ``config``
-    back (tested)."""
+    """The seed command for ``config`` (``gradmatch condense`` flags with ``script=False``): the settings that
+    differ from their defaults and those in ``always``, in the seed's spelling; ``cli.parse_run`` reads it back."""
     defaults = flatten(RunConfig())
     scheme = resolve_scheme(config.condense.scheme)
     argv = [SCHEMES[scheme].script] if script else ["--scheme", scheme] if scheme != defaults["scheme"] else []

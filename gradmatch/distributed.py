@@ -1,16 +1,7 @@
-"""Multi-process runs on ``torch.distributed``, as launched by ``torchrun``.
+"""Multi-process runs on ``torch.distributed``, launched by ``torchrun --nproc_per_node 4 -m gradmatch ...``.
 
-    torchrun --standalone --nproc_per_node 4 multi-level.py --dataset CIFAR10 --ipc 10 --data_path ~/data
-    torchrun --nproc_per_node 4 -m gradmatch condense --scheme multi-level ...
-
-Every process holds the whole synthetic set, the same network and the same random draws (they come
-from seeds, not from the process).  The matching step is shared by class: process r computes the
-terms of the classes c with ``c % world == r`` (a chunk of the mixed batches for inter-class), the
-image gradients are summed over processes, and every process takes the same image step; the terms
-that need every class (multi-level's mean gradient, inter-class's batch gradient) are built from
-gradients summed over processes.  So a run on N processes learns the same images as on one, up to
-float rounding.  The evaluation networks are shared out too (network k on process ``k % world``).
-Only process 0 writes files and shows progress.
+Every process holds the same set, network and random draws; process r matches the classes c with
+``c % world == r`` and the image gradients are summed, so N processes learn the images of one up to rounding.
 """
 from __future__ import annotations
 
@@ -27,8 +18,7 @@ from .errors import GradmatchError
 
 @dataclass(frozen=True)
 class Group:
-    """This process's place in the job (``rank`` of ``world``) and the collectives the loop needs.
-    With ``world == 1`` every method is the identity, so single-process code needs no branches."""
+    """This process's place in the job; with ``world == 1`` every collective is the identity."""
     rank: int = 0
     world: int = 1
 
@@ -52,14 +42,12 @@ class Group:
 
     @torch.no_grad()  # in place on values, never part of a graph
     def sum_(self, tensors: Sequence[Tensor]) -> None:
-        """Sum each tensor over processes, in place."""
         if self.active:
             for t in tensors:
                 dist.all_reduce(t)
 
     def global_sum(self, local: Sequence[Tensor]) -> List[Tensor]:
-        """The sum over processes of ``local``, differentiable through this process's share only:
-        the other processes' shares are constants here (their gradients are taken there)."""
+        """The sum over processes of ``local``, differentiable through this process's share only."""
         if not self.active:
             return list(local)
         totals = [t.detach().clone() for t in local]
@@ -67,11 +55,8 @@ class Group:
         return [t + (total - t.detach()) for t, total in zip(local, totals)]
 
     def share(self, term: Tensor) -> Tensor:
-        """A term every process computes whole (from ``global_sum``s): its value is split evenly, so
-        the processes' losses sum to the full loss, while its gradient stays whole."""
-        if not self.active:
-            return term
-        return term - term.detach() * (1 - 1 / self.world)
+        """A term every process computes whole: its value split evenly, its gradient whole."""
+        return term - term.detach() * (1 - 1 / self.world) if self.active else term
 
     @torch.no_grad()
     def broadcast_(self, tensors: Sequence[Tensor], src: int = 0) -> None:
@@ -80,8 +65,7 @@ class Group:
                 dist.broadcast(t, src)
 
     def gather(self, values: Sequence[float], n: int) -> List[float]:
-        """Items 0..n-1 shared out as ``owns`` says, this process holding the values of its own (in
-        order): every item's value, in order, on every process."""
+        """Every item's value, in order, on every process, from items 0..n-1 shared out as ``owns`` says."""
         if not self.active:
             return list(values)
         out = [None] * self.world
@@ -94,26 +78,16 @@ SINGLE = Group()
 
 
 def current() -> Group:
-    """The job this process is part of: torch.distributed's default group if initialised, else one
-    process."""
-    if dist.is_available() and dist.is_initialized():
-        return Group(dist.get_rank(), dist.get_world_size())
-    return SINGLE
-
-
-def launched() -> bool:
-    """Whether torchrun (or another launcher setting WORLD_SIZE) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torch.distributed's default group if initialised, else one process."""
+    return Group(dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else SINGLE
 
 
 def init(device: Optional[str] = None) -> tuple[Group, Optional[str]]:
-    """Join the job torchrun started (nothing to do for a single process); return the group and the
-    device this process should use: ``cuda:LOCAL_RANK`` on a GPU machine unless ``device`` is given."""
-    if not launched() or not dist.is_available():
+    """Join the job torchrun started: the group and this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():  # not one of several (torchrun's)
         return current(), device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     on_gpu = device is not None and str(device).startswith("cuda")
     if on_gpu:
         torch.cuda.set_device(torch.device(device))
@@ -127,9 +101,8 @@ def init(device: Optional[str] = None) -> tuple[Group, Optional[str]]:
 
 
 def shutdown(wait_for_others: bool = True) -> None:
-    """Leave the job.  After a normal end, a barrier first: a process tearing its connections down
-    while another was still finishing its last collective made gloo abort ("terminate called
-    without an active exception", SIGABRT) in about one exit in twenty here."""
+    """Leave the job; after a normal end, a barrier first: a process tearing its connections down while another
+    still finished its last collective made gloo abort (SIGABRT) in about one exit in twenty."""
     if dist.is_available() and dist.is_initialized():
         if wait_for_others:
             dist.barrier()

@@ -1,10 +1,5 @@
 """Evaluation: train fresh networks on a synthetic set under a ``Protocol``, test them on real data.
-
-``evaluate_set`` is the one helper that runs a protocol's models for a set; the CLI, a run and
-``reproduce`` call it, for a set and its random-real baseline alike.  ``evaluate`` is the public edge:
-it checks what it is given once and hands it inward.  The networks of a model are trained by the one
-trainer (``gradmatch.train``), stacked, one after another or on worker threads as the plan says; each
-network gets the same initialisation, shuffling and augmentation whatever the method.
+``evaluate`` is the public edge; ``evaluate_set`` runs a protocol's models for a set (and its random-real baseline).
 """
 from __future__ import annotations
 
@@ -39,8 +34,7 @@ BATCHED_IMAGES = 1024  # networks per stacked group: as many as keep group x bat
 
 @dataclass
 class EvalResult:
-    """One model's networks under ``protocol``: ``accuracies`` as the protocol reports them (final epoch, or the
-    best of its test checks), ``last`` the final epoch's, ``lrs`` each network's rate."""
+    """One model's networks: ``accuracies`` as the protocol reports them, ``last`` the final epoch's."""
     model: str
     accuracies: List[float]
     protocol: Optional[Protocol] = None
@@ -57,7 +51,6 @@ class EvalResult:
         return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
     def what(self) -> str:
-        """Which accuracy this is, under which protocol, in words."""
         p = self.protocol
         if p is None:
             return ""
@@ -84,12 +77,11 @@ def lr_factor(passes_done: int, epochs: int, milestones=(0.5,), gamma: float = 0
 
 
 def check_models_fit(models: Sequence[str], channel: int, num_classes: int, im_size, flag: str = "--eval_mode"):
-    """Build each model once for this image shape (under a forked RNG, so no run's random stream moves) and
-    refuse, before any work, models whose feature maps would shrink to nothing or that fail on a small batch."""
+    """Refuse, before any work, models whose feature maps would shrink to nothing on these images."""
     unfit = []
     for name in models:
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]):  # no run's random stream moves
                 create_model(name, channel, num_classes, im_size)
         except ImageTooSmallError:
             unfit.append(name)
@@ -97,15 +89,13 @@ def check_models_fit(models: Sequence[str], channel: int, num_classes: int, im_s
         check_network(name, channel, num_classes, im_size)  # scores of the right shape, trainable
     if unfit:
         fits = [m for m in models if m not in unfit]
-        size = "x".join(str(s) for s in im_size)
         hint = f"those that fit: {', '.join(fits)}" if fits else "choose models made for such images (e.g. ConvNetD1)"
-        raise GradmatchError(f"{flag}: {', '.join(unfit)} cannot take {size} images (their feature maps shrink to "
-                             f"nothing); {hint}")
+        raise GradmatchError(f"{flag}: {', '.join(unfit)} cannot take {'x'.join(map(str, im_size))} images (their "
+                             f"feature maps shrink to nothing); {hint}")
 
 
 def check_compatible(syn: SyntheticSet, test: Dataset, what: str = "the synthetic set") -> None:
-    """A set can be scored on ``test``: the same image shape, classes and normalisation (else its networks
-    would see shifted pixels, or score classes the test data does not have)."""
+    """A set can be scored on ``test``: the same image shape, classes and normalisation."""
     if tuple(test.images.shape[1:]) != tuple(syn.images.shape[1:]):
         raise GradmatchError(f"the images of {what} are {tuple(syn.images.shape[1:])} but the test images are "
                              f"{tuple(test.images.shape[1:])}; evaluate on the dataset the set was made from")
@@ -126,12 +116,8 @@ def _fmt(values) -> str:
 
 def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Protocol] = None, *, device=None,
              group: Optional[Group] = None, **settings) -> EvalResult:
-    """Train ``protocol.num_eval`` fresh ``model`` networks on ``syn`` and test each on ``test``.
-
-    ``protocol`` (default ``Protocol()``), with ``settings`` (its fields: ``num_eval``, ``epochs``, ``lr``,
-    ``batch_size``, ``augment``, ``method``, ``seed`` ...) over it.  With several processes (``group``,
-    default: torch.distributed's if initialised) network k is trained by process ``k % world``; every
-    process returns all the accuracies."""
+    """Train ``protocol.num_eval`` fresh ``model`` networks on ``syn`` and test each on ``test``; ``settings``
+    (``Protocol`` fields) override ``protocol``.  With several processes each trains a share, all get every result."""
     if not isinstance(syn, SyntheticSet):
         raise GradmatchError(f"evaluate: the set must be a gradmatch SyntheticSet (from condense or load_synthetic); "
                              f"got {type(syn).__name__}")
@@ -147,8 +133,7 @@ def evaluate(syn: SyntheticSet, model: str, test: Dataset, protocol: Optional[Pr
 
 def evaluate_set(syn: SyntheticSet, test: Dataset, protocol: Protocol, device=None,
                  group: Optional[Group] = None) -> List[EvalResult]:
-    """Every model of ``protocol`` trained on ``syn`` and tested on ``test``: all three trusted (checked
-    where they entered)."""
+    """Every model of ``protocol`` trained on ``syn`` and tested on ``test`` (all three checked already)."""
     if not (protocol.lr or syn.lr or protocol.lr_grid):
         raise GradmatchError(f"protocol {protocol.name} trains at the set's own learning rate, which this set does not "
                              "carry; pass --lr_net (lr= from Python)")
@@ -199,24 +184,18 @@ def _evaluate_model(syn: SyntheticSet, model: str, test: Dataset, protocol: Prot
             trials = [train_and_test(ks, lr) for lr in rates]  # DD-Ranking's grid: the rate with the best result
             return [max(per_lr, key=lambda t: t[0]) for per_lr in zip(*trials)]
 
-    indices = list(range(len(mine)))
-    if plan.method == "batched":
-        per_group = max(1, BATCHED_IMAGES // max(1, min(protocol.batch_size, len(images))))
-        chunks = [[mine[i] for i in indices[i:i + per_group]] for i in range(0, len(indices), per_group)]
-    else:
-        chunks = [[k] for k in mine]
-    if plan.method == "parallel":
-        parts = RUNNER.map(job, chunks, ("eval", model, tuple(images.shape), epochs), torch.get_num_threads())
-    else:
-        parts = [job(ks) for ks in chunks]
+    per_group = max(1, BATCHED_IMAGES // max(1, min(protocol.batch_size, len(images)))) \
+        if plan.method == "batched" else 1
+    chunks = [mine[i:i + per_group] for i in range(0, len(mine), per_group)]
+    parts = RUNNER.map(job, chunks, ("eval", model, tuple(images.shape), epochs), torch.get_num_threads()) \
+        if plan.method == "parallel" else [job(ks) for ks in chunks]
     results = group.gather([r for part in parts for r in part], protocol.num_eval)
     reported = [r[0] if protocol.report != "final" else r[1] for r in results]
     return EvalResult(model, reported, protocol, epochs, [r[1] for r in results], [r[2] for r in results])
 
 
 def protocol_space(protocol: Protocol, train: Optional[Dataset]):
-    """A function taking a set or a dataset into the space the protocol trains in: ZCA (fitted on the unnormalised
-    training images) where it asks for it, else as they are."""
+    """A function taking a set or a dataset into the space the protocol trains in (ZCA where asked)."""
     if not protocol.zca:
         return lambda x: x
     from .sets import ZCA
@@ -239,20 +218,16 @@ def _pixels(x) -> torch.Tensor:
 
 def random_real_subset(real: Dataset, ipc: int, seed: int = 0) -> SyntheticSet:
     """ipc random real images per class: the baseline every synthetic set must beat."""
-    real = check_dataset(real, "random_real_subset: real")
-    ipc = checks.whole(ipc, "random_real_subset: ipc", minimum=1)
-    seed = checks.seed(seed, "random_real_subset: seed")
-    return real_subset(real, ipc, seed)
+    what = "random_real_subset"
+    return real_subset(check_dataset(real, f"{what}: real"), checks.whole(ipc, f"{what}: ipc", minimum=1),
+                       checks.seed(seed, f"{what}: seed"))
 
 
 def real_subset(real: Dataset, ipc: int, seed: int) -> SyntheticSet:
     gen = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in range(real.num_classes):
-        idx = torch.nonzero(real.labels.cpu() == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
+    by_class = (torch.nonzero(real.labels.cpu() == c).flatten() for c in range(real.num_classes))
+    picks = [idx[torch.randperm(len(idx), generator=gen)[:ipc]] for idx in by_class]
     idx = torch.cat(picks).to(real.images.device)
     return SyntheticSet(images=real.images[idx].clone(), labels=real.labels[idx].clone(), classes=list(real.classes),
-                        mean=real.mean, std=real.std, dataset=real.name, config={"random_real_subset": True,
-                                                                                  "ipc": ipc, "seed": seed},
-                        source=real.source)
+                        mean=real.mean, std=real.std, dataset=real.name,
+                        config={"random_real_subset": True, "ipc": ipc, "seed": seed}, source=real.source)

@@ -1,33 +1,10 @@
-"""``gradmatch export RESULT.pt --to DIR``: a synthetic set as ordinary 8-bit PNGs, one folder per class,
-or (``--format hf``) as a Hugging Face ``datasets`` folder.
-
-    DIR/<class>/000.png, 001.png, ...   the images de-normalised (pixels = image * std + mean, clamped
-                                        to [0, 1]) and rounded to 8 bits; grey for 1 channel, RGB for 3
-    DIR/metadata.json                   where they came from: dataset, classes, mean/std, ipc, settings
-
-DIR reads back as gradmatch's ``folder`` dataset (``gradmatch.data.load(DIR)``, ``--dataset DIR``) with
-the same labels: the folder dataset numbers classes by their sorted folder names, so when the class
-names do not sort in label order (or are not safe as folder names: characters other than letters,
-digits and ``_.+-``, longer than 255 bytes in UTF-8, equal but for case, reserved or hidden) the folders
-are named ``<label>_<class>`` with zero-padded labels and the name cut to 255 bytes instead.  Note that
-the folder dataset normalises with the mean/std of the images it reads, not with those of the original
-dataset; both are in metadata.json.
-
-``--format hf`` writes ``datasets.Dataset.save_to_disk(DIR)`` (read it with ``datasets.load_from_disk``):
-features ``image`` (``datasets.Image()``, the same 8-bit pixels as the PNGs) and ``label``
-(``datasets.ClassLabel`` with the class names), the metadata as JSON in ``info.description``, and
-metadata.json beside it.  ``--format ddranking`` writes DD-Ranking's images.pt (class-major, normalised with
-DD-Ranking's constants for the dataset), labels.pt and lr.pt (``gradmatch.sets``), metadata.json beside them.
-
-Nothing is half-written and nothing is written through a link: the export is written into a fresh
-hidden folder inside DIR and moved into place only when every file is written (metadata.json last); on
-any failure (a full disk, a read-only folder) that folder is removed and DIR is as it was, an earlier
-export included.  ``--overwrite`` moves the earlier export's entries (as its metadata.json names them)
-and those the new one writes aside and deletes them; a symbolic link among them is removed, never
-followed.  A DIR that is itself a link is the folder it points to (the user named it).
-"""
+"""``gradmatch export RESULT.pt --to DIR``: a synthetic set as 8-bit PNGs, one folder per class (read back by the
+``folder`` dataset with the same labels), as a Hugging Face ``datasets`` folder or in DD-Ranking's layout, with
+``DIR/metadata.json``.  The export is staged in a hidden folder inside DIR and moved into place when every file is
+written, never through a link: a failure leaves DIR as it was, an earlier export included."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -35,6 +12,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
+from functools import partial
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -42,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import GradmatchError, warn
-from .results import load_torch, save_json
+from .results import load_torch, read_json_object, save_json
 from .synset import SyntheticSet
 
 FORMAT = "gradmatch-export"
@@ -55,8 +33,7 @@ METADATA = "metadata.json"
 
 
 def folder_names(classes: List[str]) -> List[str]:
-    """One folder per class, in label order, such that sorting the folder names gives label order; the
-    names are distinct even where case or Unicode normalisation is ignored, and at most 255 bytes."""
+    """Folder names that sort in label order and stay distinct where case or Unicode normalisation is ignored."""
     safe = [re.sub(r"[^\w.+-]", "_", unicodedata.normalize("NFC", c)) for c in classes]
     folded = {unicodedata.normalize("NFC", s).casefold() for s in safe}  # macOS, Windows: Cat is cat
     plain_ok = (safe == list(classes) and len(folded) == len(safe) and sorted(safe) == safe
@@ -65,12 +42,8 @@ def folder_names(classes: List[str]) -> List[str]:
     if plain_ok:
         return safe
     width = len(str(max(len(classes) - 1, 0)))  # the labels make the names distinct and ordered
-    return [f"{i:0{width}d}_{_cut(s, NAME_BYTES - width - 1)}".rstrip("_") for i, s in enumerate(safe)]
-
-
-def _cut(name: str, limit: int) -> str:
-    """``name`` cut to ``limit`` bytes of UTF-8 without splitting a character."""
-    return name.encode()[:limit].decode("utf-8", "ignore")
+    limit = NAME_BYTES - width - 1  # bytes of UTF-8 left for the name, cut without splitting a character
+    return [f"{i:0{width}d}_{s.encode()[:limit].decode('utf-8', 'ignore')}".rstrip("_") for i, s in enumerate(safe)]
 
 
 def to_uint8(syn) -> np.ndarray:
@@ -79,29 +52,23 @@ def to_uint8(syn) -> np.ndarray:
     return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _import_datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise GradmatchError("--format hf needs the Hugging Face datasets package: pip install gradmatch[hf] "
-                             "(or pip install datasets)") from None
-    return datasets
-
-
 def export(path, to, experiment: int = -1, overwrite: bool = False, format: str = "png") -> dict:
-    """Write experiment ``experiment`` of the set in ``path`` to ``to``; return the metadata written
-    (the same keys for both formats; ``files`` has one entry per image, in the set's order)."""
+    """Write experiment ``experiment`` of the set in ``path`` to ``to``; the metadata written."""
     if format not in FORMATS:
         raise GradmatchError(f"unknown export format (--format) '{format}'; choose one of: {', '.join(FORMATS)}")
-    datasets = _import_datasets() if format == "hf" else None  # before any work
+    if format == "hf":  # before any work
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise GradmatchError("--format hf needs the Hugging Face datasets package: pip install gradmatch[hf] "
+                                 "(or pip install datasets)") from None
 
     from . import __version__
 
     payload = load_torch(path, "synthetic-set file")
     syn = SyntheticSet.from_payload(payload, experiment, str(path))  # every key checked
     if syn.channel not in (1, 3):
-        raise GradmatchError(f"{path}: images have {syn.channel} channels; {format} export takes 1 (grey) or 3 "
-                             "(RGB)")
+        raise GradmatchError(f"{path}: images have {syn.channel} channels; {format} export takes 1 (grey) or 3 (RGB)")
     to, made = _folder(Path(to))
     try:
         old, extra = _earlier_export(to), _others(to)
@@ -111,23 +78,15 @@ def export(path, to, experiment: int = -1, overwrite: bool = False, format: str 
     if extra and not overwrite:
         raise _not_empty(to)
     folders = folder_names(list(syn.classes)) if format == "png" else []
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "export_format": format,
-        "source": str(Path(path).resolve()), "experiment": experiment % len(payload["data"]),
-        "dataset": syn.dataset, "classes": list(syn.classes), "folders": folders,
-        "ipc": syn.ipc, "channels": syn.channel, "image_size": list(syn.im_size),
-        "mean": list(syn.mean), "std": list(syn.std),
-        "pixels": "round(255 * clamp(image * std + mean, 0, 1)); to renormalise: (png / 255 - mean) / std",
-        "config": syn.config, "accs_all_exps": payload.get("accs_all_exps") or {}, "source_data": syn.source,
-        "gradmatch_version": payload.get("gradmatch_version") or "", "exported_by": __version__,
-    }
-    if format == "png":
-        write = _png_writer(syn, folders, meta)
-    elif format == "hf":
-        write = _hf_writer(syn, meta, datasets)
-    else:
-        write = _ddranking_writer(syn, meta)
-    _write_in_place(to, write, meta, old, overwrite, made)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "export_format": format,
+            "source": str(Path(path).resolve()), "experiment": experiment % len(payload["data"]),
+            "dataset": syn.dataset, "classes": list(syn.classes), "folders": folders, "ipc": syn.ipc,
+            "channels": syn.channel, "image_size": list(syn.im_size), "mean": list(syn.mean), "std": list(syn.std),
+            "pixels": "round(255 * clamp(image * std + mean, 0, 1)); to renormalise: (png / 255 - mean) / std",
+            "config": syn.config, "accs_all_exps": payload.get("accs_all_exps") or {}, "source_data": syn.source,
+            "gradmatch_version": payload.get("gradmatch_version") or "", "exported_by": __version__}
+    write = {"png": _write_png, "hf": _write_hf, "ddranking": _write_ddranking}[format]
+    _write_in_place(to, partial(write, syn, meta), meta, old, overwrite, made)
     if format == "png":
         replaced = {*old, *meta["written"], METADATA}
         left = [name for name in extra if name not in replaced and not name.startswith(".")]
@@ -137,60 +96,53 @@ def export(path, to, experiment: int = -1, overwrite: bool = False, format: str 
     return meta
 
 
-def _png_writer(syn, folders: List[str], meta: dict) -> Callable[[Path], None]:
-    def write(stage: Path) -> None:
-        from PIL import Image
+def _write_png(syn, meta: dict, stage: Path) -> None:
+    from PIL import Image
 
-        labels = syn.labels.tolist()
-        files, counts = [], [0] * len(folders)
-        width = max(3, len(str(max(labels.count(c) for c in range(len(folders))) - 1)))
-        for folder in sorted(set(folders[label] for label in labels)):
-            (stage / folder).mkdir()
-        for image, label in zip(to_uint8(syn), labels):
-            name = f"{folders[label]}/{counts[label]:0{width}d}.png"
-            counts[label] += 1
-            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(stage / name)
-            files.append({"file": name, "label": label})
-        meta["files"] = files
-    return write
+    folders, labels = meta["folders"], syn.labels.tolist()
+    files, counts = [], [0] * len(folders)
+    width = max(3, len(str(max(labels.count(c) for c in range(len(folders))) - 1)))
+    for folder in sorted(set(folders[label] for label in labels)):
+        (stage / folder).mkdir()
+    for image, label in zip(to_uint8(syn), labels):
+        name = f"{folders[label]}/{counts[label]:0{width}d}.png"
+        counts[label] += 1
+        Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(stage / name)
+        files.append({"file": name, "label": label})
+    meta["files"] = files
 
 
-def _ddranking_writer(syn, meta: dict) -> Callable[[Path], None]:
+def _write_ddranking(syn, meta: dict, stage: Path) -> None:
     from .sets import write_ddranking
 
     lr = syn.lr or syn.config.get("lr_net") or 0.01  # the rate its networks trained at (the seed's default)
-
-    def write(stage: Path) -> None:
-        meta["files"] = [{"file": name} for name in write_ddranking(syn, stage, lr)]
-        meta["lr"] = lr
-    return write
+    meta["files"] = [{"file": name} for name in write_ddranking(syn, stage, lr)]
+    meta["lr"] = lr
 
 
-def _hf_writer(syn, meta: dict, datasets) -> Callable[[Path], None]:
-    def write(stage: Path) -> None:
-        features = datasets.Features({"image": datasets.Image(),
-                                      "label": datasets.ClassLabel(names=list(syn.classes))})
-        described = {k: v for k, v in meta.items() if k not in ("files", "written", "folders")}
-        info = datasets.DatasetInfo(description=json.dumps(described, default=str), features=features)
-        images = [image[..., 0] if image.shape[2] == 1 else image for image in to_uint8(syn)]
-        labels = syn.labels.tolist()
-        table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, info=info)
-        quiet = datasets.are_progress_bars_disabled()
-        datasets.disable_progress_bars()  # the CLI prints one line
-        try:
-            table.save_to_disk(str(stage), num_shards=1)
-        finally:
-            if not quiet:
-                datasets.enable_progress_bars()
-        shard = "data-00000-of-00001.arrow"
-        meta["files"] = [{"file": shard, "row": row, "label": label} for row, label in enumerate(labels)]
-    return write
+def _write_hf(syn, meta: dict, stage: Path) -> None:
+    import datasets  # there: export() checked
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(syn.classes))})
+    described = {k: v for k, v in meta.items() if k not in ("files", "written", "folders")}
+    info = datasets.DatasetInfo(description=json.dumps(described, default=str), features=features)
+    images = [image[..., 0] if image.shape[2] == 1 else image for image in to_uint8(syn)]
+    labels = syn.labels.tolist()
+    table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, info=info)
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # the CLI prints one line
+    try:
+        table.save_to_disk(str(stage), num_shards=1)
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+    meta["files"] = [{"file": "data-00000-of-00001.arrow", "row": row, "label": label}
+                     for row, label in enumerate(labels)]
 
 
 # ---- writing safely -------------------------------------------------------------------------------------
 def _folder(to: Path) -> tuple:
-    """The folder to export into (a link named by --to is followed) and the folders made for it, which a
-    failure removes again."""
+    """The folder to export into (a link named by --to is followed) and the folders made for it."""
     if "\0" in str(to):
         raise GradmatchError(f"--to {str(to)!r} holds a NUL character, which no folder name can; fix the path")
     if to.is_symlink():
@@ -215,28 +167,19 @@ def _folder(to: Path) -> tuple:
 
 def _remove_made(made: List[Path]) -> None:
     for folder in reversed(made):
-        try:
+        with contextlib.suppress(OSError):  # not made after all, or not empty: leave it
             folder.rmdir()
-        except OSError:  # not made after all, or not empty: leave it
-            continue
 
 
 def _is_ours(entry: Path) -> bool:
-    """A folder a killed export left (staging or replaced entries): hidden, never read, cleared by
-    --overwrite."""
+    """A folder a killed export left: hidden, never read, cleared by --overwrite."""
     return entry.name.startswith((STAGING, REPLACED)) and entry.is_dir() and not entry.is_symlink()
 
 
 def _earlier_export(to: Path) -> List[str]:
     """The entries an earlier export wrote in ``to`` (its metadata.json names them), names only."""
-    path = to / METADATA
-    if path.is_symlink() or not path.is_file():
-        return []
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = {} if (to / METADATA).is_symlink() else read_json_object(to / METADATA)
+    if meta.get("format") != FORMAT:
         return []
     names = meta.get("written") or meta.get("folders") or []
     return [n for n in names if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n
@@ -255,8 +198,7 @@ def _not_empty(to: Path) -> GradmatchError:
 
 def _write_in_place(to: Path, write: Callable[[Path], None], meta: dict, old: List[str], overwrite: bool,
                     made: List[Path]) -> None:
-    """``write`` into a fresh hidden folder inside ``to``, then swap its entries in (metadata.json
-    last); on any failure remove what was written and leave ``to`` as it was."""
+    """``write`` into a hidden folder inside ``to``, then swap it in; a failure leaves ``to`` as it was."""
     stage = None
     try:
         stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=to))
@@ -275,9 +217,8 @@ def _write_in_place(to: Path, write: Callable[[Path], None], meta: dict, old: Li
 
 
 def _swap_in(to: Path, stage: Path, names: List[str], old: List[str], overwrite: bool) -> None:
-    """Move the earlier export's entries and any entry in the way aside (links are moved, not
-    followed), move the new ones in, metadata.json last; then delete the old.  A failure moves
-    everything back."""
+    """Move the earlier export's entries and any in the way aside (links are moved, not followed), the new ones
+    in, metadata.json last; then delete the old.  A failure moves everything back."""
     if not overwrite and _others(to):  # written to meanwhile
         raise _not_empty(to)
     aside = Path(tempfile.mkdtemp(prefix=REPLACED, dir=to))
@@ -308,10 +249,9 @@ def _swap_in(to: Path, stage: Path, names: List[str], old: List[str], overwrite:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-_ADVICE = {errno.ENOSPC: "free some space or choose a --to on another disk",
-           errno.EDQUOT: "free some space or choose a --to on another disk",
-           errno.EROFS: "choose a --to you can write to", errno.EACCES: "choose a --to you can write to",
-           errno.EPERM: "choose a --to you can write to", errno.ENAMETOOLONG: "choose a shorter --to"}
+_ADVICE = {**dict.fromkeys((errno.ENOSPC, errno.EDQUOT), "free some space or choose a --to on another disk"),
+           **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), "choose a --to you can write to"),
+           errno.ENAMETOOLONG: "choose a shorter --to"}
 
 
 def _write_error(to: Path, err: OSError, old: Optional[List[str]]) -> GradmatchError:

@@ -1,17 +1,9 @@
-"""How a run's arithmetic is done, decided once, before any work: the capability record.
-
-``make_plan`` answers every "can this be batched" question of a run in one place: which matching
-engine runs (``batched`` where it can serve the network and the class sizes, else ``fast``), how many
-experiments advance together, whether their training is one vmapped pass, and whether the training
-epoch is captured as a CUDA graph.  None of it changes what is computed, only how; the run's log
-holds the record (``Plan.record``) and its notes are said once as warnings.
-
-``groups`` is the one grouping planner: the run layer and the Python API both take experiments in
-the groups it makes.
+"""How a run's arithmetic is done, decided once before any work: the matching engine, how many experiments
+advance together, vmapped training, CUDA graphs.  None of it changes what is computed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
@@ -39,15 +31,12 @@ class Plan:
     notes: Tuple[str, ...] = ()
 
     def record(self) -> Dict[str, object]:
-        return {"engine": self.engine, "together": self.together, "stacked_training": self.stacked_training,
-                "capture": self.capture, "notes": list(self.notes)}
+        return {**asdict(self), "notes": list(self.notes)}
 
 
 def make_plan(cfg: CondenseConfig, real: Dataset, device: torch.device, group: Group,
               experiments: str = "auto") -> Plan:
-    """The plan of a run of ``cfg`` (resolved) on ``real``: ``experiments`` as ``--experiments``.  Until
-    a GPU measurement shows experiments advanced together faster than one by one, ``auto`` runs
-    them one by one (on this project's CPU they were measured slower)."""
+    """The plan of a run of ``cfg`` (resolved) on ``real``; ``experiments`` as ``--experiments``."""
     probe = fresh_network(cfg.model, real.channel, real.num_classes, real.im_size, seed=0)
     if has_batchnorm(probe):
         probe.eval()  # matching runs with frozen batch-norm statistics
@@ -67,9 +56,8 @@ def make_plan(cfg: CondenseConfig, real: Dataset, device: torch.device, group: G
                      "run one after another (same numbers)")
     elif experiments == "batched":
         together = max(1, SYNTHETIC_IMAGES_TOGETHER // (real.num_classes * cfg.ipc))
-    stateless = not any(True for _ in probe.buffers())
     return Plan(engine=engine, together=together,
-                stacked_training=together > 1 and engine == "batched" and stateless,
+                stacked_training=together > 1 and engine == "batched" and not any(True for _ in probe.buffers()),
                 capture=torch.device(device).type == "cuda" and not cfg.dsa, notes=tuple(notes))
 
 
@@ -80,20 +68,16 @@ class EvalPlan:
 
 
 def eval_plan(method: str, model: str, shape, device: torch.device, augmented: bool) -> EvalPlan:
-    """How the evaluation networks of ``model`` train: ``auto`` is parallel on CPU and batched elsewhere;
-    a network with running state (batch norm) cannot be stacked and runs in parallel instead; epochs are
-    captured on a GPU unless augmentation draws on the host every batch."""
-    on_cpu = torch.device(device).type == "cpu"
+    """How the evaluation networks of ``model`` train: batch norm cannot be stacked."""
     if method == "auto":
-        method = "parallel" if on_cpu else "batched"
+        method = "parallel" if torch.device(device).type == "cpu" else "batched"
     if method == "batched" and has_batchnorm(fresh_network(model, *shape, seed=0)):
         method = "parallel"
     return EvalPlan(method, capture=torch.device(device).type == "cuda" and not augmented)
 
 
 def groups(experiments: Sequence[int], start_of: Callable[[int], int], together: int) -> List[List[int]]:
-    """``experiments`` in the order given, cut into groups of consecutive numbers that start from the
-    same iteration (``start_of``), at most ``together`` each."""
+    """``experiments`` cut into groups of at most ``together`` consecutive ones from one start."""
     out: List[List[int]] = []
     for e in experiments:
         last = out[-1] if out else None

@@ -1,29 +1,18 @@
-"""Pictures: the synthetic images as a grid (one row per class) and the curves of a run.
-
-``gradmatch plot RUN_DIR`` (``plot_run``) writes into the run folder:
-  curves.png          left: the matching loss per iteration (raw, and a running mean when long);
-                      right: test accuracy (mean +- std over the evaluated networks) at each
-                      evaluation point, one line per model and experiment, chance level dashed.
-  grid.png            the final synthetic set (the last experiment's), de-normalised and clamped to
-                      [0, 1], one row per class labelled with its class name, one column per image.
-  grid_expE.png       the same for every experiment E when the run has more than one.
-Every PNG is written atomically (temporary file, then rename).
-"""
+"""Pictures: the synthetic images as a grid (one row per class) and a run's curves (``gradmatch plot RUN_DIR``)."""
 from __future__ import annotations
 
 import functools
 import io
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .synset import SyntheticSet
-from .errors import GradmatchError, warn
 from . import checks
-from .results import atomic_write, read_log
+from .errors import GradmatchError, warn
+from .results import atomic_write, load_synthetic, load_torch, read_json_object, read_log
 from .rundir import RunFiles
+from .synset import SyntheticSet
 
 CURVES_SIZE = (10.0, 4.0)   # inches; at DPI this is 1000 x 400 pixels
 DPI = 100
@@ -32,10 +21,8 @@ DRAWABLE = 1e100            # values beyond are left out of a curve (and said)
 
 
 def image_grid(syn: SyntheticSet, min_cell: int = 32) -> np.ndarray:
-    """uint8 H x W x C array: row c holds the ipc images of class c, de-normalised and clamped,
-    each upscaled (nearest) to at least ``min_cell`` pixels so tiny images stay visible; 2 pixels of
-    mid grey between images (white or black would hide the edge of a saturated image).
-    Size: (K * (h*z + 2) + 2) x (ipc * (w*z + 2) + 2) for zoom z."""
+    """uint8 H x W x C: row c holds the images of class c, de-normalised, each upscaled (nearest) to at least
+    ``min_cell`` pixels; mid grey between them (white or black would hide the edge of a saturated image)."""
     images = syn.denormalised().numpy()                    # N, C, h, w in [0, 1]
     n, c, h, w = images.shape
     ipc = max(n // max(syn.num_classes, 1), 1)
@@ -52,7 +39,7 @@ def image_grid(syn: SyntheticSet, min_cell: int = 32) -> np.ndarray:
 
 
 def save_image_grid(syn: SyntheticSet, path) -> Path:
-    """The bare grid (no labels) as a PNG of exactly ``image_grid``'s size: grey for one channel."""
+    """The bare grid (no labels) as a PNG of exactly ``image_grid``'s size."""
     from PIL import Image
 
     grid = image_grid(syn)
@@ -91,9 +78,7 @@ def _save_figure(plt, fig, path) -> Path:
 
 
 def labelled_grid_size(syn: SyntheticSet) -> tuple[float, float]:
-    """Figure size (inches) of ``save_labelled_grid``: 0.55 in per class row up to 20 classes, 0.3 in
-    beyond (at least 2 in tall), the grid's aspect kept, plus room for the class names and title;
-    at least 4 in wide."""
+    """Figure size (inches) of ``save_labelled_grid``: a row per class, the grid's aspect kept, room for names."""
     grid_h, grid_w = image_grid(syn).shape[:2]
     rows = max(syn.num_classes, 1)
     fig_h = max(2.0, (0.55 if rows <= 20 else 0.3) * rows + 1.0)
@@ -108,8 +93,7 @@ def save_labelled_grid(syn: SyntheticSet, path, title: str = "") -> Path:
     grid = image_grid(syn)
     rows, ipc = syn.num_classes, max(syn.ipc, 1)
     fig, ax = plt.subplots(figsize=labelled_grid_size(syn), dpi=DPI)
-    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-              interpolation="nearest")
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     cell_h, cell_w = (grid.shape[0] - 2) / rows, (grid.shape[1] - 2) / ipc
     fontsize = 9 if rows <= 20 else 7
     ax.set_yticks([1 + cell_h * (r + 0.5) for r in range(rows)], [str(n) for n in syn.classes], fontsize=fontsize)
@@ -127,22 +111,17 @@ def save_labelled_grid(syn: SyntheticSet, path, title: str = "") -> Path:
 
 
 def _running_mean(values: list[float], window: int) -> np.ndarray:
-    v = np.asarray(values, dtype=np.float64)
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    out = np.empty_like(v)
-    for i in range(len(v)):  # trailing window, shorter at the start
-        lo = max(0, i + 1 - window)
-        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
-    return out
+    c = np.cumsum(np.insert(np.asarray(values, dtype=np.float64), 0, 0.0))
+    end = np.arange(1, len(values) + 1)
+    start = np.maximum(0, end - window)  # a trailing window, shorter at the start
+    return (c[end] - c[start]) / (end - start)
 
 
 @_plain_text
 def save_curves(log_path, path, title: str = "", iterations: int | None = None,
                 chance: float | None = None) -> Path | None:
-    """Matching loss per iteration and accuracy at each evaluation point, from a run's log.
-
-    ``iterations`` fixes both x axes at [0, iterations]; ``chance`` (a fraction) draws the accuracy
-    of guessing.  Returns None when the log has nothing to draw."""
+    """Matching loss per iteration and accuracy at each evaluation point, from a run's log; ``iterations`` fixes
+    the x axes, ``chance`` (a fraction) draws guessing's accuracy.  None when the log has nothing to draw."""
     from matplotlib.ticker import MaxNLocator
 
     records = read_log(log_path)
@@ -164,8 +143,7 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=CURVES_SIZE, dpi=DPI)
     experiments = sorted({e for e, _, _ in losses})
     for exp in experiments:
-        its = [it for e, it, _ in losses if e == exp]
-        vals = [v for e, _, v in losses if e == exp]
+        its, vals = zip(*[(it, v) for e, it, v in losses if e == exp])
         label = f"experiment {exp}" if len(experiments) > 1 else "loss"
         if len(vals) > 50:
             line, = ax_loss.plot(its, vals, lw=0.6, alpha=0.35)
@@ -174,9 +152,7 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
                          label=f"{label}, mean of {window}")
         else:
             ax_loss.plot(its, vals, lw=1.2, marker="." if len(vals) <= 20 else None, label=label)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("matching loss (per class and outer step)")
-    ax_loss.set_title("matching loss")
+    ax_loss.set(xlabel="iteration", ylabel="matching loss (per class and outer step)", title="matching loss")
     if losses:
         ax_loss.legend(fontsize=8)
     else:
@@ -192,10 +168,7 @@ def save_curves(log_path, path, title: str = "", iterations: int | None = None,
                         xytext=(-6, 7), ha="right", fontsize=8)
     if chance is not None:
         ax_acc.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.0f}%)")
-    ax_acc.set_xlabel("iteration")
-    ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.set_title("accuracy at evaluation points")
-    ax_acc.set_ylim(0, 100)
+    ax_acc.set(xlabel="iteration", ylabel="test accuracy (%)", title="accuracy at evaluation points", ylim=(0, 100))
     if evals or chance is not None:
         ax_acc.legend(fontsize=8, loc="upper left")
     if not evals:
@@ -216,17 +189,8 @@ def _drawable(value) -> bool:
     return checks.is_number(value) and math.isfinite(value) and abs(value) <= DRAWABLE
 
 
-def _run_config(files: RunFiles) -> dict:
-    try:
-        config = json.loads(files.config.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
 def _one_run(folder: Path) -> RunFiles:
-    """``folder`` itself if it is a run's folder; else, given a --save_path holding exactly one run, that run
-    (several: GradmatchError listing them)."""
+    """``folder`` itself if it is a run's folder; else the one run of a --save_path."""
     if RunFiles(folder).exists():
         return RunFiles(folder)
     runs = sorted(p for p in folder.iterdir() if p.is_dir() and RunFiles(p).exists())
@@ -236,10 +200,7 @@ def _one_run(folder: Path) -> RunFiles:
 
 
 def plot_run(run_dir) -> list[Path]:
-    """Draw curves.png and grid.png (the latest synthetic set, labelled) into ``run_dir``; with more than one
-    finished experiment, grid_expE.png for each as well."""
-    from .results import load_synthetic, load_torch
-
+    """Draw curves.png, grid.png and (several experiments) grid_expE.png into ``run_dir``."""
     run_dir = Path(run_dir)
     if "\0" in str(run_dir):
         raise GradmatchError(f"run folder {str(run_dir)!r} holds a NUL character, which no folder name can; fix the "
@@ -247,8 +208,8 @@ def plot_run(run_dir) -> list[Path]:
     if not run_dir.is_dir():
         raise GradmatchError(f"run folder not found: {run_dir}")
     files = _one_run(run_dir)
-    config = _run_config(files)
-    condense = config.get("condense") if isinstance(config.get("condense"), dict) else {}
+    condense = read_json_object(files.config).get("condense")
+    condense = condense if isinstance(condense, dict) else {}
     iterations = condense.get("iterations") if checks.is_whole(condense.get("iterations")) and \
         0 <= condense["iterations"] < 2**53 else None  # a damaged config.json: the axes from the log
     sets: list[tuple[str, SyntheticSet]] = []

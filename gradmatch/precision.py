@@ -1,14 +1,7 @@
-"""Arithmetic precision: what ``--precision`` changes.
-
-* ``fp32`` (default): PyTorch's defaults.  On NVIDIA GPUs that already means cuDNN convolutions in
-  TF32 (``torch.backends.cudnn.allow_tf32`` is True by default) and matmuls in full fp32
-  (``torch.backends.cuda.matmul.allow_tf32`` is False by default); on CPU everything is fp32.
-* ``tf32``: TF32 for the matmuls too (GPUs with tensor cores; the CPU ignores it), in every
-  condensation step (matching and inner training); the evaluation keeps PyTorch's defaults.
-* ``bf16``: the real-gradient targets under bf16 autocast on the tensors' device (GPUs, and CPUs with
-  bf16 units); the synthetic side, which is differentiated twice, stays fp32.
-* ``bf16-sim``: the rounding of ``bf16`` computed in fp32, to measure bf16's accuracy cost on CPUs
-  without bf16 arithmetic (``SimulatedBF16``).
+"""Arithmetic precision: what ``--precision`` changes.  ``fp32`` (default): PyTorch's defaults (on NVIDIA GPUs
+cuDNN convolutions already in TF32, matmuls fp32); ``tf32``: TF32 matmuls too, in every condensation step;
+``bf16``: the real-gradient targets under bf16 autocast (the twice-differentiated synthetic side stays fp32);
+``bf16-sim``: bf16's rounding computed in fp32, to measure its accuracy cost on CPUs without bf16 units.
 """
 from __future__ import annotations
 
@@ -30,7 +23,7 @@ def check_precision(precision: str) -> str:
 
 
 class _RoundBF16(torch.autograd.Function):
-    """Round to bf16 and back (forward), and the gradient too (backward), as a bf16 tensor would."""
+    """Round to bf16 and back, and the gradient too, as a bf16 tensor would."""
 
     generate_vmap_rule = True  # so that the batched engine (torch.func) can use it
 
@@ -53,17 +46,13 @@ _BF16_OPS = {"conv1d", "conv2d", "conv3d", "linear", "group_norm", "layer_norm",
 
 
 def _round_tree(x):
-    if isinstance(x, Tensor) and x.is_floating_point():
-        return _RoundBF16.apply(x)
     if isinstance(x, (list, tuple)):
         return type(x)(_round_tree(v) for v in x)
-    return x
+    return _RoundBF16.apply(x) if isinstance(x, Tensor) and x.is_floating_point() else x
 
 
 class SimulatedBF16(TorchFunctionMode):
-    """Emulates bf16 autocast on CPUs without bf16 arithmetic: the inputs, parameters and outputs of
-    every layer op (and their gradients) are rounded to bf16, the arithmetic stays fp32 (as bf16
-    kernels accumulate in fp32)."""
+    """Emulates bf16 autocast: every layer op's inputs, outputs and gradients rounded, arithmetic fp32."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -77,15 +66,12 @@ def target_context(precision: str, device):
     check_precision(precision)
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    if precision == "bf16-sim":
-        return SimulatedBF16()
-    return nullcontext()
+    return SimulatedBF16() if precision == "bf16-sim" else nullcontext()
 
 
 @contextmanager
 def run_context(precision: str):
-    """The settings around a condensation step: TF32 matmuls (and convolutions) for ``tf32``
-    (process-wide flags, restored after)."""
+    """Around a condensation step: TF32 matmuls and convolutions for ``tf32`` (process-wide flags, restored)."""
     check_precision(precision)
     if precision != "tf32":
         yield

@@ -1,6 +1,5 @@
-"""How a set is evaluated: a ``Protocol`` is every setting of the evaluation resolved, and a named
-protocol is one entry of ``PROTOCOLS`` (``gradmatch protocols`` lists them).  A set and its random-real
-baseline are given the same object, so they are trained the same way by construction."""
+"""How a set is evaluated: a ``Protocol`` is every setting of the evaluation, a named one an entry of ``PROTOCOLS``.
+A set and its random-real baseline are given the same object, so they are trained the same way by construction."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -26,22 +25,14 @@ def _models(value, what: str) -> tuple:
     return tuple(value)
 
 
-def _fractions(value, what: str) -> tuple:
-    return tuple(checks.number(v, what, minimum=0, below=1.0000001) for v in value)
-
-
-def _rates(value, what: str) -> tuple:
-    return tuple(checks.learning_rate(v, what) for v in value)
-
-
-def _strategy(value, what: str) -> str:
-    return check_strategy(checks.text(value, what))
+def _each(check):
+    return lambda value, what: tuple(check(v, what) for v in value)
 
 
 @declared("protocol")
 class Protocol(Settings):
-    """Every setting of an evaluation; ``flag``: the seed's flag that overrides it where given (never a flag
-    of its own: the seed trains its evaluation networks with the condensation's --lr_net and --batch_train)."""
+    """Every setting of an evaluation; ``flag``: the seed's flag that overrides it where given (the seed trains its
+    evaluation networks with the condensation's --lr_net and --batch_train: no flags of their own)."""
     name: str = setting("dc", "the named protocol it follows", check=checks.text)
     models: tuple = setting(("ConvNet",), "the evaluated architectures", check=_models)
     num_eval: int = setting(20, "networks per model", check=partial(checks.whole, minimum=1), flag="num_eval")
@@ -49,14 +40,17 @@ class Protocol(Settings):
                                     check=partial(checks.whole, minimum=1), flag="epoch_eval_train")
     lr: Optional[float] = setting(0.01, "SGD learning rate (None: the set's own learned rate)",
                                   check=checks.learning_rate, flag="lr_net")
-    lr_grid: tuple = setting((), "rates to choose from by test accuracy where the set carries none", check=_rates)
+    lr_grid: tuple = setting((), "rates to choose from by test accuracy where the set carries none",
+                             check=_each(checks.learning_rate))
     batch_size: int = setting(256, "batch size", check=partial(checks.whole, minimum=1), flag="batch_train")
     momentum: float = setting(0.9, "SGD momentum", check=partial(checks.number, minimum=0))
     weight_decay: float = setting(5e-4, "SGD weight decay", check=partial(checks.number, minimum=0))
-    milestones: tuple = setting((0.5,), "the lr drops, as fractions of the epochs", check=_fractions)
+    milestones: tuple = setting((0.5,), "the lr drops, as fractions of the epochs",
+                                check=_each(partial(checks.number, minimum=0, below=1.0000001)))
     gamma: float = setting(0.1, "the lr's factor at each drop", check=partial(checks.number, minimum=0))
     augment: str = setting("auto", "auto (DC's choice by dataset and model), none, crop_scale_rotate, crop_noise, "
-                           "dsa[:ops]", check=_strategy, flag="augment")
+                           "dsa[:ops]", check=lambda value, what: check_strategy(checks.text(value, what)),
+                           flag="augment")
     cutmix: float = setting(0.0, "the probability of CutMix per batch (the loss mixed by area)",
                             check=partial(checks.number, minimum=0, below=1.0000001))
     zca: bool = setting(False, "ZCA whitening fitted on the training images")
@@ -86,7 +80,6 @@ class Protocol(Settings):
         return AUGMENTED_EPOCHS if strategy not in (None, "none") else DEFAULT_EPOCHS
 
     def which(self) -> str:
-        """Which accuracy a result is, in words."""
         if self.report == "final":
             return "final epoch"
         every = f"every {self.test_every} epochs" if self.test_every else f"{self.test_checks} checks" \
@@ -107,9 +100,8 @@ PROTOCOLS = {p.name: p for p in (
 )}
 
 def resolve(name: str, given: dict, **fixed) -> Protocol:
-    """Protocol ``name`` with the ``given`` flags (by setting name, None: not given) that override it, each
-    recorded in ``overrides`` where it changes the protocol (every result says them), and ``fixed`` (models,
-    seed, augment) set."""
+    """Protocol ``name`` with the ``given`` flags (None: not given) over it, each recorded in ``overrides`` where it
+    changes the protocol, and ``fixed`` (models, seed, augment) set."""
     base = PROTOCOLS[name]
     flags = {f.metadata["flag"]: f.name for f in fields(Protocol) if f.metadata.get("flag")}
     changes = {flags[k]: v for k, v in given.items() if k in flags and v is not None}

@@ -1,24 +1,8 @@
-"""``gradmatch reproduce PRESET``: the seed README's tables as data, run row by row in this process.
-
-A preset is a list of rows, each a handful of settings over the run's base (``--dataset``, ``--ipc``,
-``--model`` ...): exactly the seed's commands (``python multi-level.py --dataset CIFAR10 --ipc 10
---dis_metric improved --adaptive_step``, rendered by ``config.to_argv``), plus a row of random real
-images of the same size evaluated by the same protocol.  ``--scale`` adds only the run length
-(``--Iteration``, ``--num_exp``, ``--num_eval``, ``--epoch_eval_train``).  Every row is a
-``gradmatch.run.Run`` in this process, saving under its own folder of ``--save_path``; a row whose
-result file exists is reused, an unfinished one continues with ``--resume``.  The table (``table.md``)
-compares each mean with the published one where SPEC section 9 has it: within ``max(2 x published std,
-1.0)`` points is "within tolerance" (1.0 where no std is published).
-
-Files under ``<save_path>`` (default ``result/reproduce/<preset>_<dataset>_<ipc>ipc_<scale>``):
-  <row>/           the row's run (``<name>.pt``, ``<name>.json``, ``<name>/`` with log and grids)
-  <row>/row.json   the command run and its wall time (written when the row finishes)
-  random_real/result.json
-  grids/<row>.png  each row's last image grid
-  table.md
-"""
+"""``gradmatch reproduce PRESET``: the seed README's tables as data, each row one of the seed's commands (plus random
+real images) run in this process and reused once finished; ``table.md`` compares each mean with the published."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .config import RunConfig, apply, declarations, flag_name, flatten, to_argv
 from .data import DataConfig
 from .errors import GradmatchError, Interrupted, unknown_name
+from .results import atomic_write, read_json_object, save_json
 
 RANDOM = "random real"
 
@@ -115,11 +100,7 @@ def verdict(mean: Optional[float], published: Optional[Tuple[float, Optional[flo
     if mean is None:
         return "not measured"
     tol = tolerance(published[1])
-    if mean < published[0] - tol:
-        return "below"
-    if mean > published[0] + tol:
-        return "above"
-    return "within tolerance"
+    return "below" if mean < published[0] - tol else "above" if mean > published[0] + tol else "within tolerance"
 
 
 def _canonical(dataset: str) -> str:
@@ -157,23 +138,13 @@ def default_save_path(preset: str, dataset: str, ipc: int, scale: str) -> Path:
     return Path("result") / "reproduce" / f"{preset}_{Path(dataset).name}_{ipc}ipc_{scale}"
 
 
-def rows_of(preset: str) -> List[Row]:
-    if preset not in PRESET_ROWS:
-        raise unknown_name("preset", preset, PRESET_ROWS)
-    return PRESET_ROWS[preset]
-
-
 def machine(device: Optional[str]) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
     where = f"{os.cpu_count()}-core {cpu} CPU"
     if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
         where = f"{torch.cuda.get_device_name(torch.device(device or 'cuda'))} GPU, {where}"
@@ -201,11 +172,12 @@ class Measured:
 
 
 class Reproduction:
-    """``preset`` on ``base`` (the run settings every row shares: dataset, ipc, model, data_path,
-    device ...; ``base.save_path`` is where the rows go)."""
+    """``preset`` on ``base``, the run settings every row shares (``base.save_path``: where the rows go)."""
 
     def __init__(self, preset: str, base: Optional[RunConfig] = None, scale: str = "cpu", resume: bool = False):
-        self.rows = rows_of(preset)
+        if preset not in PRESET_ROWS:
+            raise unknown_name("preset", preset, PRESET_ROWS)
+        self.rows = PRESET_ROWS[preset]
         scale_flags(scale)
         self.preset, self.scale, self.resume = preset, scale, resume
         self.base = base or RunConfig()
@@ -215,8 +187,7 @@ class Reproduction:
         self.save = Path(self.base.save_path)
 
     def seed_config(self, row: Row) -> RunConfig:
-        """The row's run as the seed command names it: the base's data (not where it lies), ipc, model and
-        protocol, the row's settings; no scale, no paths."""
+        """The row's run as the seed command names it: the base's data (not where it lies), no scale, no paths."""
         settings = dict(row.settings)
         if is_digits(self.dataset) and settings.get("eval_mode") == "M":
             settings["eval_mode"] = DIGITS_POOL
@@ -256,17 +227,13 @@ class Reproduction:
 
     # running
     def run(self) -> List[Measured]:
-        """Run (or reuse) every row and write the table."""
-        from .results import atomic_write
-
         try:
             self.save.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise GradmatchError(f"cannot create {self.save} ({err.strerror or err}); choose another --save_path") \
-                from None
-        measured = []
-        for row in self.rows:
-            measured += self._random_row(row) if row.settings is None else self._seed_row(row)
+            raise GradmatchError(f"cannot create {self.save} ({err.strerror or err}); choose another "
+                                 "--save_path") from None
+        measured = [m for row in self.rows
+                    for m in (self._random_row(row) if row.settings is None else self._seed_row(row))]
         table = self.table(measured)
         atomic_write(self.save / "table.md", table.encode())
         print(table)
@@ -278,7 +245,7 @@ class Reproduction:
 
         config = self.config(row)
         files = RunFiles(config.run_dir)
-        info = _read_json(files.dir.parent / "row.json", required=False) or {}
+        info = read_json_object(files.dir.parent / "row.json")
         if not files.json.is_file() or config.overwrite:
             resume = files.checkpoint.is_file() and not config.overwrite
             if resume and not self.resume:
@@ -294,7 +261,7 @@ class Reproduction:
                 raise GradmatchError(f"row '{row.label}' stopped: {err}; the finished rows are kept in {self.save}: "
                                      "run the same command again after fixing it") from None
             info = {"command": self.command(row), "seconds": time.perf_counter() - start, "resumed": resume}
-            _write_json(files.dir.parent / "row.json", info)
+            save_json(info, files.dir.parent / "row.json")
         else:
             print(f"== {row.label}: reusing {files.json}", file=sys.stderr, flush=True)
         result = _read_json(files.json)
@@ -314,23 +281,20 @@ class Reproduction:
     def _copy_grid(self, row: Row, grids: Sequence[Path]) -> Optional[str]:
         if not grids:
             return None
-        from .results import atomic_write
-
         target = self.save / "grids" / f"{row.slug}.png"
         atomic_write(target, grids[-1].read_bytes())
         return str(target.relative_to(self.save))
 
     def _random_row(self, row: Row) -> List[Measured]:
-        """The random real subset: one subset per experiment (seed e), each evaluated as the rows' sets
-        are (the same protocol: models, networks, epochs, augmentation and the seeds' rule), pooled."""
+        """One random real subset per experiment (seed e), each evaluated as the rows' sets are, pooled."""
         config = self.protocol_config()
         out_file = self.save / row.slug / "result.json"
         if not out_file.is_file() or config.overwrite:
             print(f"== {row.label}: {self.command(row)}", file=sys.stderr, flush=True)
             start = time.perf_counter()
             summary = self._evaluate_random(row, config)
-            _write_json(out_file, {"command": self.command(row), "summary": summary,
-                                   "seconds": time.perf_counter() - start, "ipc": self.ipc})
+            save_json({"command": self.command(row), "summary": summary, "seconds": time.perf_counter() - start,
+                       "ipc": self.ipc}, out_file)
         result = _read_json(out_file)
         summary = result.get("summary")
         if not isinstance(summary, dict) or not all(_summary_ok(s) for s in summary.values()):
@@ -402,27 +366,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _write_json(path: Path, obj) -> None:
-    from .results import save_json
-
-    save_json(obj, path)
-
-
-def _read_json(path: Path, required: bool = True) -> Optional[dict]:
-    """A result file read by name and checked: one line if it is unreadable or not a JSON object."""
+def _read_json(path: Path) -> dict:
+    """A result file read and checked: one line if it is missing, unreadable or not a JSON object."""
     if not path.is_file():
-        if required:
-            raise GradmatchError(f"{path} is missing; run the row again (pass --overwrite)")
-        return None
+        raise GradmatchError(f"{path} is missing; run the row again (pass --overwrite)")
     try:
         obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        if not required:
-            return None
         raise GradmatchError(f"{path} is not readable JSON ({type(err).__name__}); delete it and run the row "
                              "again") from None
     if not isinstance(obj, dict):
-        if not required:
-            return None
         raise GradmatchError(f"{path} is not a JSON object; delete it and run the row again")
     return obj

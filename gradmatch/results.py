@@ -1,10 +1,8 @@
-"""Results on disk: the DC-compatible .pt, JSON results and the JSON-lines log (checkpoints: ``runstate``).
-
-Every file is written to a temporary name in the same folder and renamed into place, so a crash
-(even SIGKILL) never leaves a half-written file nor damages the previous version.
-"""
+"""Results on disk: the DC-compatible .pt, JSON and the JSON-lines log, each written to a temporary name and
+renamed into place, so a crash (even SIGKILL) never leaves a half-written file nor damages the previous one."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -19,21 +17,15 @@ from typing import Any
 
 import torch
 
-from .synset import SET_FORMAT_VERSION, SyntheticSet  # the format's version lives beside its reader
 from .errors import GradmatchError
+from .synset import SET_FORMAT_VERSION, SyntheticSet  # the format's version lives beside its reader
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once: setting it is process-wide, not safe to repeat beside threads
+_UMASK = os.umask(0)  # read once (setting it is process-wide, not safe to repeat beside threads), then restored
+os.umask(_UMASK)
 
 
 def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsynced, then renamed
-    over ``path``: readers see the old file or the new one, never a part of either."""
+    """Through a fsynced temporary file renamed over ``path``: readers see the old file or the new, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -48,21 +40,12 @@ def atomic_write(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # the rename made durable (POSIX), where folders can be opened
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_torch(obj: Any, path) -> None:
@@ -75,21 +58,22 @@ def save_json(obj: Any, path) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
+def read_json_object(path) -> dict:
+    """The JSON object in ``path``; {} where it is not a regular file, unreadable or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 class NeedsCode(GradmatchError):
     """A file that only unpickling arbitrary Python objects (running code) could read."""
 
 
-def needs_code_message(path, what: str, hint: str) -> str:
-    return (f"{what} {path} holds Python objects other than tensors and plain data; gradmatch reads such "
-            f"files only with weights_only (no code runs when reading); {hint}")
-
-
 def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/lists/dicts") -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain data (dict, list, tuple, str, int,
-    float, bool, None) only, so reading a file never runs code from it.  GradmatchError (one line) for
-    a missing, unreadable, truncated, corrupt or foreign file, and ``NeedsCode`` for a well-formed
-    pickle that names Python objects weights_only refuses (told apart by reading the pickle's opcodes
-    with pickletools, which runs nothing)."""
+    """``torch.load`` with ``weights_only=True``, so reading a file never runs code from it; one line for a
+    missing, unreadable or corrupt file, and ``NeedsCode`` for a well-formed pickle that names Python objects."""
     if not isinstance(path, (str, os.PathLike)):
         raise GradmatchError(f"{what}: give the path of a file (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
@@ -111,7 +95,8 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if _names_python_objects(path):
-            raise NeedsCode(needs_code_message(path, what, hint)) from None
+            raise NeedsCode(f"{what} {path} holds Python objects other than tensors and plain data; gradmatch reads "
+                            f"such files only with weights_only (no code runs when reading); {hint}") from None
         corrupt = err
     except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
         corrupt = err
@@ -120,14 +105,12 @@ def load_torch(path, what: str = "file", hint: str = "re-save it as tensors/list
 
 
 def _not_a_file(what: str, path: Path) -> str:
-    """Why ``path``, which is not a regular file or a folder, cannot be read: said as it is."""
+    """Why ``path``, which is not a regular file or a folder, cannot be read."""
     if path.is_symlink():
         try:
             target = path.resolve(strict=True)
-        except RuntimeError:  # Python < 3.13: a symlink loop
-            return f"{what} {path} is a symbolic link that loops back to itself; point it at the file"
-        except OSError as err:
-            if err.errno == errno.ELOOP:
+        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop before Python 3.13
+            if isinstance(err, RuntimeError) or err.errno == errno.ELOOP:
                 return f"{what} {path} is a symbolic link that loops back to itself; point it at the file"
             return (f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; point it at "
                     "the file")
@@ -141,10 +124,8 @@ _SCAN_LIMIT = 64 << 20  # a pickle that names objects does so in its first bytes
 
 
 def _names_python_objects(path: Path) -> bool:
-    """Whether ``path`` holds a well-formed pickle (torch's zip ``data.pkl``, or the pickles at the
-    start of torch's legacy format or of a plain pickle) that names Python objects (GLOBAL,
-    STACK_GLOBAL, INST).  Random or truncated bytes are not a well-formed pickle.  Nothing is
-    unpickled: pickletools only decodes the opcodes."""
+    """Whether ``path`` holds a well-formed pickle (torch's zip ``data.pkl``, torch's legacy format, a plain
+    pickle) that names Python objects.  Nothing is unpickled: pickletools only decodes the opcodes."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -170,36 +151,24 @@ def _names_python_objects(path: Path) -> bool:
 
 
 def reference_payload(sets: list[SyntheticSet | dict], accs_all_exps: dict[str, list[float]]) -> dict[str, Any]:
-    """DC's layout (``data`` = [[images, labels], ...], ``accs_all_exps``) plus what we need to
-    reload a set on its own (class names, normalisation, settings); extra keys do not disturb DC's
-    readers.  ``sets`` are SyntheticSets or their ``to_dict()`` form."""
+    """DC's layout (``data`` = [[images, labels], ...], ``accs_all_exps``) plus what reloads a set on its own
+    (class names, normalisation, settings); extra keys do not disturb DC's readers."""
+    from . import __version__  # at call time: gradmatch/__init__ imports this module
+
     sets = [SyntheticSet.from_dict(s) if isinstance(s, dict) else s for s in sets]
-    return {
-        "data": [[s.images.detach().cpu(), s.labels.cpu()] for s in sets],
-        "accs_all_exps": accs_all_exps,
-        "classes": sets[0].classes if sets else [],
-        "mean": sets[0].mean if sets else (),
-        "std": sets[0].std if sets else (),
-        "dataset": sets[0].dataset if sets else "",
-        "config": sets[0].config if sets else {},
-        "ipc": sets[0].ipc if sets else 0,
-        "source": sets[0].source if sets else None,
-        "lr": sets[0].lr if sets else None,
-        "format_version": SET_FORMAT_VERSION,
-        "gradmatch_version": _version(),
-    }
+    empty = {"classes": [], "mean": (), "std": (), "dataset": "", "config": {}, "ipc": 0, "source": None, "lr": None}
+    return {"data": [[s.images.detach().cpu(), s.labels.cpu()] for s in sets], "accs_all_exps": accs_all_exps,
+            **{key: getattr(sets[0], key) if sets else value for key, value in empty.items()},
+            "format_version": SET_FORMAT_VERSION, "gradmatch_version": __version__}
 
 
 def load_synthetic(path, experiment: int = -1) -> SyntheticSet:
-    """Read one experiment's synthetic set from a .pt in DC's layout (ours or DC's own), every key
-    checked once (``SyntheticSet.from_payload``): GradmatchError, one line naming the key, if any is
-    malformed."""
+    """One experiment's synthetic set from a .pt in DC's layout (ours or DC's own), every key checked."""
     return SyntheticSet.from_payload(load_torch(path, "synthetic-set file"), experiment, str(path))
 
 
 def append_log(path, record: dict[str, Any]) -> None:
-    """Append one JSON line.  If the file ends in a line torn by a crash, start on a new line so the
-    torn one stays the only casualty (``read_log`` skips it)."""
+    """Append one JSON line, on a new line after one torn by a crash (which ``read_log`` skips)."""
     line = (json.dumps(record) + "\n").encode()
     with open(path, "ab+") as f:
         if f.seek(0, os.SEEK_END) > 0:
@@ -210,9 +179,8 @@ def append_log(path, record: dict[str, Any]) -> None:
 
 
 def read_log(path) -> list[dict[str, Any]]:
-    """The JSON-lines log in file order; a record repeated by a resumed run (same event, experiment,
-    iteration and model) keeps its last copy, in the place of the last copy, and a torn line from a
-    crash is skipped."""
+    """The JSON-lines log in file order; a record repeated by a resumed run (same event, experiment, iteration
+    and model) keeps its last copy, in its place, and a torn line is skipped."""
     records: dict[tuple, dict[str, Any]] = {}
     if not Path(path).is_file():
         return []
@@ -238,8 +206,3 @@ def summarise(accs_all_exps: dict[str, list[float]]) -> dict[str, dict[str, floa
         out[model] = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "n": len(accs)} if accs else None
     return out
 
-
-def _version() -> str:
-    from . import __version__  # at call time: gradmatch/__init__ imports this module
-
-    return __version__

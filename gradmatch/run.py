@@ -1,9 +1,5 @@
-"""A whole experiment as the seed runs it: ``num_exp`` condensations, each evaluated at its
-evaluation points, with checkpoints, a JSON-lines log, progress, and DC-compatible results.
-
-The files are ``gradmatch.rundir``'s, the checkpoint is a ``gradmatch.runstate.RunState``, the loop is
-``gradmatch.condense.Condensation``; this module only runs them in order.
-"""
+"""A whole experiment as the seed runs it: ``num_exp`` condensations, each evaluated at its evaluation points,
+with checkpoints, a JSON-lines log, progress and DC-compatible results."""
 from __future__ import annotations
 
 import time
@@ -39,8 +35,8 @@ def warn_if_too_deep(model: str, im_size) -> None:
 
 
 class Run:
-    """One experiment run: ``Run(config).start(resume=False)`` returns the results dict.  ``given``: the
-    settings the user passed ({flat name: value}; default all of ``config``'s), what a resume compares."""
+    """``Run(config).start()`` returns the results dict.  ``given``: the settings the user passed ({flat name:
+    value}; default all of ``config``'s), what a resume compares."""
 
     def __init__(self, config: RunConfig, given: Optional[Dict[str, Any]] = None):
         if not isinstance(config, RunConfig):
@@ -83,7 +79,7 @@ class Run:
             append_log(self.files.log, {"event": "warning", "message": message})
 
     def _open_log(self) -> None:
-        """From now on warnings go into the log too; those said before (loading the data) first."""
+        """Warnings go into the log from now on, those said before (loading the data) first."""
         self.log_open = self.writes
         for message in self.said if self.writes else []:
             append_log(self.files.log, {"event": "warning", "message": message})
@@ -94,8 +90,7 @@ class Run:
             append_log(self.files.log, record)
 
     def _folder_still_there(self) -> None:
-        """A run folder removed while the run goes on would be made again by the next write, unlocked and
-        without its history: stop instead."""
+        """A folder removed mid-run would be made again by the next write, unlocked and without its history."""
         if not self.files.dir.is_dir():
             raise GradmatchError(f"{self.files.kept()}; the run stopped: start it again")
 
@@ -124,7 +119,12 @@ class Run:
                 self.files.clear()
                 save_json(cfg.to_dict(), self.files.config)
         else:
-            _check_same_data(state, train, self.files.checkpoint)
+            same = checks.same_statistics(train.mean, state.mean) and checks.same_statistics(train.std, state.std)
+            if not (same and list(train.classes) == state.classes and tuple(train.im_size) == tuple(state.image_size)):
+                raise GradmatchError(f"checkpoint {self.files.checkpoint} was made from other data "
+                                     f"({len(state.classes)} classes of {state.image_size[0]}x{state.image_size[1]} "
+                                     f"images, {state.dataset}) than --dataset gives now; point --data_path at the "
+                                     "same data, or start again with --overwrite")
             state.config = cfg
             set_rng_states(state.rng, str(self.files.checkpoint), "start the run again with --overwrite")
             if state.pending:
@@ -143,9 +143,8 @@ class Run:
         self._log({"event": "plan", **plan.record()})
         for note in plan.notes:
             warn(note)
-        remaining = range(state.next_experiment, cfg.num_exp)
         start_of = lambda e: state.pending[e].iteration if e in state.pending else 0  # noqa: E731
-        for exps in groups(remaining, start_of, plan.together):
+        for exps in groups(range(state.next_experiment, cfg.num_exp), start_of, plan.together):
             self._condense(Condensation(self.train, condense, exps, device, self.group, plan))
         return self._finish()
 
@@ -223,8 +222,7 @@ class Run:
                 bar.write(f"[exp {exp} it {it}] {result.line()}")
 
     def _checkpoint(self, exps: Sequence[int], current: Sequence[ExperimentState]) -> None:
-        """Write the state: every finished experiment, every evaluation, and the experiments running now
-        (with any saved ones not started yet)."""
+        """Write the state: the finished experiments, the evaluations, and the experiments running or pending."""
         for e, s in zip(exps, current):
             self.state.pending[e] = Snapshot(s.images.detach().cpu().clone(), s.momentum.detach().cpu().clone(),
                                              s.iteration, float(s.last_loss))
@@ -252,17 +250,6 @@ class Run:
                 print(f"Run {cfg.num_exp} experiments, train on {cfg.condense.model}, evaluate "
                       f"{s['n']} random {model}, mean = {100 * s['mean']:.2f}% std = {100 * s['std']:.2f}%")
         return results
-
-
-def _check_same_data(state: RunState, train, where) -> None:
-    """The data a run resumes on must be the data it started from (classes, image size, normalisation)."""
-    same = (list(train.classes) == state.classes and tuple(train.im_size) == tuple(state.image_size)
-            and checks.same_statistics(train.mean, state.mean) and checks.same_statistics(train.std, state.std))
-    if not same:
-        raise GradmatchError(f"checkpoint {where} was made from other data ({len(state.classes)} classes of "
-                             f"{state.image_size[0]}x{state.image_size[1]} images, {state.dataset}) than "
-                             f"--dataset gives now; point --data_path at the same data, or start again with "
-                             "--overwrite")
 
 
 def evaluation_seed(seed: int, experiment: int, iteration: int) -> int:

@@ -1,19 +1,6 @@
-"""A run's files on disk, the one place that knows their names; what a new start may find there; and the
-lock that keeps a second process out.
-
-Files of a run named ``<prefix>_<dataset>_<model>_<ipc>ipc`` under ``save_path``:
-  <name>.pt            DC's layout: data = [[images, labels] per experiment], accs_all_exps
-  <name>.json          settings, every evaluation's accuracies, mean and std per model
-  <name>/config.json   the settings
-  <name>/checkpoint.pt the state to resume from (``gradmatch.runstate``; written atomically)
-  <name>/log.jsonl     the plan, loss per iteration, each evaluation, every warning
-  <name>/grid_expE_itI.png  the synthetic images at each evaluation point
-  <name>/curves.png, grid.png, grid_expE.png   ``gradmatch plot``'s pictures
-
-Numbering: "iteration k" is the state after k image updates.  The log's iteration record k holds the
-loss of the k-th update; a checkpoint at iteration k holds the images after k updates; an evaluation at
-iteration k evaluates those images.
-"""
+"""A run's files (the one place that knows their names), what a new start may find there, and the lock that keeps
+a second process out.  "Iteration k" is the state after k image updates: the log's iteration record k holds the
+loss of the k-th update; a checkpoint or an evaluation at iteration k holds or evaluates the images after k."""
 from __future__ import annotations
 
 import os
@@ -36,7 +23,6 @@ class RunFiles:
         return self.dir / f"grid_exp{experiment}_it{iteration:05d}.png"
 
     def grids(self) -> list:
-        """The evaluation points' grids, oldest first."""
         return sorted(self.dir.glob("grid_exp*_it*.png"))
 
     def picture(self, experiment: Optional[int] = None) -> Path:
@@ -48,15 +34,12 @@ class RunFiles:
         return self.pt.is_file() or any(p.is_file() for p in (self.config, self.log, self.checkpoint))
 
     def refuse_unexpected(self, resume: bool, overwrite: bool) -> None:
-        """What a start finds must be what it was asked to do: first that no other process holds the run
-        (then nothing else is advised), then what is on disk (reading only: said right on a read-only disk)."""
+        """Another process on the run first (then nothing else is advised), then what is on disk, read only."""
         self._refuse_if_locked()
-        if resume:
-            if not self.checkpoint.is_file():
-                raise GradmatchError(f"nothing to resume: no checkpoint at {self.checkpoint}; run the same command "
-                                     "without --resume to start it")
-            return
-        if overwrite:
+        if resume and not self.checkpoint.is_file():
+            raise GradmatchError(f"nothing to resume: no checkpoint at {self.checkpoint}; run the same command "
+                                 "without --resume to start it")
+        if resume or overwrite:
             return
         if self.checkpoint.is_file() and self.json.is_file() != self.pt.is_file():
             # a run stopped between writing its two result files: its checkpoint can write them again
@@ -81,9 +64,7 @@ class RunFiles:
 
     @contextmanager
     def locked(self):
-        """The run folder, created if needed and locked for the block: a second process on the same run
-        (by any spelling of its path) is refused.  The lock is on the folder itself, and the kernel drops it
-        when the process dies, even by SIGKILL.  A folder this start created and left empty is removed."""
+        """Locked on the folder itself (any spelling of its path; dropped when the process dies, even by SIGKILL)."""
         created = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +81,7 @@ class RunFiles:
                 self.dir.rmdir()
 
     def clear(self) -> None:
-        """A fresh start (--overwrite): remove what an earlier run of the same name left in its folder, so no
-        file mixes two runs.  Its results (<name>.pt, <name>.json) stay until the new run's replace them."""
+        """A fresh start: no file mixes two runs; <name>.pt and <name>.json stay until the new run's replace them."""
         for path in [self.checkpoint, self.log, self.config, self.curves, *self.dir.glob("grid*.png")]:
             if path.is_file():
                 path.unlink()
@@ -139,7 +119,7 @@ def _lock(fd: int, folder: Path) -> None:
 
 
 def _holder(fd: int) -> Optional[int]:
-    """The pid holding a lock on the file ``fd`` is open on, from /proc/locks where there is one."""
+    """The pid holding a lock on ``fd``'s file, from /proc/locks where there is one."""
     try:
         inode = os.fstat(fd).st_ino
         for line in Path("/proc/locks").read_text().splitlines():

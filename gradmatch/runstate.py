@@ -1,16 +1,6 @@
-"""A run's state as its checkpoint holds it: typed, versioned, and checked when read.
-
-``<run>/checkpoint.pt`` (tensors and plain data only, read with ``weights_only``) holds
-``RunState.to_dict()``: the settings, what a set needs that the settings do not say (class names,
-normalisation, image size), the images of every finished experiment, every evaluation, the state of
-every unfinished experiment (its images, their momentum, its iteration and last loss) and the global
-random states.  Nothing is stored twice: labels follow from the classes and ipc, the accuracies of
-the final sets from the evaluations.  Why that is enough for an exact resume: the randomness of
-iteration k of experiment e comes from generators seeded with (seed, e, k, ...), not from a global
-stream; the global states are kept for user code (a custom distance) that draws from them.
-
-``RunState.from_dict`` checks every value against the run's settings (types, ranges, shapes, finite
-pixels) and refuses a damaged checkpoint in one line rather than trusting it.
+"""A run's state as its checkpoint holds it (tensors and plain data only): typed, versioned, checked when read.
+Iteration k of experiment e draws from generators seeded with (seed, e, k, ...), so a resume is exact; the global
+random states are kept for user code (a custom distance) that draws from them.
 """
 from __future__ import annotations
 
@@ -41,8 +31,7 @@ class Snapshot:
     last_loss: float
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"images": self.images, "momentum": self.momentum, "iteration": self.iteration,
-                "last_loss": self.last_loss}
+        return dict(vars(self))
 
 
 @dataclass
@@ -101,9 +90,7 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: Any, where: str, hint: str, code: bool = True) -> "RunState":
-        """``d`` checked value by value against the run's settings and its evaluation schedule: one
-        GradmatchError naming ``where`` and the damaged key otherwise.  ``code=False`` (reading it, not
-        resuming it): user code named in its settings is checked as a name, never imported."""
+        """``d`` checked against the run's settings; ``code=False``: user code is checked as a name only."""
         def bad(key: str, what: str) -> GradmatchError:
             return GradmatchError(f"checkpoint {where}: {key} {what}; {hint}")
 
@@ -159,11 +146,10 @@ class RunState:
         if not isinstance(finished, list) or len(finished) > config.num_exp:
             raise bad("finished", f"is not a list of at most {config.num_exp} experiments' images")
         finished = [images(f"finished[{e}]", x) for e, x in enumerate(finished)]
-        pending_in = d["pending"]
-        if not isinstance(pending_in, dict):
+        if not isinstance(d["pending"], dict):
             raise bad("pending", "is not a dict of unfinished experiments")
         pending = {}
-        for e, s in pending_in.items():
+        for e, s in d["pending"].items():
             key = f"pending[{e}]"
             if not (checks.is_whole(e) and len(finished) <= e < config.num_exp):
                 raise bad(key, f"is not an unfinished experiment of {config.num_exp} ({len(finished)} finished)")
@@ -186,8 +172,7 @@ class RunState:
 
 
 def _evaluations(records: Any, config: RunConfig, reached: Dict[int, int], bad) -> List[Dict[str, Any]]:
-    """The evaluation records, each one the run's schedule makes: an experiment it reached, at one of its
-    evaluation points, of a model of its protocol, with its number of networks' accuracies, once."""
+    """The evaluation records, each one the run's schedule makes (reached, of its models, once)."""
     if not isinstance(records, list):
         raise bad("evaluations", "is not a list of evaluation records")
     protocol = config.protocol()
@@ -216,9 +201,7 @@ def save_checkpoint(state: RunState, path) -> None:
 
 
 def load_checkpoint(path, code: bool = True) -> RunState:
-    """A run's checkpoint, checked: GradmatchError (one line) if it is missing, truncated, corrupt, of
-    another version, or holds a value that does not fit the run.  ``code=False`` to read it without
-    importing the user code its settings name (``gradmatch plot``); resuming imports it, by design."""
+    """A run's checkpoint, checked; ``code=False`` imports no user code its settings name (``gradmatch plot``)."""
     hint = "start the run again with --overwrite"
     try:
         d = load_torch(path, "checkpoint", hint)
@@ -248,19 +231,17 @@ def set_rng_states(states: Dict[str, Any], where: str, hint: str) -> None:
     try:
         n = states["numpy"]
         numpy_state = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-        torch_state = states["torch"]
-        python_state = states["python"]
-        if not (isinstance(python_state, tuple) and len(python_state) == 3):
+        torch_state, python = states["torch"], states["python"]
+        if not (isinstance(python, tuple) and len(python) == 3):
             raise TypeError("python")
+        setters = (torch.set_rng_state, np.random.set_state, random.setstate)
         old = torch.get_rng_state(), np.random.get_state(), random.getstate()
         try:
-            torch.set_rng_state(torch_state)
-            np.random.set_state(numpy_state)
-            random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+            for set_state, value in zip(setters, (torch_state, numpy_state, (python[0], tuple(python[1]), python[2]))):
+                set_state(value)
         except Exception:
-            torch.set_rng_state(old[0])
-            np.random.set_state(old[1])
-            random.setstate(old[2])
+            for set_state, value in zip(setters, old):
+                set_state(value)
             raise
     except Exception as err:  # noqa: BLE001 - a damaged state can fail in many ways
         raise GradmatchError(f"checkpoint {where}: rng holds damaged random states ({type(err).__name__}); {hint}") \

@@ -1,22 +1,11 @@
 """Runtime settings, not algorithm: the CPU allocator, threads, faster equivalent kernels, devices.
 
-Nothing here changes what is computed, only how fast (and, through the thread count, the rounding
-of reductions).  What was measured on this project's 2-core CPU (benchmarks/bench_speed.py):
-
-* **Page faults.**  glibc hands every allocation above 32 MB to ``mmap`` and returns it on free, so
-  every 134 MB activation of a 256-image class batch is faulted in afresh: a ReLU over one took
-  0.13 s instead of 0.02 s.  ``tune_cpu_allocator`` turns that off (``mallopt``), process-wide,
-  once (``GRADMATCH_MALLOC=system`` leaves glibc alone).
-* **Threads.**  Each pass uses ``job_threads()`` intra-op threads: torch's by default; on a machine
-  shared with other work ``GRADMATCH_THREADS=1`` runs passes single-threaded and ``ClassRunner``
-  spreads independent jobs over worker threads where that is faster.  The thread count of a pass
-  is fixed before it runs, so the numbers never depend on the load.
-* **GPU launches.**  On a GPU the time goes to launching thousands of small kernels, not to
-  arithmetic: host-to-device copies of indices go through pinned memory, asynchronously
-  (``to_device``), so the host never waits for the GPU's queue; the networks' training steps
-  are CUDA graphs (``train.Trainer``, ``capture``); cuDNN picks its fastest algorithms (``tune_cuda``).
-* **Slow kernels.**  2x2 average pooling of an NCHW map (ConvNet's) runs 3x faster on CPU as one
-  add of row pairs and a small matmul (``AvgPool2x2``), its backward 2x faster.
+Nothing here changes what is computed, only how fast (and, through the thread count, the rounding of
+reductions): freed memory is kept instead of page-faulting large activations in afresh (``tune_cpu_allocator``);
+each pass runs ``job_threads()`` threads and ``ClassRunner`` spreads independent jobs over workers; on a GPU,
+index copies go through pinned memory (``to_device``), training epochs are CUDA graphs (``train.Trainer``) and
+cuDNN picks its fastest algorithms; 2x2 average pooling gets a faster kernel (``AvgPool2x2``).  Measured in
+benchmarks/bench_speed.py.
 """
 from __future__ import annotations
 
@@ -39,9 +28,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process instead of returning it to the kernel (glibc ``mallopt``):
-    large tensors are then recycled instead of page-faulted in on every allocation.  Process-wide,
-    done once; set ``GRADMATCH_MALLOC=system`` to leave the allocator alone.  True if in effect."""
+    """Keep freed memory in the process (glibc ``mallopt``), so large tensors are not page-faulted afresh."""
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED is None:
         _ALLOCATOR_TUNED = False
@@ -56,17 +43,14 @@ def tune_cpu_allocator() -> bool:
 
 
 def job_threads() -> int:
-    """Intra-op threads for one job (one class's gradient, one network's training):
-    ``GRADMATCH_THREADS`` if set, else torch's current number (``torch.get_num_threads()``).
-    ``GRADMATCH_THREADS=1`` suits a machine shared with other work (no OpenMP barrier waits for a
-    core another process holds); jobs then also run side by side on worker threads where faster."""
+    """Intra-op threads for one job: ``GRADMATCH_THREADS`` if set, else torch's current number."""
     env = os.environ.get("GRADMATCH_THREADS", "")
     return max(1, int(env)) if env.strip().isdigit() else torch.get_num_threads()
 
 
 @contextmanager
 def torch_threads(n: int):
-    """Run the block with ``n`` intra-op threads (this thread), restoring the old number after."""
+    """Run the block with ``n`` intra-op threads (this thread)."""
     old = torch.get_num_threads()
     if n == old:
         yield
@@ -79,14 +63,10 @@ def torch_threads(n: int):
 
 
 class ClassRunner:
-    """Runs independent single-threaded jobs (one class's gradient each) either in this thread or on
-    ``workers`` threads, picking whichever mode has been faster per job lately; it tries the other
-    mode now and then, since the load on a shared machine comes and goes.  The results do not
-    depend on the mode."""
+    """Runs independent jobs in this thread or on worker threads, whichever has lately been faster."""
 
     def __init__(self, workers: Optional[int] = None, explore_every: int = 8):
-        self.workers = workers
-        self.explore_every = explore_every
+        self.workers, self.explore_every = workers, explore_every
         self._pool: Optional[ThreadPoolExecutor] = None
         self._seconds: Dict[Tuple, Dict[int, float]] = {}
         self._calls: Dict[Tuple, int] = {}
@@ -123,13 +103,7 @@ class ClassRunner:
             return 1, 0
         best = min(seen, key=seen.get) if n in seen else 1
         other = 1 if best != 1 else n
-        if other not in seen or calls % self.explore_every == 0:
-            return best, other
-        return best, 0
-
-    def record(self, key: Tuple, mode: int, seconds_per_job: float) -> None:
-        seen = self._seconds.setdefault(key, {})
-        seen[mode] = seconds_per_job if mode not in seen else 0.5 * seen[mode] + 0.5 * seconds_per_job
+        return best, (other if other not in seen or calls % self.explore_every == 0 else 0)
 
     def _run(self, fn: Callable, items: Sequence, mode: int, key: Tuple) -> List:
         start = time.perf_counter()
@@ -138,13 +112,13 @@ class ClassRunner:
                 out = [fn(item) for item in items]
         else:
             out = list(self._executor(mode).map(fn, items))
-        self.record(key, mode, (time.perf_counter() - start) / max(len(items), 1))
+        per_job = (time.perf_counter() - start) / max(len(items), 1)
+        seen = self._seconds.setdefault(key, {})
+        seen[mode] = per_job if mode not in seen else 0.5 * seen[mode] + 0.5 * per_job
         return out
 
     def map(self, fn: Callable, items: Sequence, key: Tuple = (), threads: Optional[int] = None) -> List:
-        """``[fn(item) for item in items]``; ``threads``: the intra-op threads the caller may use
-        (default: torch's current number), the most workers to use.  Trying the other mode costs
-        little: it runs only on as many jobs as the pool has workers."""
+        """``[fn(item) for item in items]``, on at most ``threads`` workers."""
         items = list(items)
         with self._lock:
             mode, other = self.choose(key, len(items), threads)
@@ -170,42 +144,31 @@ def _pool_matrix(w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     if m is None:
         m = torch.zeros(w, w // 2, dtype=dtype, device=device)
         j = torch.arange(w // 2, device=device)
-        m[2 * j, j] = 0.25
-        m[2 * j + 1, j] = 0.25
+        m[2 * j, j] = m[2 * j + 1, j] = 0.25
         _POOL_MATRICES[key] = m
     return m
 
 
-def _avg_pool2x2(x: Tensor) -> Tensor:
-    n, c, h, w = x.shape
-    v = x.view(n, c, h // 2, 2 * w)
-    rows = v[..., :w] + v[..., w:]  # sums of row pairs
-    return (rows.view(-1, w) @ _pool_matrix(w, x.dtype, x.device)).view(n, c, h // 2, w // 2)
-
-
-def _avg_pool2x2_backward(g: Tensor) -> Tensor:
-    """Differentiable (the synthetic side differentiates through it again)."""
-    n, c, h2, w2 = g.shape
-    rows = (g.reshape(-1, w2) @ _pool_matrix(2 * w2, g.dtype, g.device).t()).view(n, c, h2, 1, 2 * w2)
-    return rows.expand(n, c, h2, 2, 2 * w2).reshape(n, c, 2 * h2, 2 * w2)
-
-
 class AvgPool2x2(torch.autograd.Function):
-    """``avg_pool2d(x, 2)`` for an NCHW-contiguous map of even size: same result up to rounding."""
+    """``avg_pool2d(x, 2)`` of an NCHW-contiguous map of even size: 3x faster on CPU, same up to rounding."""
 
     @staticmethod
     def forward(ctx, x):
-        return _avg_pool2x2(x)
+        n, c, h, w = x.shape
+        v = x.view(n, c, h // 2, 2 * w)
+        rows = v[..., :w] + v[..., w:]  # sums of row pairs
+        return (rows.view(-1, w) @ _pool_matrix(w, x.dtype, x.device)).view(n, c, h // 2, w // 2)
 
     @staticmethod
-    def backward(ctx, g):
-        return _avg_pool2x2_backward(g)
+    def backward(ctx, g):  # differentiable: the synthetic side differentiates through it again
+        n, c, h2, w2 = g.shape
+        rows = (g.reshape(-1, w2) @ _pool_matrix(2 * w2, g.dtype, g.device).t()).view(n, c, h2, 1, 2 * w2)
+        return rows.expand(n, c, h2, 2, 2 * w2).reshape(n, c, 2 * h2, 2 * w2)
 
 
 def _is_pool2x2(args, kwargs) -> bool:
     names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-    given = dict(zip(names, args))
-    given.update(kwargs)
+    given = {**dict(zip(names, args)), **kwargs}
     x = given.get("input")
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point() or not x.is_contiguous():
         return False
@@ -213,12 +176,8 @@ def _is_pool2x2(args, kwargs) -> bool:
         return False
     if x.shape[2] % 2 or x.shape[3] % 2 or x.numel() == 0:
         return False
-
-    def two(v):
-        return v in (2, (2, 2), [2, 2])
-
-    stride = given.get("stride")
-    return (two(given.get("kernel_size")) and (stride is None or stride == [] or two(stride))
+    two, stride = (2, (2, 2), [2, 2]), given.get("stride")
+    return (given.get("kernel_size") in two and (stride is None or stride == [] or stride in two)
             and given.get("padding", 0) in (0, (0, 0), [0, 0]) and given.get("divisor_override") is None)
 
 
@@ -246,30 +205,22 @@ def cpu_context(device):
 
 
 def to_device(cpu_tensor: Tensor, device) -> Tensor:
-    """A CPU tensor on ``device``; to a GPU through pinned memory, asynchronously (a plain copy
-    from pageable memory waits for the GPU's queue to drain)."""
+    """A CPU tensor on ``device``: to a GPU through pinned memory, without waiting for its queue."""
     if torch.device(device).type != "cuda":
         return cpu_tensor.to(device)
     return cpu_tensor.pin_memory().to(device, non_blocking=True)
 
 
 def tune_cuda(device) -> None:
-    """On a GPU: let cuDNN time its convolution algorithms once per shape and keep the fastest
-    (``cudnn.benchmark``); a run's shapes never change, so the timing pays back at once.
-    ``GRADMATCH_CUDNN_BENCHMARK=0`` leaves PyTorch's default."""
+    """On a GPU: ``cudnn.benchmark`` (a run's shapes never change); ``GRADMATCH_CUDNN_BENCHMARK=0`` leaves it."""
     if torch.device(device).type == "cuda" and os.environ.get("GRADMATCH_CUDNN_BENCHMARK", "1") != "0":
         torch.backends.cudnn.benchmark = True
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def resolve_device(device=None) -> torch.device:
-    """``device`` checked: None (cuda if available, else cpu), cpu, cuda or cuda:N with such a GPU
-    present; GradmatchError otherwise."""
+    """``device`` checked: None (cuda if available, else cpu), cpu, cuda or cuda:N with such a GPU present."""
     if device is None:
-        return default_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         where = torch.device(device)
     except (RuntimeError, TypeError, ValueError):

@@ -1,12 +1,6 @@
-"""DD-Ranking's label-robust scores, computed on fractions, and the full-data accuracy they need.
-
-HLR = full - syn, IOR = syn - random, alpha = lambda IOR - (1 - lambda) HLR (lambda 0.5), LRS = (e^alpha - e^-1) /
-(e - e^-1) (ddranking/metrics/hard_label.py:380-383).  DD-Ranking 0.2.0 computes them on percentage points, where
-any alpha below about -5 gives LRS's floor, -e^-1 / (e - e^-1) = -0.1565, for every method alike; ``points``
-reproduces that for comparison.  The full-data accuracy is DD-Ranking's full-data setting (no augmentation, lr
-0.01, StepLR every 100 epochs, the protocol's epochs, best of every 10; hard_label.py:228-288), trained once and
-cached by dataset, model and protocol.
-"""
+"""DD-Ranking's label-robust scores (ddranking/metrics/hard_label.py:380-383) on fractions, and the full-data
+accuracy they need (hard_label.py:228-288; trained once, cached).  DD-Ranking 0.2.0 computes them on percentage
+points, where any alpha below about -5 gives LRS's floor for every method alike: ``points`` for comparison."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +10,7 @@ import os
 from pathlib import Path
 
 from .errors import GradmatchError
-from .results import save_json
+from .results import read_json_object, save_json
 from .synset import SyntheticSet
 
 LAMBDA = 0.5
@@ -24,16 +18,12 @@ FULL_LR, FULL_STEP, FULL_CHECKS = 0.01, 100, 10
 
 
 def label_robust_scores(full: float, syn: float, random: float, units: str = "fractions") -> dict:
-    """hlr, ior, lrs from accuracies in percent; on fractions (or DD-Ranking 0.2.0's percentage points)."""
+    """hlr, ior, lrs from accuracies in percent."""
     scale = 100.0 if units == "fractions" else 1.0
     hlr, ior = (full - syn) / scale, (syn - random) / scale
     alpha = LAMBDA * ior - (1 - LAMBDA) * hlr
     lrs = (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))
     return {"hlr": hlr, "ior": ior, "lrs": lrs, "lrs_units": units}
-
-
-def cache_file() -> Path:
-    return Path(os.environ.get("GRADMATCH_CACHE", Path.home() / ".cache" / "gradmatch")) / "full_accuracy.json"
 
 
 def full_accuracy(parts: dict, data, protocol, device=None) -> float:
@@ -46,11 +36,8 @@ def full_accuracy(parts: dict, data, protocol, device=None) -> float:
                                milestones=tuple(e / epochs for e in range(FULL_STEP, epochs, FULL_STEP)),
                                gamma=0.1, test_every=FULL_CHECKS, report="best", models=protocol.models[:1])
     key = f"{data.source()[0]}|{json.dumps(data.where(), sort_keys=True)}|{full.models[0]}|{full.name}|{epochs}"
-    path = cache_file()
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}
+    path = Path(os.environ.get("GRADMATCH_CACHE", Path.home() / ".cache" / "gradmatch")) / "full_accuracy.json"
+    cache = read_json_object(path)
     if key not in cache:
         whole = SyntheticSet(images=train.images, labels=train.labels, classes=train.classes, mean=train.mean,
                              std=train.std, dataset=train.name)

@@ -1,20 +1,8 @@
-"""Other tools' synthetic sets, read as they are and written in DD-Ranking's layout.
-
-Detected by layout (the detection is said in one line):
-  a .pt holding {"data": [[images, labels], ...]}        DC's / VICO's / ours (``results.load_synthetic``)
-  a .pt holding [images, labels]                          IDC's data.pt: pixels in [0, 1], class-major
-  a folder with images.pt, labels.pt (lr.pt)              DD-Ranking's: normalised with its constants
-  a folder with images_best.pt, labels_best.pt (lr_*.pt)  MTT's / DATM's: in ZCA space or normalised (say which)
-  a folder of class subfolders of images                  pixels (``gradmatch export``'s PNGs, or any)
-How the pixels are stored (``STORED``): ``ours`` (gradmatch's and the seed's constants), ``vico`` (DC's, DSA's,
-DM's own), ``ddranking`` (VICO's constants, CIFAR-100 with CIFAR-10's, as DD-Ranking, MTT and IDC normalise),
-``pixels`` or ``zca``.  A set is brought into the evaluation's space: re-normalised with the test data's
-constants, or into ZCA space (kornia's ZCAWhitening, eps 0.1, fitted on the unnormalised training images).
-"""
+"""Other tools' synthetic sets (DC's, IDC's, DD-Ranking's, MTT's layouts, folders of images), read as they are
+and brought into the evaluation's space (``STORED``: how their pixels are normalised); DD-Ranking's layout written."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -24,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import GradmatchError, warn
-from .results import load_synthetic, load_torch, save_torch
+from .results import load_synthetic, load_torch, read_json_object, save_torch
 from .synset import SyntheticSet
 
 STORED = ("ours", "vico", "ddranking", "pixels", "zca")
@@ -39,8 +27,7 @@ ZCA_EPS = 0.1  # MTT utils.py:137-165, ddranking/utils/data.py:179-210
 
 
 def constants(stored: str, dataset: str) -> Optional[Tuple[tuple, tuple]]:
-    table = {"vico": VICO, "ddranking": DDRANKING}.get(stored, {})
-    return table.get(dataset)
+    return {"vico": VICO, "ddranking": DDRANKING}.get(stored, {}).get(dataset)
 
 
 def layout_of(path: Path) -> str:
@@ -61,22 +48,8 @@ def _tensor(path: Path, what: str) -> torch.Tensor:
     return value
 
 
-def _rate(folder: Path, *names: str) -> Optional[float]:
-    found = next((folder / n for n in names if (folder / n).is_file()), None)
-    return float(_tensor(found, "learning-rate file").reshape(-1)[0]) if found is not None else None
-
-
-def _metadata(folder: Path) -> dict:
-    try:
-        meta = json.loads((folder / "metadata.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) and meta.get("format") == "gradmatch-export" else {}
-
-
 def read_set(path, experiment: int = -1, stored: Optional[str] = None, factor: int = 1) -> Tuple[SyntheticSet, str]:
-    """(the set at ``path`` in any layout above, how its pixels are stored): ``stored`` says it where the layout
-    does not (MTT's) or overrides it; ``factor`` > 1 decodes IDC's multi-formation.  Checked once, here."""
+    """(the set at ``path``, how its pixels are stored): ``stored`` says it where the layout does not (MTT's)."""
     path = Path(path)
     layout = layout_of(path)
     if layout == "pt":
@@ -96,8 +69,11 @@ def read_set(path, experiment: int = -1, stored: Optional[str] = None, factor: i
         names = ("images.pt", "labels.pt") if layout == "ddranking" else ("images_best.pt", "labels_best.pt")
         images, labels = (_tensor(path / n, "synthetic-set file") for n in names)
         syn = SyntheticSet.from_payload({"data": [[images, labels]]}, -1, str(path))
-        meta = _metadata(path)  # a gradmatch export says its dataset and classes
-        syn = dataclasses.replace(syn, lr=_rate(path, "lr.pt", "lr_best.pt", "syn_lr.pt"),
+        meta = read_json_object(path / "metadata.json")  # a gradmatch export says its dataset and classes
+        meta = meta if meta.get("format") == "gradmatch-export" else {}
+        rate = next((path / n for n in ("lr.pt", "lr_best.pt", "syn_lr.pt") if (path / n).is_file()), None)
+        lr = float(_tensor(rate, "learning-rate file").reshape(-1)[0]) if rate is not None else None
+        syn = dataclasses.replace(syn, lr=lr,
                                   dataset=str(meta.get("dataset") or ""), source=meta.get("source_data"),
                                   classes=meta.get("classes") or syn.classes).checked(str(path))
         default = "ddranking" if layout == "ddranking" else None
@@ -112,11 +88,9 @@ def read_set(path, experiment: int = -1, stored: Optional[str] = None, factor: i
 
 def in_space(syn: SyntheticSet, stored: str, dataset: str) -> SyntheticSet:
     """``syn`` with its mean/std saying how it is stored (``ours``: as recorded)."""
-    if stored == "zca":
-        return dataclasses.replace(syn, mean=(0.0,) * syn.channel, std=(1.0,) * syn.channel,
-                                   config={**syn.config, "space": "zca"})
-    if stored == "pixels":
-        return dataclasses.replace(syn, mean=(0.0,) * syn.channel, std=(1.0,) * syn.channel)
+    if stored in ("zca", "pixels"):
+        config = {**syn.config, "space": "zca"} if stored == "zca" else syn.config
+        return dataclasses.replace(syn, mean=(0.0,) * syn.channel, std=(1.0,) * syn.channel, config=config)
     if stored == "ours":
         return syn
     stats = constants(stored, dataset)
@@ -137,9 +111,8 @@ def renormalised(syn: SyntheticSet, mean, std) -> SyntheticSet:
 
 
 def decode(syn: SyntheticSet, factor: int, stored: str) -> SyntheticSet:
-    """IDC's multi-formation (test.py:136-204): each stored image cut into factor x factor crops of side
-    ceil(H / factor) (padded with 0.5 in pixel space), each resized back bilinearly; class by class, crop by
-    crop, labels repeated."""
+    """IDC's multi-formation (test.py:136-204): each image cut into factor x factor crops (padded with 0.5 in pixel
+    space), each resized back bilinearly; class by class, crop by crop."""
     h, w = syn.im_size
     side = math.ceil(h / factor)
     pad = 0.5 if stored == "pixels" else 0.0
@@ -168,8 +141,7 @@ class ZCA:
 
 
 def write_ddranking(syn: SyntheticSet, to, lr: float) -> list:
-    """DD-Ranking's layout: images.pt (class-major, normalised with its constants for the dataset), labels.pt,
-    lr.pt (a 0-d tensor); the files written."""
+    """DD-Ranking's images.pt (class-major, its normalisation), labels.pt and lr.pt; the files written."""
     stats = constants("ddranking", syn.dataset)
     if stats is None:
         raise GradmatchError(f"DD-Ranking's normalisation for {syn.dataset or 'this set'} is not known (it has "

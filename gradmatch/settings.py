@@ -1,7 +1,6 @@
-"""How a setting is declared: once, as a field of a frozen dataclass, with its default, its help, its
-flag (the seed's spelling) and its check.  ``validate()`` runs every declared check and the class's
-cross-field ``rules`` and reports every failing setting in one line; the CLI makes its flags from the
-same fields, so a value is accepted or refused alike from Python and from the command line."""
+"""How a setting is declared: once, as a field of a frozen dataclass with its default, help, flag and check.
+``validate()`` reports every failing setting in one line; the CLI makes its flags from the same fields, so a
+value is accepted or refused alike from Python and from the command line."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +15,10 @@ from .usercode import check_function_name
 def setting(default: Any = None, help: Any = "", *, check: Optional[Callable] = None, flag: Optional[str] = None,
             type: Optional[Callable] = None, cli: bool = True, free: bool = False, also: Tuple[str, ...] = (),
             code: bool = False, default_factory: Any = MISSING):
-    """A field: ``check(value, flag)`` returns the value normalised or raises (None is "unset" where the default
-    is None); ``flag``: the seed's spelling (default the name); ``type``: the command line's converter where
-    the default does not say it; ``help``: text, or a function giving it (names read from their tables);
-    ``cli=False``: no flag; ``free``: where and how loudly to run, taken from the command line on resume;
-    ``also``: commands beyond its part's that take it; ``code``: the check imports or calls user code."""
-    meta = {"help": help, "check": check, "flag": flag, "type": type, "cli": cli, "free": free, "also": also,
-            "code": code}
+    """A field: ``check(value, flag)`` returns the value normalised or raises; ``flag``: the seed's spelling;
+    ``type``: the CLI's converter; ``help``: text or a function giving it; ``free``: where and how loudly to run,
+    taken from the command line on resume; ``also``: other commands that take it; ``code``: the check runs user code."""
+    meta = dict(help=help, check=check, flag=flag, type=type, cli=cli, free=free, also=also, code=code)
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -44,8 +40,7 @@ def boolean(value: Any, what: str) -> bool:
 
 
 def declared(what: str):
-    """Make ``cls`` a frozen dataclass of settings whose constructor refuses an unknown, missing or doubled
-    argument in one line naming ``what`` and its fields (not Python's TypeError)."""
+    """A frozen dataclass of settings whose constructor refuses bad arguments in one line."""
     def decorate(cls):
         cls = dataclasses.dataclass(frozen=True)(cls)
         cls.what = what
@@ -75,8 +70,7 @@ class Settings:
     what = "settings"
 
     def label(self, f: dataclasses.Field) -> str:
-        """How a message names the setting: its flag."""
-        return flag_of(f)
+        return flag_of(f)  # how a message names the setting
 
     def rules(self) -> List[str]:
         """Cross-field rules of a part whose fields passed their own checks: the failures, as lines."""
@@ -107,8 +101,7 @@ class Settings:
         return normalised.rules(), normalised
 
     def validate(self, code: bool = True):
-        """The normalised copy, or one GradmatchError line naming every failing setting.  ``code=False``
-        (a saved run read, not run): user code named by a setting is checked as a name, never imported."""
+        """The normalised copy, or one line naming every failing setting; ``code=False``: user code as a name only."""
         errors, normalised = self.problems(code)
         if len(errors) == 1:
             raise GradmatchError(errors[0])
@@ -135,8 +128,7 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "the settings"):
-        """The inverse of ``to_dict`` (values are checked by ``validate``); unknown settings are refused, not
-        guessed at."""
+        """The inverse of ``to_dict`` (``validate`` checks the values); unknown settings are refused."""
         if not isinstance(d, dict):
             raise GradmatchError(f"{source}: {cls.what} settings must be a JSON object, got {type(d).__name__}")
         known = {f.name: f for f in fields(cls)}

@@ -1,8 +1,5 @@
-"""A synthetic set and what every layer shares about it (the loop is not imported for it).
-
-A set made by gradmatch is trusted; one that enters from outside is checked once where it enters:
-``SyntheticSet.checked`` for a set built in Python, ``from_payload`` for one experiment of a saved .pt in
-DC's layout (``results.reference_payload`` writes it), every key named in its one line.
+"""A synthetic set and what every layer shares about it.  A set made by gradmatch is trusted; one from
+outside is checked once where it enters (``SyntheticSet.checked``, ``from_payload`` for a saved .pt).
 """
 from __future__ import annotations
 
@@ -22,9 +19,8 @@ SET_FORMAT_VERSION = 1  # the .pt of a synthetic set: DC's layout + reference_pa
 
 @declared("SyntheticSet")
 class SyntheticSet:
-    """A condensed dataset: normalised images, fixed labels, and what made them.  ``source``: the data
-    settings that read its dataset again (``DataConfig.where``); ``lr``: a learning rate the set carries
-    (MTT's, DD-Ranking's), which protocols without a rate of their own train with."""
+    """A condensed dataset: normalised images, fixed labels, and what made them.  ``source``: the data settings that
+    read its dataset again; ``lr``: a rate the set carries, for protocols without a rate of their own."""
     images: Tensor
     labels: Tensor
     classes: List[str]
@@ -59,26 +55,19 @@ class SyntheticSet:
 
     def denormalised(self) -> Tensor:
         """Pixels in [0, 1] (clamped), for pictures."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (self.mean, self.std))
         return (self.images.detach().cpu() * std + mean).clamp(0, 1)
 
     def to_torch(self) -> torch.utils.data.TensorDataset:
-        """The set as a ``TensorDataset`` of (image, label) pairs for one's own training loop: the normalised
-        float images as stored (detached) and the labels as int64 class indices."""
+        """The set as a ``TensorDataset`` of (image, label) pairs for one's own training loop."""
         return torch.utils.data.TensorDataset(self.images.detach(), self.labels.long())
 
     def checked(self, where: str = "SyntheticSet", names: Optional[Dict[str, str]] = None,
                 fix=lambda key: "") -> "SyntheticSet":
-        """This set with its values normalised (labels int64, mean/std tuples), or one GradmatchError line
-        naming the value: images a finite float32 (N, C, H, W) tensor; N integer labels >= 0; distinct str
-        class names, at least max label + 1; mean and std one finite number per channel, std > 0; dataset a
-        str; config a dict JSON can hold.  ``names`` and ``fix`` let ``from_payload`` name a file's keys."""
-        names = names or {}
-
+        """This set normalised, or one line naming the bad value (``names``, ``fix``: a file's keys)."""
         def check(key: str, run):
             try:
-                return run(f"{where}: {names.get(key, key)}")
+                return run(f"{where}: {(names or {}).get(key, key)}")
             except GradmatchError as err:
                 advice = fix(key)
                 raise GradmatchError(f"{err}{'; ' + advice if advice else ''}") from None
@@ -96,9 +85,7 @@ class SyntheticSet:
 
     @classmethod
     def from_payload(cls, payload: Any, experiment: int = -1, where: str = "synthetic-set file") -> "SyntheticSet":
-        """Experiment ``experiment`` of a .pt in DC's layout (``{"data": [[images, labels], ...],
-        "accs_all_exps": ...}``, ours or DC's own), every key checked.  Keys DC does not write default to class
-        names "0".."K-1", mean 0 and std 1 per channel, dataset "" and config {}; unknown keys are ignored."""
+        """Experiment ``experiment`` of a .pt in DC's layout, every key checked, missing keys defaulted."""
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), (list, tuple)) or not payload["data"]:
             raise GradmatchError(f"{where} holds no synthetic set (expected a dict with 'data' as DC saves it)")
 
@@ -141,13 +128,10 @@ class SyntheticSet:
                                  "is absent); expected class indices 0..K-1 with images of every class, as DC saves "
                                  "a set; use another --experiment")
         channels = images.shape[1] if images.dim() == 4 else 1
-        syn = cls(images=images, labels=labels,
-                  classes=[str(c) for c in range(top + 1)] if payload.get("classes") is None else payload["classes"],
-                  mean=(0.0,) * channels if payload.get("mean") is None else payload["mean"],
-                  std=(1.0,) * channels if payload.get("std") is None else payload["std"],
-                  dataset="" if payload.get("dataset") is None else payload["dataset"],
-                  config={} if payload.get("config") is None else payload["config"],
-                  source=payload.get("source"), lr=payload.get("lr"))
+        defaults = {"classes": [str(c) for c in range(top + 1)], "mean": (0.0,) * channels, "std": (1.0,) * channels,
+                    "dataset": "", "config": {}}
+        syn = cls(images=images, labels=labels, source=payload.get("source"), lr=payload.get("lr"),
+                  **{k: d if payload.get(k) is None else payload[k] for k, d in defaults.items()})
         syn = syn.checked(where, names, _file_fix)
         if checks.is_whole(payload.get("ipc")) and payload["ipc"] != syn.ipc:
             raise bad("ipc", f"{syn.ipc}, as data[{index}] holds ({len(syn.labels)} images of {syn.num_classes} "
@@ -179,7 +163,6 @@ _WITHOUT = {"classes": "classes are named 0, 1, ...", "mean": "mean 0", "std": "
 
 
 def _file_fix(key: str) -> str:
-    """How to repair a malformed key of a saved set."""
     if key in ("images", "labels"):
         return "repair them in the file (torch.load, convert, torch.save) or use another --experiment"
     return f"fix or delete '{key}' in the file (torch.load, edit, torch.save); without it {_WITHOUT[key]}"

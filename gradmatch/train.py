@@ -1,17 +1,7 @@
-"""Training networks on a (small) labelled tensor set, and testing them: one trainer for the
-condensation's inner loop and the evaluation.
+"""Training networks on a (small) labelled tensor set, and testing them: the inner loop's and the evaluation's.
 
-``Trainer`` runs DC's ``epoch('train', ...)`` (shuffled mini-batches of cross-entropy SGD) for a stack
-of E >= 1 networks (``gradmatch.models.stack.Networks``), each member with its own shuffle,
-augmentation and momentum, on one shared set or a set each.  The update is torch.optim.SGD's
-(weight decay, then momentum, dampening 0), done on the stacked tensors by ``sgd_update``, masked
-where a member has stopped.  An epoch always runs on fixed storage (set, order, mask and learning
-rate in tensors allocated once), so that with ``capture`` it is recorded once as a CUDA graph and
-replayed: on a GPU the networks train on a handful of images and a step is a few dozen tiny kernels.
-On a CPU ``capture`` runs the same epoch eagerly: the twin the tests run.  ``stacked`` computes the E
-members' gradients in one ``torch.func.vmap`` pass instead of one member after another (networks
-without running state only).  ``fit`` drives epochs: the evaluation's learning-rate drop and a
-schedule's early stop.
+``Trainer`` trains a stack of E networks, each with its own shuffle, augmentation and momentum, on fixed storage,
+so that with ``capture`` an epoch is recorded once as a CUDA graph and replayed (on a CPU it runs eagerly).
 """
 from __future__ import annotations
 
@@ -32,9 +22,7 @@ Mix = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]  # (images, labels) -> (
 
 def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], lr, momentum: float,
                weight_decay: float = 0.0, mask: Optional[Tensor] = None) -> None:
-    """torch.optim.SGD's update in place (weight decay, then momentum into ``momenta``, dampening 0;
-    zeroed momenta equal SGD's lazily created ones): ``lr`` a number, or a 0-dim tensor (a captured
-    graph's); ``mask`` (E bools, stacked tensors) leaves the members where it is False untouched."""
+    """torch.optim.SGD's update in place; ``mask`` (E bools) leaves the members where it is False."""
     with torch.no_grad():
         for p, g, buf in zip(params, grads, momenta):
             if weight_decay:
@@ -53,8 +41,7 @@ def sgd_update(params: Sequence[Tensor], grads: Sequence[Tensor], momenta: Seque
 
 
 def capture_graph(run: Callable[[], None], state: Sequence[Tensor]) -> Optional["torch.cuda.CUDAGraph"]:
-    """``run`` recorded as a CUDA graph, after a warm-up on a side stream; ``state`` (the tensors
-    ``run`` changes) is restored afterwards.  None where capture fails (said once): then run eagerly."""
+    """``run`` as a CUDA graph, ``state`` (what ``run`` changes) restored after; None if capture fails."""
     saved = [t.detach().clone() for t in state]
     try:
         side = torch.cuda.Stream()
@@ -115,13 +102,13 @@ class Trainer:
         self._stacked_losses = vmap(self._member_loss)
 
     def restart(self, lr: float) -> None:
-        """A fresh optimiser: zero momentum, learning rate ``lr`` (the inner loop's, per network)."""
+        """A fresh optimiser: zero momentum, learning rate ``lr``."""
         for buf in self.momenta:
             buf.zero_()
         self.set_lr(lr)
 
     def set_lr(self, lr: float) -> None:
-        """Learning rate ``lr`` from now on, keeping the momentum (as a learning-rate scheduler does)."""
+        """Learning rate ``lr`` from now on, keeping the momentum (as a scheduler does)."""
         self.lr = lr
         if self.storage is not None:
             self.storage.lr.fill_(lr)
@@ -156,9 +143,8 @@ class Trainer:
     def epoch(self, images: Tensor, labels: Tensor, batch_size: int, generators: Sequence[torch.Generator],
               augments: Optional[Sequence[Augment]] = None, active: Optional[Sequence[bool]] = None,
               mixes: Optional[Sequence[Mix]] = None) -> None:
-        """One shuffled epoch of every member on ``images`` (N, C, H, W) shared or (E, N, C, H, W) each,
-        ``labels`` (N,) or (E, N); member e's shuffle (and augmentation) drawn from ``generators[e]``.
-        ``active`` (E bools): the members where it is False draw nothing and stay untouched."""
+        """One shuffled epoch of every member on ``images`` (N, ...) shared or (E, N, ...) each; members not
+        ``active`` draw nothing and stay untouched."""
         members = len(self.nets)
         active = list(active) if active is not None else [True] * members
         if images.dim() == 5 and members == 1:  # a stack of one trains on its set as on a shared one
@@ -189,10 +175,14 @@ class Trainer:
 
     @torch.no_grad()
     def held_losses(self, held) -> List[float]:
-        """Each member's cross-entropy on its own held batch (images (E, n, ...), labels (E, n)), in
-        eval mode (running batch-norm statistics), training mode restored."""
-        images, labels = held
-        return [mean_loss(net, images[e], labels[e]) for e, net in enumerate(self.nets.members)]
+        """Each member's cross-entropy on its own held batch (images (E, n, ...), labels (E, n)), in eval mode."""
+        losses = []
+        for net, images, labels in zip(self.nets.members, *held):
+            was_training = net.training
+            net.eval()
+            losses.append(F.cross_entropy(net(images), labels).item())
+            net.train(was_training)
+        return losses
 
 
 def fit(trainer: Trainer, images: Tensor, labels: Tensor, epochs: int, batch_size: int,
@@ -200,9 +190,7 @@ def fit(trainer: Trainer, images: Tensor, labels: Tensor, epochs: int, batch_siz
         mixes: Optional[Sequence[Mix]] = None, lr_at: Optional[Callable[[int], float]] = None,
         stop: Optional[Callable[[List[bool]], List[bool]]] = None,
         after: Optional[Callable[[int], None]] = None) -> None:
-    """``epochs`` epochs of ``trainer``: ``lr_at(epoch)`` is the learning rate of each (the evaluation's
-    drop), ``after(epoch)`` is called after each (test checks), ``stop(active)`` says which members go on
-    (a schedule's early stop)."""
+    """``epochs`` epochs of ``trainer``; ``stop(active)`` says which members go on (a schedule's early stop)."""
     active = [True] * len(generators)
     for epoch in range(epochs):
         if lr_at is not None and lr_at(epoch) != trainer.lr:
@@ -217,19 +205,8 @@ def fit(trainer: Trainer, images: Tensor, labels: Tensor, epochs: int, batch_siz
 
 
 @torch.no_grad()
-def mean_loss(net: nn.Module, images: Tensor, labels: Tensor) -> float:
-    """Cross-entropy of a batch in eval mode (running batch-norm statistics), training mode restored."""
-    was_training = net.training
-    net.eval()
-    loss = F.cross_entropy(net(images), labels).item()
-    net.train(was_training)
-    return loss
-
-
-@torch.no_grad()
 def accuracies(nets: Networks, images: Tensor, labels: Tensor, batch_size: int = 512) -> List[float]:
-    """Every member's top-1 accuracy in eval mode: members without running state in one vmapped pass per
-    batch (one large inference instead of E small ones), others one by one."""
+    """Every member's top-1 accuracy in eval mode, vmapped where the members have no running state."""
     if len(nets) == 1 or nets.buffers:
         return [accuracy(net, images, labels, batch_size) for net in nets.members]
     nets.train(False)
@@ -245,7 +222,7 @@ def accuracies(nets: Networks, images: Tensor, labels: Tensor, batch_size: int =
 
 @torch.no_grad()
 def accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy in eval mode, ``images`` already on the network's device or moved per batch."""
+    """Top-1 accuracy in eval mode, ``images`` on the network's device or moved per batch."""
     net.eval()
     device = next(net.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)

@@ -1,7 +1,5 @@
-"""Code a user names on purpose: ``--model package.module:function`` and ``--dis_metric
-package.module:function``.  The one place such a name is imported, so both flags refuse a malformed
-name, a module that cannot be imported (for any reason: missing, a syntax error, an exception or an
-``exit()`` while importing) or a missing function in one line."""
+"""Code a user names on purpose (``--model`` and ``--dis_metric package.module:function``): the one place
+such a name is imported, so a malformed name, a module that fails to import, or a missing function is one line."""
 from __future__ import annotations
 
 import importlib
@@ -47,9 +45,7 @@ def import_function(flag: str, name: str) -> Callable:
 
 @contextmanager
 def staying_here(flag: str, name: str, doing: str):
-    """Run a user's code (``doing`` says what it was doing) and come back to the working folder it found:
-    code that changes folders must not move where gradmatch reads and writes.  A move is said in one
-    warning line."""
+    """Run a user's code, then come back to the working folder it found (said): gradmatch reads and writes there."""
     try:
         here = os.getcwd()
     except OSError:  # the working folder is gone already: nothing to come back to

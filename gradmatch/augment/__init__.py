@@ -1,10 +1,5 @@
-"""Augmentation: DC's for training evaluation networks (``dc``), DSA, the differentiable siamese augmentation of
-the matching step, the inner loop and the evaluation (``dsa``), and other tools' evaluation choices (``bench``).
-
-``make_augment(strategy, generator, space)`` turns an evaluation strategy name into a function of a batch: DC's
-``crop_scale_rotate`` / ``crop_noise``, ``dsa`` / ``dsa:<ops>`` (one op per batch, per-image parameters, as DSA
-trains its networks), ``idc``, or DC-BENCH's ``autoaug``, ``randaug``, ``cifar_aug``, ``imagenet_aug`` (which
-need the set's ``space``: mean, std and image size); every draw from ``generator``.
+"""Augmentation: DC's for training evaluation networks (``dc``), DSA for the matching step, the inner loop and
+the evaluation (``dsa``), and other tools' evaluation choices (``bench``).
 """
 from __future__ import annotations
 
@@ -26,8 +21,7 @@ def dsa_strategy(strategy: Optional[str]) -> Optional[str]:
     """The DSA ops of an evaluation strategy ('dsa' -> DSA's default ops), or None if not DSA."""
     if not strategy or not strategy.startswith(DSA_PREFIX):
         return None
-    ops = strategy[len(DSA_PREFIX):].lstrip(":")
-    return ops or dsa.STRATEGY
+    return strategy[len(DSA_PREFIX):].lstrip(":") or dsa.STRATEGY
 
 
 def check_strategy(strategy: Optional[str]) -> Optional[str]:
@@ -44,6 +38,7 @@ def check_strategy(strategy: Optional[str]) -> Optional[str]:
 
 def make_augment(strategy: Optional[str], generator: torch.Generator,
                  space=None) -> Optional[Callable[[Tensor], Tensor]]:
+    """An evaluation strategy as a function of a batch; DC-BENCH's need ``space`` (mean, std, size)."""
     if strategy is None or strategy == "none":
         return None
     ops = dsa_strategy(strategy)

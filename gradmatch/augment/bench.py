@@ -1,12 +1,8 @@
-"""The evaluation augmentations of other tools, drawn from a run's generator.
+"""The evaluation augmentations of other tools, drawn from a run's generator (their sources: docs/protocols.md).
 
-* ``idc``: IDC's (snu-mllab/Efficient-Dataset-Condensation, misc/augment.py, ``single_aug``): flip and colour on
-  every batch, then one of crop, scale and rotate per batch, DSA's operations and parameters, per image.
-* DC-BENCH's ``--aug`` choices (justincui03/dc_benchmark, evaluator/evaluator_utils.py:174-224), applied as it
-  does: the batch un-normalised, truncated to 8 bits, one draw for the whole batch, normalised again;
-  ``autoaug`` and ``randaug`` are kornia's AutoAugment (CIFAR-10 policy) and RandAugment (one op, magnitude 9).
-* ``cutmix``: IDC's CutMix (misc/utils.py:156-186): with probability p a box of a permuted partner is pasted,
-  its side W sqrt(1 - lambda), lambda ~ U(0, 1); the loss is mixed by the box's true area (soft targets).
+* ``idc``: IDC's ``single_aug``: flip and colour, then one of crop, scale and rotate per batch (DSA's ops).
+* DC-BENCH's ``--aug`` choices: on the un-normalised batch truncated to 8 bits, one draw for the whole batch.
+* ``cutmix``: IDC's CutMix, the loss mixed by the box's true area (soft targets).
 """
 from __future__ import annotations
 

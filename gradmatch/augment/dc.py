@@ -1,9 +1,6 @@
-"""DC's differentiable-free augmentation for training evaluation networks (SPEC section 7).
-
-One random operation per image: crop (pad 4 with the channel mean, random shift), scale (+-20%),
-rotate (+-45 degrees) or noise (std 0.001).  The geometric ones are done together as one batched
-affine resampling (``grid_sample``, bilinear) instead of DC's per-image loop; the border is filled
-with the batch's channel mean, as DC does.
+"""DC's augmentation for training evaluation networks (SPEC section 7): one random op per image, crop (pad 4
+with the channel mean, random shift), scale (+-20%), rotate (+-45 degrees) or noise (std 0.001); the geometric
+ones as one batched ``grid_sample`` instead of DC's per-image loop, the border the batch's channel mean.
 """
 from __future__ import annotations
 
@@ -19,13 +16,10 @@ STRATEGIES = {"crop_scale_rotate": ("crop", "scale", "rotate"), "crop_noise": ("
 
 
 def strategy_for(dataset: str, eval_model: str) -> Optional[str]:
-    """DC's choice: MNIST trains its evaluation networks with crop/scale/rotate, ConvNetBN with
-    crop/noise (batch norm needs it on tiny sets); otherwise no augmentation."""
+    """DC's choice of evaluation augmentation: crop/noise for ConvNetBN, crop/scale/rotate on MNIST."""
     if eval_model == "ConvNetBN":
         return "crop_noise"
-    if dataset == "MNIST":
-        return "crop_scale_rotate"
-    return None
+    return "crop_scale_rotate" if dataset == "MNIST" else None
 
 
 def augment(images: Tensor, ops, generator: torch.Generator) -> Tensor:

@@ -1,22 +1,9 @@
-"""Differentiable Siamese Augmentation (DSA; Zhao & Bilen, ICML 2021).
+"""Differentiable Siamese Augmentation (DSA; Zhao & Bilen, ICML 2021), as the authors' code in 'S' mode.
 
-Behaviour follows the authors' code in 'S' mode: each call picks ONE of the strategy's groups
-(color = brightness, saturation, contrast in sequence; crop; cutout; flip; scale; rotate) and
-applies it with freshly drawn parameters; the siamese use gives the real and the synthetic images
-of a class the same draw.  Every op is differentiable w.r.t. the images: colour is arithmetic,
-crop an integer shift by indexing into a zero-padded copy, cutout a multiplicative mask, flip a
-``where``, scale and rotate one batched ``affine_grid`` + ``grid_sample`` (bilinear, zero border).
-
-Groups: one draw holds G parameter sets (one per class, say); image i of a batch uses set
-``group_of[i]``.  The authors draw one op per call and call once per class, so with G classes in
-one batched call the op is drawn per group (a (G,) tensor): a batched call then equals G per-class
-calls with the same draws, image for image.  ``apply`` sorts the images by op kind and runs each
-kind once on its images (a loop over at most five kinds, none over images).
-
-All randomness comes from the caller's ``torch.Generator`` (never the global RNG or the clock),
-in a fixed order per draw, so a run repeats and resumes exactly.  Crop shifts and cutout centres
-are stored as uniforms in [0, 1) and turned into pixels at ``apply`` time (``floor(u * n)``, the
-same distribution as the authors' ``randint``), so a draw does not depend on the image size.
+Each call picks ONE of the strategy's ops with fresh parameters; the siamese use gives the real and synthetic
+images of a class the same draw.  One draw holds G parameter sets, image i using set ``group_of[i]``, so one
+batched call equals G per-class calls.  Crop shifts and cutout centres are drawn as uniforms and turned into
+pixels at ``apply`` time, so a draw does not depend on the image size.
 """
 from __future__ import annotations
 
@@ -43,31 +30,22 @@ BRIGHTNESS = 1.0  # x + (u - 0.5) * 1.0
 SATURATION = 2.0  # factor u * 2.0 on the deviation from the channel mean
 CONTRAST = 0.5  # factor u + 0.5 on the deviation from the image mean
 
-_NONE = ("", "none", "None")
-
 
 def parse_strategy(strategy: Optional[str]) -> Tuple[str, ...]:
-    """'color_crop_flip' -> ('color', 'crop', 'flip'); '', 'none' or None -> () (no augmentation).
-    Repeated names are kept (as the authors' code does, they weight the draw)."""
-    if strategy is None or strategy in _NONE:
+    """'color_crop_flip' -> ('color', 'crop', 'flip'); repeats are kept (they weight the draw)."""
+    if strategy is None or strategy in ("", "none", "None"):
         return ()
     names = tuple(strategy.split("_"))
     for name in names:
         if name not in OPS:
-            raise GradmatchError(
-                f"unknown DSA augmentation '{name}' in strategy '{strategy}'; "
-                f"join some of {', '.join(OPS)} with '_' (e.g. '{STRATEGY}') or use 'none'")
+            raise GradmatchError(f"unknown DSA augmentation '{name}' in strategy '{strategy}'; "
+                                 f"join some of {', '.join(OPS)} with '_' (e.g. '{STRATEGY}') or use 'none'")
     return names
 
 
 @dataclass
 class DSAParams:
-    """G parameter sets (index g along the first dimension of every field).
-
-    op: (G,) long, index into OPS of the op group g applies (-1: identity).  The other fields hold
-    every op's parameters for every group (drawn whether used or not, so the generator advances by
-    the same amount on every draw); only the fields of the drawn op are read.
-    """
+    """G parameter sets; every op's are drawn whether used or not, so every draw advances the generator alike."""
 
     op: Tensor  # (G,) long
     brightness: Tensor  # (G,) added to every pixel
@@ -79,18 +57,11 @@ class DSAParams:
     scale: Tensor  # (G, 2) sx (width), sy (height) of the sampling grid
     rotate: Tensor  # (G,) radians
 
-    @property
-    def groups(self) -> int:
-        return self.op.shape[0]
-
     def select(self, index) -> "DSAParams":
         """The parameter sets ``index`` (int, slice or index tensor) as a new DSAParams."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return DSAParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def to(self, device) -> "DSAParams":
-        return DSAParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def op_names(self) -> Tuple[str, ...]:
         return tuple(OPS[i] if i >= 0 else "none" for i in self.op.tolist())
@@ -102,11 +73,8 @@ class DSAParams:
         return torch.cat([c.to(torch.float32) for c in cols], dim=1)
 
 
-def draw(strategy: str, groups: int, generator: torch.Generator, device=None) -> DSAParams:
-    """Draw ``groups`` independent parameter sets, each with its own op from ``strategy``.
-
-    Fixed order: the op indices, then one (groups, 11) block of uniforms.  Values are made on the
-    generator's device and moved to ``device`` (default: stay there)."""
+def draw(strategy: str, groups: int, generator: torch.Generator) -> DSAParams:
+    """``groups`` parameter sets, each with its own op: the op indices, then (groups, 11) uniforms."""
     names = parse_strategy(strategy)
     gen_device = generator.device
     if names:
@@ -116,18 +84,10 @@ def draw(strategy: str, groups: int, generator: torch.Generator, device=None) ->
     else:  # no augmentation: nothing is drawn
         op = torch.full((groups,), -1, dtype=torch.long, device=gen_device)
         u = torch.full((groups, 11), 0.5, device=gen_device)
-    params = DSAParams(
-        op=op,
-        brightness=(u[:, 0] - 0.5) * BRIGHTNESS,
-        saturation=u[:, 1] * SATURATION,
-        contrast=u[:, 2] + CONTRAST,
-        crop=u[:, 3:5],
-        cutout=u[:, 5:7],
-        flip=u[:, 7] < FLIP_PROB,
-        scale=u[:, 8:10] * (SCALE_RATIO - 1 / SCALE_RATIO) + 1 / SCALE_RATIO,
-        rotate=(u[:, 10] - 0.5) * 2 * ROTATE_DEGREES / 180 * math.pi,
-    )
-    return params if device is None else params.to(device)
+    return DSAParams(op=op, brightness=(u[:, 0] - 0.5) * BRIGHTNESS, saturation=u[:, 1] * SATURATION,
+                     contrast=u[:, 2] + CONTRAST, crop=u[:, 3:5], cutout=u[:, 5:7], flip=u[:, 7] < FLIP_PROB,
+                     scale=u[:, 8:10] * (SCALE_RATIO - 1 / SCALE_RATIO) + 1 / SCALE_RATIO,
+                     rotate=(u[:, 10] - 0.5) * 2 * ROTATE_DEGREES / 180 * math.pi)
 
 
 # Columns of the per-image table built by apply (see DSAParams._table).
@@ -188,8 +148,7 @@ def _affine(x: Tensor, table: Tensor) -> Tensor:
     angle = table[:, _ANGLE]
     cos, sin = torch.cos(angle), torch.sin(angle)
     zero = torch.zeros_like(angle)
-    a = torch.where(rot, cos, table[:, _SCALE])
-    d = torch.where(rot, cos, table[:, _SCALE + 1])
+    a, d = torch.where(rot, cos, table[:, _SCALE]), torch.where(rot, cos, table[:, _SCALE + 1])
     b, c = torch.where(rot, -sin, zero), torch.where(rot, sin, zero)
     theta = torch.stack([a, b, zero, c, d, zero], dim=1).view(-1, 2, 3).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -202,11 +161,7 @@ _KINDS = (lambda x, table: x, _color, _crop, _cutout, _flip, _affine)
 
 
 def apply(x: Tensor, params: DSAParams, group_of: Optional[Tensor] = None) -> Tensor:
-    """Augment x (N, C, H, W): image i with parameter set ``group_of[i]`` (None: all use set 0).
-
-    Differentiable w.r.t. x.  The per-image parameters are gathered on the CPU (pass ``group_of``
-    on the CPU to avoid a device sync) and sent to x's device as one (N, 12) table; each op kind
-    then runs once on the images that drew it."""
+    """Augment x differentiably, image i with parameter set ``group_of[i]``, each op kind in one pass."""
     n = x.shape[0]
     if n == 0:
         return x
@@ -220,23 +175,15 @@ def apply(x: Tensor, params: DSAParams, group_of: Optional[Tensor] = None) -> Te
     if max(counts) == n:  # one kind for the whole batch
         return _KINDS[counts.index(n)](x, table)
     order = torch.argsort(kinds, stable=True)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n)
-    order_dev = to_device(order, x.device)
-    pieces, start = [], 0
-    for kind, count in enumerate(counts):
-        if count:
-            idx = order_dev[start:start + count]
-            pieces.append(_KINDS[kind](x.index_select(0, idx), table.index_select(0, idx)))
-            start += count
-    return torch.cat(pieces).index_select(0, to_device(inverse, x.device))
+    pieces = [_KINDS[kind](x.index_select(0, idx), table.index_select(0, idx))
+              for kind, idx in enumerate(to_device(order, x.device).split(counts)) if len(idx)]
+    return torch.cat(pieces).index_select(0, to_device(torch.argsort(order), x.device))
 
 
 def siamese(real: Tensor, syn: Tensor, strategy: str, generator: torch.Generator,
             real_groups: Optional[Tensor] = None, syn_groups: Optional[Tensor] = None,
             groups: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """One draw applied to both batches: real and synthetic images of the same group get the same
-    op and parameters.  ``groups`` defaults to 1 + the largest group index given (1 if none)."""
+    """One draw applied to both batches: images of the same group get the same op and parameters."""
     if not parse_strategy(strategy):
         return real, syn
     if groups is None:
@@ -247,8 +194,7 @@ def siamese(real: Tensor, syn: Tensor, strategy: str, generator: torch.Generator
 
 
 def augment_batch(x: Tensor, strategy: str, generator: torch.Generator) -> Tensor:
-    """Non-siamese, for training networks: as DSA's authors do, one op for the whole batch (the
-    first image's draw) and every image its own parameters."""
+    """Non-siamese, as DSA trains networks: one op for the batch, every image its own parameters."""
     if not parse_strategy(strategy):
         return x
     params = draw(strategy, x.shape[0], generator)

@@ -1,6 +1,5 @@
-"""Datasets in memory: ``load(name, root, split, **options) -> Dataset`` (a registered dataset, an image
-folder or ``hf:``), ``from_tensors``/``from_torch`` for data already in Python, ``split`` for a held-out
-test part, and ``check_dataset``.  Each reader module registers its source when imported below."""
+"""Datasets in memory: ``load`` (a registered dataset, an image folder or ``hf:``), ``from_tensors``/``from_torch``
+for data already in Python, ``split`` and ``check_dataset``.  Each reader module registers its source below."""
 
 from gradmatch.data import cifar, digits, folder, hf, idx, svhn  # noqa: F401  (registers the readers)
 from gradmatch.data.arrays import from_tensors, from_torch

@@ -1,13 +1,7 @@
-"""Data already in Python: arrays or tensors (``from_tensors``) and map-style torch datasets
-(``from_torch``), turned into a ``Dataset``; the inputs are copied, never changed or kept.
-
-Pixels: uint8 (0..255), uint16 (0..65535), or floats in [0, 1] (any float dtype, float8 and bfloat16
-too); mean/std say how to normalise them, never that they are normalised already.  Layout: the channel
-axis is the one with 1 or 3 entries, axis 1 (N x C x H x W; C x H x W for one item) before axis 3
-(N x H x W x C; H x W x C), a 3-D array being N x H x W grey; any other count of channels needs
-``layout`` ("NCHW"/"NHWC").  Labels: integers 0..K-1, one per image; ``classes`` names them in order
-(default "0".."K-1"); without mean/std the images' own per-channel mean and std are used.
-"""
+"""Data already in Python (arrays, tensors, map-style torch datasets) copied into a ``Dataset``.
+Pixels: uint8, uint16, or floats in [0, 1]; mean/std say how to normalise them, never that they are.
+Layout: the channel axis is the one with 1 or 3 entries, axis 1 (NCHW) before axis 3 (NHWC), 3-D being
+N x H x W grey; other channel counts need ``layout``.  Labels: integers 0..K-1; ``classes`` names them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,8 +22,7 @@ MAX_UNNAMED_CLASSES = 100_000  # classes named "0".."K-1" for a caller who gave 
 def _numpy(value, what: str, who: str) -> np.ndarray:
     """``value`` as a numpy array of its own (copied): tensors of any float dtype as float32."""
     if isinstance(value, torch.Tensor):
-        kind = checks._tensor_kind(value)
-        if kind:
+        if kind := checks._tensor_kind(value):
             raise GradmatchError(f"{who}: {what} are a {kind} tensor; pass an ordinary tensor with values "
                                  f"({'.dequantize()' if value.is_quantized else '.to_dense()'})")
         value = value.detach().cpu()
@@ -114,8 +107,7 @@ def _dataset(images: torch.Tensor, labels: torch.Tensor, classes, mean, std, nam
 
 def from_tensors(images, labels, classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, name: str = "tensors", layout: str = "auto") -> Dataset:
-    """A ``Dataset`` of ``images`` (a numpy array or torch tensor, see the module docstring) and integer
-    ``labels``; ``classes`` names the labels in order; ``mean``/``std`` (one per channel) normalise."""
+    """A ``Dataset`` of ``images`` (a numpy array or torch tensor) and integer ``labels``."""
     who = "from_tensors"
     array = _numpy(images, "images", who)
     if array.ndim == 3 and layout == "auto":
@@ -149,8 +141,8 @@ def _item_pixels(image, index: int, who: str, layout: str) -> np.ndarray:
 
 
 def _item_label(label, index: int, who: str) -> int:
-    if isinstance(label, torch.Tensor) and checks._tensor_kind(label):
-        raise GradmatchError(f"{who}: item {index}'s label is a {checks._tensor_kind(label)} tensor; the dataset must "
+    if isinstance(label, torch.Tensor) and (kind := checks._tensor_kind(label)):
+        raise GradmatchError(f"{who}: item {index}'s label is a {kind} tensor; the dataset must "
                              "give integer labels 0..K-1")
     if isinstance(label, (torch.Tensor, np.ndarray)) and np.prod(label.shape) == 1:
         label = label.reshape(()).item()
@@ -162,11 +154,8 @@ def _item_label(label, index: int, who: str) -> int:
 
 def from_torch(dataset, classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, name: str | None = None, layout: str = "auto") -> Dataset:
-    """A ``Dataset`` of every item of a map-style torch dataset (``__len__`` and ``__getitem__``) giving
-    ``(image, label)``: image a tensor (C x H x W, layout as the module docstring says) or a PIL image (any
-    mode, as ``gradmatch.data.images`` reads it), label an integer.  Every image must have one size (grey
-    ones among colour ones are repeated to 3 channels).  ``classes`` defaults to the dataset's own
-    ``classes`` attribute where that is a list of names; ``name`` to its type's name."""
+    """Every ``(image, label)`` item of a map-style torch dataset: image a C x H x W tensor or a PIL image
+    of one size for all; ``classes`` defaults to the dataset's ``classes`` list, ``name`` to its type's name."""
     who = "from_torch"
     try:
         count = len(dataset)

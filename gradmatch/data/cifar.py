@@ -1,20 +1,12 @@
-"""CIFAR-10 and CIFAR-100 from the python pickles, laid out as torchvision does:
-``root/cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``, ``batches.meta``) and
-``root/cifar-100-python/`` (``train``, ``test``, ``meta``). ``data`` is uint8 N x 3072 holding the
-R, G and B planes, each 32 x 32 row-major.
-
-The pickles are read with a restricted unpickler that builds only what the official files hold (dicts,
-lists, str, bytes, ints, numpy integer scalars, and numpy arrays of plain dtypes whose values are in the
-file): a file whose pickle would call anything else (``os.system``, ``eval``...) is refused in one line
-before anything runs. Keys and class names may be str or bytes (as Python 3 reads Python 2's str with
-``encoding="bytes"``); labels may be Python ints, numpy integer scalars (what re-pickling with numpy
-writes) or an integer array. What is read must be what the official files hold: ``data`` uint8 N x 3072
-pixels, N integer labels; anything else (float pixels of a re-saved copy, float labels) is said in one
-line naming the file, never cast."""
+"""CIFAR-10 and CIFAR-100 from the python pickles in torchvision's layout, read by a restricted unpickler that
+builds only what the official files hold (dicts, lists, str, bytes, ints, numpy integer scalars, numpy arrays of
+plain dtypes from the bytes in the file): any other call is refused before anything runs.  Anything but uint8
+N x 3072 pixels and N integer labels is said in one line naming the file, never cast."""
 
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +51,7 @@ def _raw(value, what: str) -> bytes:
 
 
 class _NdarrayClass:
-    """What the name ``numpy.ndarray`` stands for: only the type ``_reconstruct`` is told to build.
-    Called directly it would make an array whose values are not in the file."""
+    """``numpy.ndarray`` as a pickle may name it: only the type ``_reconstruct`` is told to build."""
 
     def __call__(self, *args, **kwargs):
         raise Refused("numpy.ndarray called directly (an array whose values are not in the file)")
@@ -70,8 +61,7 @@ _NDARRAY = _NdarrayClass()
 
 
 class _Array:
-    """An array as ``_reconstruct`` starts it: nothing until its state (shape, dtype, the bytes of every
-    value) is set from the file; ``array`` is then a numpy array of its own."""
+    """An array as ``_reconstruct`` starts it: ``array`` is None until its state (every value's bytes) is set."""
 
     def __init__(self):
         self.array = None
@@ -103,8 +93,7 @@ def _reconstruct(subtype, shape, dtype_code):
 
 
 def _scalar(dtype, raw=None):
-    """A numpy scalar (``numpy.int64(3)`` in a label list re-pickled with numpy): a plain number, as a
-    Python number; nothing else is built."""
+    """A numpy scalar of a plain dtype (labels re-pickled with numpy), as a Python number."""
     if not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_KINDS or dtype.fields or dtype.subdtype:
         raise Refused(f"a numpy scalar of dtype {getattr(dtype, 'str', dtype)!r}")
     raw = _raw(raw, "a numpy scalar")
@@ -121,12 +110,7 @@ def _latin1(text, encoding="latin1"):
 
 
 class OfficialUnpickler(pickle.Unpickler):
-    """Builds only what CIFAR's official pickles hold: numpy arrays of plain dtypes, each from the bytes of
-    its values (Python 2's ``numpy.core.multiarray._reconstruct``, numpy 2's
-    ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray`` as the type it names, ``numpy.dtype``), numpy
-    scalars of plain dtypes (``multiarray.scalar``: a number from its bytes) and bytes as Python 3 writes
-    them (``_codecs.encode``); dicts, lists, str, bytes and ints need no global. Any other global is
-    refused; an array whose values are not in the file is refused when read (``resolve``)."""
+    """Builds only what CIFAR's official pickles hold: any global but these is refused."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
                ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -141,8 +125,7 @@ class OfficialUnpickler(pickle.Unpickler):
 
 
 def _resolved(value):
-    """``value`` with every array that was read in place of its placeholder (lists and dicts, the only
-    containers the files hold); an array whose values never came is refused."""
+    """``value`` with every placeholder (in lists and dicts) replaced by its array; one never filled is refused."""
     if isinstance(value, _Array):
         if value.array is None:
             raise Refused("an array without its values (an empty array of a given shape, nothing read into it)")
@@ -159,8 +142,7 @@ def _text(value):
 
 
 def unpickle(path: Path, dataset: str, keys) -> dict:
-    """Load a pickled dict that must hold ``keys`` (str or bytes keys); anything else is a corrupt file,
-    and a pickle that would call anything but numpy's array reconstruction is refused unrun."""
+    """Load a pickled dict that must hold ``keys`` (str or bytes keys), refusing any other pickle unrun."""
     try:
         with open(path, "rb") as f:
             obj = _resolved(OfficialUnpickler(f, encoding="latin1").load())
@@ -183,7 +165,7 @@ FIX_PIXELS = ("the official files hold uint8 pixels 0..255: re-save them as uint
 
 
 def _pixels(data, path: Path, dataset: str) -> np.ndarray:
-    """``data`` as the official files hold it, uint8 N x 3072 (R, G and B planes), else one line."""
+    """``data`` as the official files hold it, uint8 N x 3072 (R, G and B planes)."""
     if not isinstance(data, np.ndarray):
         raise GradmatchError(f"{dataset}: {path} holds its data as a {type(data).__name__}, not an array of "
                              f"pixels; {FIX_PIXELS}")
@@ -196,7 +178,7 @@ def _pixels(data, path: Path, dataset: str) -> np.ndarray:
 
 
 def _labels(values, path: Path, dataset: str) -> np.ndarray:
-    """Integer labels (Python or numpy integers, or an integer array) as int64, else one line."""
+    """Integer labels (Python or numpy integers, or an integer array) as int64."""
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu":
         return values.astype(np.int64)
     if isinstance(values, np.ndarray):
@@ -220,30 +202,25 @@ def _batch(path: Path, dataset: str, labels_key: str):
     return data, labels
 
 
-def _cifar_reader(name: str):
+def _read(name: str, root: Path, split: str, download: bool, size: Size) -> Dataset:
     spec = LAYOUT[name]
-
-    def read(root: Path, split: str, download: bool, size: Size) -> Dataset:
-        folder = root / spec["folder"]
-        files = [folder / f for f in spec[split] + [spec["meta"]]]
-        if download and not all(f.is_file() for f in files):
-            fetch(name, root)
-        for f in files:
-            if not f.is_file():
-                raise missing(name, f, spec["folder"] + "/")
-        meta = unpickle(files[-1], name, [spec["names"]])
-        classes = [str(_text(c)) for c in meta[spec["names"]]]
-        batches = [_batch(f, name, spec["labels"]) for f in files[:-1]]
-        labels = np.concatenate([b[1] for b in batches])
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-            raise GradmatchError(f"{name}: labels {labels.min()}..{labels.max()} do not fit the "
-                                 f"{len(classes)} classes of {files[-1]}; delete {folder} and re-download it")
-        images = to_unit([data.reshape(len(data), 3, 32, 32) for data, _ in batches])
-        return make_dataset(name, images, labels, classes, spec["mean"], spec["std"], size)
-
-    read.__name__ = f"read_{name.lower()}"
-    return read
+    folder = root / spec["folder"]
+    files = [folder / f for f in spec[split] + [spec["meta"]]]
+    if download and not all(f.is_file() for f in files):
+        fetch(name, root)
+    for f in files:
+        if not f.is_file():
+            raise missing(name, f, spec["folder"] + "/")
+    meta = unpickle(files[-1], name, [spec["names"]])
+    classes = [str(_text(c)) for c in meta[spec["names"]]]
+    batches = [_batch(f, name, spec["labels"]) for f in files[:-1]]
+    labels = np.concatenate([b[1] for b in batches])
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise GradmatchError(f"{name}: labels {labels.min()}..{labels.max()} do not fit the "
+                             f"{len(classes)} classes of {files[-1]}; delete {folder} and re-download it")
+    images = to_unit([data.reshape(len(data), 3, 32, 32) for data, _ in batches])
+    return make_dataset(name, images, labels, classes, spec["mean"], spec["std"], size)
 
 
-read_cifar10 = register_dataset("CIFAR10")(_cifar_reader("CIFAR10"))
-read_cifar100 = register_dataset("CIFAR100")(_cifar_reader("CIFAR100"))
+for _name in LAYOUT:
+    register_dataset(_name)(partial(_read, _name))

@@ -61,23 +61,16 @@ class Dataset:
                 f"im_size={self.im_size}, num_classes={self.num_classes})")
 
 
-def _what(obj: Any) -> str:
-    """What ``obj`` is, for an error, with the way to a Dataset where one is obvious."""
-    kind = type(obj).__name__
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return f"{kind} (images: wrap them and their labels with gradmatch.data.from_tensors)"
-    if isinstance(obj, torch.utils.data.Dataset):
-        return f"{kind} (a torch dataset: wrap it with gradmatch.data.from_torch)"
-    return kind
-
-
 def check_dataset(obj: Any, what: str = "real") -> Dataset:
-    """``obj`` as a well-formed ``Dataset`` (labels as int64), else one line naming ``what``: images a finite
-    float32 N x C x H x W tensor; N labels in 0..len(classes)-1; distinct str classes; mean and std one
-    finite number per channel, std > 0."""
+    """``obj`` as a well-formed ``Dataset`` (labels as int64), else one line naming ``what``."""
     if not isinstance(obj, Dataset):
+        got = type(obj).__name__
+        if isinstance(obj, (torch.Tensor, np.ndarray)):
+            got += " (images: wrap them and their labels with gradmatch.data.from_tensors)"
+        elif isinstance(obj, torch.utils.data.Dataset):
+            got += " (a torch dataset: wrap it with gradmatch.data.from_torch)"
         raise GradmatchError(f"{what} must be a gradmatch.data.Dataset (from gradmatch.data.load, from_tensors or "
-                             f"from_torch); got {_what(obj)}")
+                             f"from_torch); got {got}")
     images = checks.images(obj.images, f"{what} images")
     classes = checks.class_names(obj.classes, f"{what} classes")
     labels = checks.labels(obj.labels, len(images), f"{what} labels", len(classes))
@@ -89,13 +82,11 @@ def check_dataset(obj: Any, what: str = "real") -> Dataset:
 
 
 def missing(dataset: str, path, holds: str) -> GradmatchError:
-    """Error for an expected file that is not there."""
     return GradmatchError(f"{dataset}: expected {path}; pass --download (download=True from Python) or point "
                           f"--data_path at a folder holding {holds}")
 
 
 def corrupt(dataset: str, path, detail: str) -> GradmatchError:
-    """Error for a file that exists but cannot be parsed."""
     return GradmatchError(f"{dataset}: {path} is truncated or corrupt ({detail}); delete it and re-download it (pass "
                           "--download; download=True from Python)")
 
@@ -105,8 +96,7 @@ def first_existing(paths):
 
 
 def to_unit(pixels: np.ndarray | Sequence[np.ndarray], scale: float = 255.0) -> torch.Tensor:
-    """Pixel array N x C x H x W (values 0..scale), or a list of them to stack along N, -> float32 tensor in
-    [0, 1], converted straight into one preallocated tensor."""
+    """N x C x H x W pixels 0..scale (or a list of them to stack along N) -> one float32 tensor in [0, 1]."""
     parts = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
     out = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=torch.float32)
     start = 0
@@ -134,7 +124,6 @@ def resize(images: torch.Tensor, size: Size) -> torch.Tensor:
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of N x C x H x W images."""
     var, mean = torch.var_mean(images, dim=(0, 2, 3), correction=0)
     std = var.sqrt().clamp_min(1e-8)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -142,7 +131,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 def make_dataset(name: str, pixels: torch.Tensor, labels, classes: Sequence[str], mean: Sequence[float],
                  std: Sequence[float], size: Size = None, note: Optional[str] = None) -> Dataset:
-    """Resize ``pixels`` (in [0, 1], changed in place) to ``size``, normalise them with mean/std, and wrap."""
+    """Resize ``pixels`` (in [0, 1], changed in place), normalise them with mean/std, and wrap."""
     images = resize(pixels, size)
     images.sub_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
     images.div_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))

@@ -1,11 +1,5 @@
-"""Fetch the official dataset files (the URLs and MD5 checksums torchvision uses).
-
-``RESOURCES`` maps a dataset name to a list of ``(url, filename, md5)``; tests (or users behind a
-mirror) may replace its entries. Every file is streamed into a temporary file in the target folder,
-checked against its MD5 and only then moved into place with ``os.replace``, so an interrupted or
-corrupt download never leaves a file under the final name. Tarballs are extracted into a temporary
-folder beside the target and their top-level entries renamed into place.
-"""
+"""Fetch the official dataset files (torchvision's URLs and MD5s; ``RESOURCES`` may be replaced, e.g. by a mirror).
+Files and extracted archives are checked in temporary places, then moved: an interruption leaves no final name."""
 
 from __future__ import annotations
 
@@ -16,17 +10,11 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
 from gradmatch.errors import GradmatchError
-
-_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-_FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_SVHN = "http://ufldl.stanford.edu/housenumbers/"
-_KRIZ = "https://www.cs.toronto.edu/~kriz/"
 
 
 def _files(base: str, md5s: dict[str, str | None]) -> list[tuple[str, str, str | None]]:
@@ -34,24 +22,26 @@ def _files(base: str, md5s: dict[str, str | None]) -> list[tuple[str, str, str |
 
 
 RESOURCES: dict[str, list[tuple[str, str, str | None]]] = {
-    "MNIST": _files(_MNIST, {
+    "MNIST": _files("https://ossci-datasets.s3.amazonaws.com/mnist/", {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     }),
-    "FashionMNIST": _files(_FASHION, {
+    "FashionMNIST": _files("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
         "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     }),
-    "SVHN": _files(_SVHN, {
+    "SVHN": _files("http://ufldl.stanford.edu/housenumbers/", {
         "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
         "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
     }),
-    "CIFAR10": _files(_KRIZ, {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
-    "CIFAR100": _files(_KRIZ, {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}),
+    "CIFAR10": _files("https://www.cs.toronto.edu/~kriz/",
+                      {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
+    "CIFAR100": _files("https://www.cs.toronto.edu/~kriz/",
+                       {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}),
 }
 
 _CHUNK = 1 << 20
@@ -66,8 +56,7 @@ def file_md5(path: Path) -> str:
 
 
 def fetch(name: str, folder: Path, filenames: Iterable[str] | None = None) -> None:
-    """Download ``name``'s resources (only those in ``filenames`` if given) into ``folder``; a file
-    already there with the right checksum is kept. Tarballs are then extracted into ``folder``."""
+    """Download ``name``'s resources (only ``filenames`` if given) not already in ``folder``; extract tarballs."""
     wanted = None if filenames is None else set(filenames)
     folder = Path(folder)
     try:
@@ -98,8 +87,7 @@ def download_file(url: str, target: Path, md5: str | None, name: str) -> None:
                     out.write(block)
         if md5 is not None and digest.hexdigest() != md5:
             raise GradmatchError(f"{name}: checksum mismatch for {url} (md5 {digest.hexdigest()}, expected "
-                                 f"{md5}); the download is corrupt: try again, or fetch it by hand "
-                                 f"into {target}")
+                                 f"{md5}); the download is corrupt: try again, or fetch it by hand into {target}")
         os.replace(tmp, target)
     except (OSError, ValueError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
         reason = getattr(e, "reason", None) or e

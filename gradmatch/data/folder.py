@@ -1,25 +1,12 @@
-"""A user's own images, one subfolder per class (class names are the sorted subfolder names):
-
-    root/<class>/*.png|jpg|jpeg|bmp|tif|tiff|gif|webp    one set of images, or
-    root/train/<class>/...  and  root/test/<class>/...    separate splits.
-
-The split layout is used when ``root/train`` or ``root/test`` holds subfolders. Without split folders
-a fixed, seeded, stratified part of each class (``test_fraction``, 0.2 by default) is held out as the
-"test" split and the rest is "train" (``gradmatch.data.splits``); the datasets' ``note`` says so.
-Files are found recursively under each class folder; names starting with "." are skipped. Symlinked
-folders are skipped (they may loop or lead out of the tree), and said once in a warning line.
-
-The training split decides what the two splits share: the classes (test class folders must be among
-them), the channels (3 if any training image is in colour, else 1), the image size (``size``, else the
-first training image's; others are resized bilinearly) and the mean/std of both (``splits``).
-"""
+"""A user's own images, one subfolder per class (sorted names): ``root/<class>/...``, or ``root/train/<class>/...``
+and ``root/test/<class>/...``; without a test folder a fixed, stratified ``test_fraction`` is held out.  Images
+are found recursively; hidden names and symlinked folders (which may loop or lead out of the tree) are skipped,
+the latter said.  The training split decides the classes, channels, image size and both splits' mean/std."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import numpy as np
 
 from gradmatch.data.dataset import Dataset
 from gradmatch.data.images import channels_of, read_image, stack
@@ -32,27 +19,15 @@ Files = list[tuple[Path, int]]
 
 
 def _subfolders(folder: Path, linked: list[Path]) -> list[str]:
-    """Sorted names of the class folders in ``folder``. A symlinked folder is skipped (it may lead out of
-    the tree or back into it, a loop) and added to ``linked``, to be said."""
-    names = []
-    for path in folder.iterdir():
-        if path.name.startswith(".") or not path.is_dir():
-            continue
-        if path.is_symlink():
-            linked.append(path)
-        else:
-            names.append(path.name)
-    return sorted(names)
-
-
-def _has_split_folders(root: Path) -> bool:
-    return any((root / s).is_dir() and _subfolders(root / s, []) for s in ("train", "test"))
+    """Sorted names of the class folders in ``folder``; symlinked ones are skipped and added to ``linked``."""
+    folders = [path for path in folder.iterdir() if not path.name.startswith(".") and path.is_dir()]
+    linked += [path for path in folders if path.is_symlink()]
+    return sorted(path.name for path in folders if not path.is_symlink())
 
 
 def _images_under(folder: Path, linked: list[Path]) -> list[Path]:
-    """Image files anywhere under ``folder`` (hidden names skipped), sorted by relative path.  Symlinked
-    folders are not followed (``a/loop -> ..`` would repeat the tree forever, ``a/out -> /`` leave it)
-    but added to ``linked``; a symlink to an image file is read like the file."""
+    """Image files anywhere under ``folder``, sorted by relative path.  Symlinked folders are not followed
+    (``a/loop -> ..`` would repeat the tree forever) but added to ``linked``; a linked image file is read."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -79,10 +54,6 @@ def _scan(folder: Path, classes: list[str], every_class: bool, linked: list[Path
     return files
 
 
-def _decode_all(files: Files, grey: bool = False) -> list[np.ndarray]:
-    return [read_image(path, str(path), grey) for path, _ in files]
-
-
 def _say_skipped(linked: list[Path]) -> None:
     if linked:
         names = ", ".join(str(p) for p in linked[:5]) + (f" and {len(linked) - 5} more" if len(linked) > 5 else "")
@@ -95,7 +66,7 @@ def read_folder(root: Path, config) -> dict[str, Dataset]:
     if not root.is_dir():
         raise GradmatchError(f"folder: {root} is not a directory; point --data_path at a folder holding "
                              f"<class>/ subfolders of images")
-    split_layout = _has_split_folders(root)
+    split_layout = any((root / s).is_dir() and _subfolders(root / s, []) for s in ("train", "test"))
     train_dir = root / "train" if split_layout else root
     if split_layout and not train_dir.is_dir():
         raise GradmatchError(f"folder: {root} has test/ but no train/ folder; expected {train_dir}/<class>/")
@@ -107,7 +78,7 @@ def read_folder(root: Path, config) -> dict[str, Dataset]:
         _say_skipped(linked)
         raise GradmatchError(f"folder: no class subfolders in {train_dir}; expected {train_dir}/<class>/<image>")
     files = _scan(train_dir, classes, every_class=True, linked=linked)
-    arrays = _decode_all(files)
+    arrays = [read_image(path, str(path)) for path, _ in files]
     channels = channels_of(arrays)
     size = config.size or arrays[0].shape[:2]
     pixels = stack(arrays, channels, size)
@@ -123,7 +94,8 @@ def read_folder(root: Path, config) -> dict[str, Dataset]:
             raise GradmatchError(f"folder: test class folders {', '.join(extra)} in {test_dir} have no training "
                                  f"folder in {train_dir}; rename or remove them")
         files = _scan(test_dir, classes, every_class=False, linked=linked)
-        test = (stack(_decode_all(files, grey=channels == 1), channels, size), [label for _, label in files])
+        test = (stack([read_image(path, str(path), channels == 1) for path, _ in files], channels, size),
+                [label for _, label in files])
     _say_skipped(linked)
     return two_splits("folder", classes, pixels, labels, test, config.test_fraction,
                       no_test=f"folder {root} has no test split")

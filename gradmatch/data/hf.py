@@ -1,31 +1,7 @@
-"""Hugging Face datasets: ``load("hf:PATH_OR_NAME", split=...)`` reads an image-classification dataset
-with the ``datasets`` library, an optional extra (``pip install gradmatch[hf]``). ``root`` is unused.
-
-PATH_OR_NAME is one of
-    a folder written by ``save_to_disk`` (a Dataset or a DatasetDict)   read by ``datasets.load_from_disk``
-    a local folder of data files (parquet, arrow, an image folder...)   read by ``datasets.load_dataset``
-    one .parquet or .arrow file                                          likewise
-    a hub name ("user/name")                                             from the local Hugging Face cache
-An existing path is read as local data, anything else as a hub name. A hub name is read offline, from
-the cache only (``HF_HOME``/``HF_DATASETS_CACHE``): nothing is downloaded unless ``download=True``,
-when the library's own client fetches it into that cache. Local data is always read offline
-(``datasets`` keeps its usual cache of what it converted).
-
-Columns: the image column is the dataset's one ``datasets.Image`` feature, the label column its one
-``datasets.ClassLabel`` feature, whose names are the classes. Where that is ambiguous or missing, pass
-``image_column=``/``label_column=``. A label column that is not a ClassLabel is used only when named:
-integers 0..K-1 then give classes "0".."K-1", strings give the sorted unique strings of the training
-split as classes. Unlabelled rows (ClassLabel -1) are refused.
-
-Splits: "train" is the dataset's "train" split (or its only split, or a plain Dataset); "test" is its
-"test" split, else its "validation" split (the ``note`` says so), else a fixed, seeded, stratified
-``test_fraction`` of the training split is held out (``gradmatch.data.splits``; the ``note`` says so).
-
-Images: each row's image file is decoded with Pillow, every mode as ``gradmatch.data.images`` says
-(so 16-bit images keep their 16 bits); channels 3 if any training image is in colour, else 1. All
-images must have one size, else they are refused in one line unless ``size`` says what to resize them
-to. Normalisation: the per-channel mean/std of the training images (the training part, where held out).
-"""
+"""Hugging Face datasets: ``load("hf:PATH_OR_NAME")`` with the optional ``datasets`` library (gradmatch[hf]).
+PATH_OR_NAME: a ``save_to_disk`` folder, data files, or a hub name read from the local cache unless ``download=True``.
+Columns: the one ``Image`` and ``ClassLabel`` feature unless named (a named label column of integers or strings).
+"test" is the "test" split, else "validation", else a held-out part of "train"; the ``note`` says which."""
 
 from __future__ import annotations
 
@@ -38,17 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from gradmatch.data.dataset import Dataset
-from gradmatch.data.images import channels_of, check_one_size, image_sizes, read_image, stack
+from gradmatch.data.images import channels_of, check_one_size, read_image, stack
 from gradmatch.data.registry import register_dataset
 from gradmatch.data.splits import two_splits
 from gradmatch.errors import GradmatchError, warn
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
-SILENT = logging.CRITICAL + 1  # a log level above every record the library writes
 
 
 def library():
-    """The ``datasets`` module, or one line saying how to install it."""
     try:
         import datasets
     except ImportError:
@@ -59,9 +33,8 @@ def library():
 
 @contextlib.contextmanager
 def _quiet(datasets, offline: bool):
-    """No progress bars and no log lines from ``datasets`` (not even its errors: a file it cannot read
-    becomes gradmatch's one line, said once); no network unless ``offline`` is False. Both the library's
-    flags (read at call time) and the environment are set, and restored after."""
+    """No progress bars and no log lines from ``datasets`` (its errors become gradmatch's one line); no network
+    while ``offline``.  Both the library's flags (read at call time) and the environment are set, then restored."""
     import huggingface_hub.constants as hub
 
     saved_flags = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
@@ -74,7 +47,7 @@ def _quiet(datasets, offline: bool):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(SILENT)
+    datasets.logging.set_verbosity(logging.CRITICAL + 1)  # above every record the library writes
     try:
         yield
     finally:
@@ -91,22 +64,13 @@ def _quiet(datasets, offline: bool):
                 datasets.enable_progress_bars()
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _is_hub_name(spec: str) -> bool:
-    return not spec.startswith(("/", ".", "~")) and spec.count("/") <= 1 and "\\" not in spec
-
-
 def open_splits(spec: str, download: bool) -> dict:
-    """The dataset's splits, {name: datasets.Dataset}, read as the module docstring says."""
+    """The dataset's splits, {name: datasets.Dataset}."""
     datasets = library()
     what = f"hf:{spec}"
     path = Path(os.path.expanduser(spec))
     hub = not path.exists()
-    if hub and not _is_hub_name(spec):
+    if hub and (spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec):  # not "user/name"
         raise GradmatchError(f"{what}: no such file or folder (nor a hub name \"user/name\"); give the path of a "
                              f"save_to_disk folder or of parquet/arrow files")
     if not hub and path.is_file() and path.suffix.lower() not in FILE_BUILDERS:
@@ -128,8 +92,10 @@ def open_splits(spec: str, download: bool) -> dict:
                                  f"); pass --download (download=True from Python) to fetch it with the datasets "
                                  f"library, or give the path of a save_to_disk folder or of parquet/arrow files"
                                  ) from None
+        lines = str(e).strip().splitlines()
+        error = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
         doing = "could not fetch" if hub else "cannot read"
-        raise GradmatchError(f"{what}: the datasets library {doing} it ({_first_line(e)})") from None
+        raise GradmatchError(f"{what}: the datasets library {doing} it ({error})") from None
     if isinstance(found, datasets.DatasetDict):
         return dict(found)
     if isinstance(found, datasets.Dataset):
@@ -179,8 +145,7 @@ def columns(features, image_column: str | None, label_column: str | None, what: 
 
 
 def _labels(part, column: str, classes: list[str] | None, what: str) -> tuple[np.ndarray, list[str]]:
-    """Labels of one split as int64, and the classes (decided here from the training split when
-    ``classes`` is None)."""
+    """Labels of one split as int64, and the classes (decided here, from the training split, when None)."""
     feature = part.features[column]
     values = list(part[column])
     if any(v is None for v in values):
@@ -211,8 +176,7 @@ def _labels(part, column: str, classes: list[str] | None, what: str) -> tuple[np
 
 
 def _images(part, column: str, what: str, grey: bool = False) -> list[np.ndarray]:
-    """Every row's image as pixels (``gradmatch.data.images``), decoded by Pillow from the stored file
-    (its bytes, read as Arrow without the library's per-row formatting, or its path)."""
+    """Every row's image as pixels, decoded by Pillow from the file's bytes (read as Arrow, unformatted) or path."""
     datasets = library()
     files = part.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     table = files.with_format("arrow")[:][column].combine_chunks()
@@ -226,7 +190,7 @@ def _images(part, column: str, what: str, grey: bool = False) -> list[np.ndarray
 
 @register_dataset("hf", options=("test_fraction", "image_column", "label_column"), both=True)
 def read_hf(spec: str, config) -> dict[str, Dataset]:
-    """``load("hf:" + spec, ...)``: see the module docstring; both splits from one read."""
+    """``load("hf:" + spec, ...)``: both splits from one read."""
     what = f"hf:{spec}"
     if not spec:
         raise GradmatchError("hf: needs a dataset after it: hf:PATH (save_to_disk folder, parquet/arrow files) or "
@@ -249,7 +213,6 @@ def read_hf(spec: str, config) -> dict[str, Dataset]:
     labels, classes = _labels(train, label_col, None, f"{what} {train_name}")
     arrays = _images(train, image_col, f"{what} {train_name}")
     channels = channels_of(arrays)
-    test = None
     if test_name:
         part = splits[test_name]
         image_col, label_col = columns(part.features, config.image_column or image_col,
@@ -259,12 +222,11 @@ def read_hf(spec: str, config) -> dict[str, Dataset]:
             raise GradmatchError(f"{what}: the {test_name} split's classes ({', '.join(test_classes[:5])}...) differ "
                                  f"from the {train_name} split's ({', '.join(classes[:5])}...)")
         test_arrays = _images(part, image_col, f"{what} {test_name}", grey=channels == 1)
-    check_one_size(image_sizes(arrays + (test_arrays if test_name else [])), what, config.size)
+    check_one_size(arrays + (test_arrays if test_name else []), what, config.size)
     size = config.size or arrays[0].shape[:2]
     pixels = stack(arrays, channels, size)
     del arrays
-    if test_name:
-        test = (stack(test_arrays, channels, size), test_labels)
+    test = (stack(test_arrays, channels, size), test_labels) if test_name else None
     line = None if test_name in (None, "test") else \
         f"{what} has no test split: its validation split is used for testing"
     return two_splits(what, classes, pixels, labels, test, config.test_fraction,

@@ -1,12 +1,12 @@
 """MNIST and FashionMNIST from IDX files, laid out as torchvision does: ``root/<name>/raw/``
-holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
-``t10k-labels-idx1-ubyte``, each plain or gzipped (``.gz``)."""
+holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, each plain or gzipped (``.gz``)."""
 
 from __future__ import annotations
 
 import gzip
 import struct
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,30 +49,24 @@ def read_idx(path: Path, magic: int, dataset: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _idx_reader(name: str, classes, mean: float, std: float):
-    def read(root: Path, split: str, download: bool, size: Size) -> Dataset:
-        folder = root / name / "raw"
-        bases = FILES[split]
+def _read(name: str, classes, mean: float, std: float, root: Path, split: str, download: bool, size: Size) -> Dataset:
+    folder = root / name / "raw"
+    bases = FILES[split]
+    paths = [first_existing([folder / b, folder / (b + ".gz")]) for b in bases]
+    if download and None in paths:
+        fetch(name, folder, [b + ".gz" for b, p in zip(bases, paths) if p is None])
         paths = [first_existing([folder / b, folder / (b + ".gz")]) for b in bases]
-        if download and None in paths:
-            fetch(name, folder, [b + ".gz" for b, p in zip(bases, paths) if p is None])
-            paths = [first_existing([folder / b, folder / (b + ".gz")]) for b in bases]
-        for base, path in zip(bases, paths):
-            if path is None:
-                raise missing(name, folder / f"{base}[.gz]", f"{name}/raw/")
-        images = read_idx(paths[0], IMAGES_MAGIC, name)
-        labels = read_idx(paths[1], LABELS_MAGIC, name)
-        if len(images) != len(labels):
-            raise corrupt(name, paths[1], f"{len(labels)} labels for {len(images)} images in {paths[0]}")
-        if len(labels) and labels.max() >= len(classes):
-            raise corrupt(name, paths[1], f"label {labels.max()} out of range 0..{len(classes) - 1}")
-        return make_dataset(name, to_unit(images[:, None]), labels.astype(np.int64), classes,
-                            (mean,), (std,), size)
-
-    read.__name__ = f"read_{name.lower()}"
-    return read
+    for base, path in zip(bases, paths):
+        if path is None:
+            raise missing(name, folder / f"{base}[.gz]", f"{name}/raw/")
+    images = read_idx(paths[0], IMAGES_MAGIC, name)
+    labels = read_idx(paths[1], LABELS_MAGIC, name)
+    if len(images) != len(labels):
+        raise corrupt(name, paths[1], f"{len(labels)} labels for {len(images)} images in {paths[0]}")
+    if len(labels) and labels.max() >= len(classes):
+        raise corrupt(name, paths[1], f"label {labels.max()} out of range 0..{len(classes) - 1}")
+    return make_dataset(name, to_unit(images[:, None]), labels.astype(np.int64), classes, (mean,), (std,), size)
 
 
-read_mnist = register_dataset("MNIST")(_idx_reader("MNIST", [str(d) for d in range(10)], 0.1307, 0.3081))
-read_fashion_mnist = register_dataset("FashionMNIST")(
-    _idx_reader("FashionMNIST", FASHION_CLASSES, 0.2861, 0.3530))
+register_dataset("MNIST")(partial(_read, "MNIST", [str(d) for d in range(10)], 0.1307, 0.3081))
+register_dataset("FashionMNIST")(partial(_read, "FashionMNIST", FASHION_CLASSES, 0.2861, 0.3530))

@@ -1,38 +1,13 @@
-"""Pillow images to pixels, for every mode Pillow opens, each scaled by its real range.
-
-``pixels(image, source)`` gives an H x W x C array, C = 1 (grey) or 3 (colour), of uint8 (0..255),
-uint16 (0..65535) or float32 (0..1) values; ``stack`` divides each by its dtype's full scale, so a
-16-bit image keeps its 65,536 levels, their order and its full range. Per Pillow mode:
-
-    1                          black or white: 0 or 255
-    L                          8-bit grey
-    LA, La                     8-bit grey, alpha dropped (La, premultiplied, is un-premultiplied first)
-    I;16, I;16B, I;16L, I;16N  16-bit grey, scaled by 65535
-    I                          32-bit integer grey, read as 16-bit (what 16-bit PNG and TIFF files give):
-                               values outside 0..65535 are refused
-    F                          32-bit float grey, taken as given when every pixel is within [0, 1] (a float
-                               file's range is its author's to say); otherwise refused
-    RGB, RGBX                  8-bit colour
-    RGBA, RGBa                 colour, alpha dropped (RGBa, premultiplied, is un-premultiplied first)
-    P, PA                      palette colours looked up (P and PA images count as colour), transparency dropped
-    CMYK                       R = 255 (1 - C)(1 - K), likewise G and B (Pillow's, no colour profile)
-    YCbCr                      JPEG's full-range ITU-R BT.601 conversion (Pillow's)
-    HSV                        the standard HSV to RGB conversion (Pillow's, as ``colorsys``)
-    LAB and any other mode     refused in one line naming the file and its mode
-
-Alpha is dropped, not composited: the colour values are kept as stored, as Pillow's ``convert("RGB")``
-and torchvision do (compositing would have to invent a background colour).
-
-Where the training images are grey, a colour image is made grey with Pillow's ``convert("L")`` of its
-RGB values (ITU-R 601-2 luma, 8-bit); where they are in colour, a grey image is repeated over the three
-channels (what Pillow's "L" to "RGB" does). A multi-frame file (GIF, TIFF) gives its first frame.
-"""
+"""Pillow images to pixels, for every mode Pillow opens, each scaled by its real range: uint8, uint16 (16-bit
+grey, mode I read as 16-bit) or float32 in [0, 1] (mode F), so a 16-bit image keeps its 65,536 levels.  Colour
+modes convert as Pillow's ``convert("RGB")`` does, alpha dropped (compositing would invent a background); modes
+with no faithful conversion (LAB...) are refused.  A multi-frame file gives its first frame."""
 
 from __future__ import annotations
 
 import io
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,8 +24,7 @@ FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(
 
 
 def pixels(image: Image.Image, source: str, grey: bool = False) -> np.ndarray:
-    """``image`` as H x W x C values (see the module docstring); ``grey=True`` makes a colour image grey.
-    ``source`` names the image in errors (a path, or a dataset and row)."""
+    """``image`` as H x W x C values; ``grey=True`` makes a colour image grey; ``source`` names it in errors."""
     mode = image.mode
     if mode in COLOUR:
         if mode == "P" and "transparency" in image.info:
@@ -81,8 +55,6 @@ def pixels(image: Image.Image, source: str, grey: bool = False) -> np.ndarray:
 
 
 def read_image(file: str | os.PathLike | bytes, source: str, grey: bool = False) -> np.ndarray:
-    """Open an image file (a path or the file's bytes) and return its ``pixels``; a file Pillow cannot
-    decode is refused in one line naming ``source``."""
     try:
         with Image.open(io.BytesIO(file) if isinstance(file, bytes) else file) as image:
             return pixels(image, source, grey)
@@ -91,13 +63,11 @@ def read_image(file: str | os.PathLike | bytes, source: str, grey: bool = False)
 
 
 def channels_of(arrays: Sequence[np.ndarray]) -> int:
-    """3 if any of the arrays is in colour, else 1."""
     return 3 if any(a.shape[2] == 3 for a in arrays) else 1
 
 
 def stack(arrays: Sequence[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """H x W x (1 or 3) arrays -> N x channels x H x W float32 in [0, 1], each source size resized as one
-    batch. Grey arrays are repeated to 3 channels when ``channels`` is 3."""
+    """H x W x (1 or 3) arrays -> N x channels x H x W float32 in [0, 1], each source size resized as one batch."""
     groups = defaultdict(list)  # by size, channels and dtype, so each group stacks
     for i, array in enumerate(arrays):
         groups[array.shape, array.dtype].append(i)
@@ -113,16 +83,9 @@ def stack(arrays: Sequence[np.ndarray], channels: int, size: tuple[int, int]) ->
     return out
 
 
-def image_sizes(arrays: Sequence[np.ndarray]) -> dict[tuple[int, int], int]:
-    """How many arrays have each (H, W), in order of first appearance."""
-    counts: dict[tuple[int, int], int] = {}
-    for array in arrays:
-        counts[array.shape[:2]] = counts.get(array.shape[:2], 0) + 1
-    return counts
-
-
-def check_one_size(sizes: dict[tuple[int, int], int], what: str, size: Size) -> None:
+def check_one_size(arrays: Sequence[np.ndarray], what: str, size: Size) -> None:
     """Refuse images of several sizes unless ``size`` says what to resize them to."""
+    sizes = Counter(array.shape[:2] for array in arrays)  # in order of first appearance
     if size is None and len(sizes) > 1:
         listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in list(sizes.items())[:4])
         raise GradmatchError(f"{what}: images differ in size ({listed}{', ...' if len(sizes) > 4 else ''}); "

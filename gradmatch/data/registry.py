@@ -1,11 +1,6 @@
-"""Where data comes from: the data part of the settings (``DataConfig``), the table of sources, and ``load``.
-
-A source is parsed once, by one table: ``hf:PATH_OR_NAME`` (a prefix), a registered name (case, ``-`` and
-``_`` ignored) or the path of an image folder.  A reader is registered with ``@register_dataset(name)``
-and is called as ``reader(location, split, download, size) -> Dataset``; one registered with ``both=True`` is
-called as ``reader(location, config) -> {"train": ..., "test": ...}``, for sources that must decode the
-training images to make either split (its mean/std), so a run reads them once.
-"""
+"""Where data comes from: the data settings (``DataConfig``), the table of sources, and ``load``.  A reader is
+called as ``reader(location, split, download, size) -> Dataset``, or, registered with ``both=True`` (sources
+that decode the training images for either split), as ``reader(location, config) -> {split: ...}``."""
 from __future__ import annotations
 
 import dataclasses
@@ -93,8 +88,7 @@ class DataConfig(Settings):
 
 
 def load_data(config: DataConfig, splits=("train", "test")) -> dict[str, Dataset]:
-    """The ``splits`` of ``config``'s (validated) data, each checked once here; a source that decodes its
-    training images for either split decodes them once for both."""
+    """The ``splits`` of ``config``'s (validated) data, each checked once here."""
     name, source, location = config.source()
     for split in splits:
         if split not in source.splits:
@@ -110,20 +104,14 @@ def load_data(config: DataConfig, splits=("train", "test")) -> dict[str, Dataset
     else:
         read = {split: source.reader(location, split, config.download, config.size) for split in splits}
     where = config.where()
-    return {split: _with_source(check_dataset(read[split], f"{name} {split}"), where) for split in splits}
-
-
-def _with_source(dataset: Dataset, where: dict) -> Dataset:
-    return dataclasses.replace(dataset, source=where)
+    return {split: dataclasses.replace(check_dataset(read[split], f"{name} {split}"), source=where)
+            for split in splits}
 
 
 def load(name, root=".", split: str = "train", **options) -> Dataset:
-    """Read split ``split`` ("train" or "test"; "all" too for digits) of dataset ``name`` (a registered
-    name, ``list_datasets()``; an image folder's path; or ``hf:PATH_OR_NAME``) from the folder ``root``.
-    ``options`` are the other data settings (``DataConfig``): ``download``, ``size`` (an int or (H, W):
-    bilinear, antialiased, before normalising), ``test_fraction`` (the share of each class held out where
-    the data has no test split, default 0.2; 0 tests on the training images), ``image_column`` and
-    ``label_column`` (of an hf: dataset); one the source does not use is said and ignored."""
+    """Split ``split`` ("train", "test"; "all" too for digits) of dataset ``name`` (``list_datasets()``, an
+    image folder or ``hf:PATH_OR_NAME``) from the folder ``root``.  ``options`` are the other ``DataConfig``
+    settings (``download``, ``size``, ``test_fraction``...); one the source does not use is said and ignored."""
     config = DataConfig(dataset=os.fspath(name) if isinstance(name, os.PathLike) else name,
                         data_path=os.fspath(root) if isinstance(root, os.PathLike) else root, **options).validate()
     return load_data(config, (split,))[split]

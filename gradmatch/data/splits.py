@@ -1,12 +1,7 @@
-"""The one place two splits are made from pixels and normalised alike: a source's own test split, or, for
-data that has none, a fixed, seeded, stratified held-out part.
-
-Each class holds out ``round(n * test_fraction)`` of its ``n`` images (halves round up), but at most
-``n - 1``, so every class keeps a training image.  Which ones is drawn per class from
-``numpy.random.default_rng((seed, class))``: the same in every run, and unchanged in one class when
-another gains images.  Where nothing can be held out the test images are the training images, and the
-note says so.  Both splits are normalised with the mean/std of the training part only.
-"""
+"""The one place two splits are made from pixels and normalised alike: a source's own test split, or a fixed,
+seeded, stratified held-out part.  Each class holds out ``round(n * test_fraction)`` of its ``n`` images
+(halves up, at most ``n - 1``), drawn from ``numpy.random.default_rng((seed, class))`` so a class's choice
+is unchanged when another gains images.  Both splits use the training part's mean/std."""
 from __future__ import annotations
 
 import math
@@ -50,10 +45,8 @@ def note(what: str, test_fraction: float, n_test: int, n_total: int, seed: str =
 def two_splits(name: str, classes, pixels: torch.Tensor, labels, test: Optional[tuple] = None,
                test_fraction: Optional[float] = None, seed: int = SPLIT_SEED, no_test: str = "",
                own_note: Optional[str] = None) -> dict[str, Dataset]:
-    """{"train", "test"} from training ``pixels`` (N x C x H x W in [0, 1], owned) and ``labels``: with
-    ``test`` = (pixels, labels) a source's own test split (``own_note`` said), else ``test_fraction``
-    (default 0.2) of each class held out, the note naming the data as ``no_test`` says (a reader's fixed
-    split) or by name and seed (``split``).  Both normalised with the training part's mean/std."""
+    """{"train", "test"} from training ``pixels`` (N x C x H x W in [0, 1], owned) and ``labels``, with
+    ``test`` = (pixels, labels) a source's own test split, else ``test_fraction`` of each class held out."""
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     line = own_note
     if test is None:
@@ -71,8 +64,7 @@ def two_splits(name: str, classes, pixels: torch.Tensor, labels, test: Optional[
 
 
 def split(dataset: Dataset, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, test) of ``dataset`` (e.g. from ``from_tensors`` or ``from_torch``) as the module docstring
-    says, both normalised with the mean/std of the training part (the dataset's own are replaced)."""
+    """(train, test) of ``dataset``, both normalised with the training part's mean/std (replacing its own)."""
     dataset = check_dataset(dataset, "split: dataset")
     test_fraction = checks.fraction(test_fraction, "split: test_fraction")
     seed = checks.seed(seed, "split: seed")

@@ -35,7 +35,3 @@ def own_chunk(batch: Batch, group: Group) -> Tuple[Batch, float]:
         return batch, 1.0
     part = group.chunk(len(batch[1]))
     return (batch[0][part], batch[1][part]), (part.stop - part.start) / max(len(batch[1]), 1)
-
-
-def class_count(labels: Tensor) -> int:
-    return int(torch.unique(labels).numel())

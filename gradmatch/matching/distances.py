@@ -1,17 +1,8 @@
 """How to compare two gradients: the distances of SPEC section 6, as the seed's code computes them.
 
-Every distance works on lists of per-parameter gradient tensors and is one entry of ``DISTANCES``,
-which also says what it reads: the layer-wise ones view each tensor as rows, one per output unit,
-and skip 1-D tensors (biases and norm scales); the whole-vector ones compare the flattened gradient,
-biases included.
-
-* ``baseline``: sum over rows of 1 - cos, the cosine as the seed's ``distance_baseline`` computes it,
-  ``torch.nn.functional.cosine_similarity`` (its epsilon, 1e-8, bounds each norm);
-* ``improved``: the seed's ``distance_improved``: the same cosine term plus each row's Euclidean distance;
-* ``dc`` (also ``ours``, DC's own name): DC's original ``distance_wb`` (VICO-UoE/DatasetCondensation),
-  1e-6 added to the product of the two row norms; for reproducing VICO's code;
-* ``mse``, ``cos``: the whole flattened vectors, as the seed does;
-* a user's own per-tensor function of (syn_rows, real_rows) (``package.module:function`` on the CLI).
+Each is one entry of ``DISTANCES``: the layer-wise ones (``baseline``, ``improved``, ``dc``, alias ``ours``)
+view each tensor as rows, one per output unit, and skip 1-D tensors; the whole-vector ones (``mse``, ``cos``)
+compare the flattened gradient, biases included.  A user's own is ``package.module:function``.
 """
 from __future__ import annotations
 
@@ -39,13 +30,12 @@ class Distance:
 
 
 def as_rows(grad: Tensor) -> Tensor:
-    """View a gradient as one row per output unit: conv (out, in*kh*kw), linear as is, a 3-D norm
-    weight (C, h*w)."""
+    """View a gradient as one row per output unit: conv (out, in*kh*kw), linear as is, a 3-D norm weight (C, h*w)."""
     return grad.reshape(grad.shape[0], -1)
 
 
 def baseline_distance(syn: Tensor, real: Tensor) -> Tensor:
-    """The seed's distance_baseline: sum over rows of (1 - cos)."""
+    """The seed's distance_baseline: sum over rows of (1 - cos), F.cosine_similarity's eps bounding each norm."""
     return torch.sum(1 - F.cosine_similarity(real, syn, dim=-1))
 
 
@@ -77,10 +67,7 @@ Metric = Union[str, PerTensorDistance, Distance]
 
 
 def resolve_metric(metric: Metric) -> Distance:
-    """A name, an alias, ``package.module:function`` or a callable -> the ``Distance`` it means.
-
-    Raises GradmatchError for an unknown name or a function that cannot be imported.
-    """
+    """A name, an alias, ``package.module:function`` or a callable -> the ``Distance`` it means."""
     if isinstance(metric, Distance):
         return metric
     if callable(metric):
@@ -99,22 +86,13 @@ def resolve_metric(metric: Metric) -> Distance:
 
 
 def needed_parameters(net: nn.Module, metric: Metric) -> List[Tuple[str, Tensor]]:
-    """(name, parameter) pairs whose gradients the distance reads: every trainable one for a
-    whole-vector distance, those with more than one dimension for a layer-wise one."""
-    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    if resolve_metric(metric).whole_vector:
-        return named
-    return [(n, p) for n, p in named if p.dim() > 1]
-
-
-def _flat(grads: Sequence[Tensor]) -> Tensor:
-    return torch.cat([g.reshape(-1) for g in grads])
+    """(name, parameter) pairs whose gradients the distance reads."""
+    whole = resolve_metric(metric).whole_vector
+    return [(n, p) for n, p in net.named_parameters() if p.requires_grad and (whole or p.dim() > 1)]
 
 
 def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
-    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6): a layer-wise distance on each
-    multi-dimensional tensor viewed as rows (1-D tensors contribute nothing, as in the seed's
-    ``distance_improved``), a whole-vector one on the flattened gradients."""
+    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6), checked."""
     _check_gradients(gw_syn, gw_real)  # a caller's lists; the matching core's own go to tensor_distance
     return tensor_distance(gw_syn, gw_real, metric)
 
@@ -123,7 +101,7 @@ def tensor_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric:
     """``gradient_distance`` without its argument checks: the matching core's per-step calls."""
     distance = resolve_metric(metric)
     if distance.whole_vector:
-        return distance.fn(_flat(gw_syn), _flat(gw_real))
+        return distance.fn(*(torch.cat([g.reshape(-1) for g in grads]) for grads in (gw_syn, gw_real)))
     total = gw_syn[0].new_zeros(())
     for syn, real in zip(gw_syn, gw_real):
         if syn.dim() > 1:
@@ -148,9 +126,7 @@ def _check_gradients(gw_syn, gw_real) -> None:
 
 
 def summed_distance(syn: Sequence[Tensor], real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
-    """sum_k D(syn[.][k], real[.][k]) over K-stacked gradients (one (K, *shape) tensor per parameter):
-    ``gradient_distance`` of the K class pairs at once (``torch.func.vmap`` over the K axis), one
-    batched op per parameter tensor instead of K small ones."""
+    """sum_k D over K-stacked gradients (one (K, *shape) tensor per parameter), vmapped."""
     distance = resolve_metric(metric)
     if not distance.builtin:  # a user's distance need not be vmappable: one class pair at a time
         return sum(tensor_distance([s[i] for s in syn], [r[i] for r in real], distance)

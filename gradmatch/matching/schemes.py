@@ -1,13 +1,5 @@
-"""What to match: the matching schemes of SPEC section 5, each one entry of ``SCHEMES``.
-
-``matching_losses`` is pure: batches that the condensation loop has drawn go in, one loss per
-network of the stack comes out, differentiable with respect to the synthetic images.  A scheme says
-how its batches are cut (per class, or one mixed batch) and how its loss is composed from the
-gradients an engine (``gradmatch.matching.engines``) computes; adding a scheme is one entry here.
-
-With several processes (``group``) each is given the same whole batches and returns its share: the
-terms of its own classes (its chunk of a mixed batch); the shares' values and image gradients, summed
-over processes, are those of one process.
+"""What to match: the matching schemes of SPEC section 5, each one entry of ``SCHEMES``.  With several processes
+each returns the share of its own classes; the shares summed are the one-process values and image gradients.
 """
 from __future__ import annotations
 
@@ -22,10 +14,9 @@ from .. import checks
 from ..errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name, warn
 from ..precision import PRECISIONS
 from ..models.stack import Networks
-from .batches import Batch, class_count, own_chunk, own_classes, split_by_class
+from .batches import Batch, own_chunk, own_classes, split_by_class
 from .distances import Metric, needed_parameters, resolve_metric, summed_distance, tensor_distance
 from .engines import ENGINES, choose_engine
-from .engines.batched import batched_obstacle
 
 # compose(g_syn, g_real, metric, k, present, group): one network's loss from its (K, *shape) gradients
 Compose = Callable[[Sequence[Tensor], Sequence[Tensor], object, int, int, Group], Tensor]
@@ -69,9 +60,8 @@ SCHEMES = {s.name: s for s in (
     Scheme("multi-level", "multi-level.py", multi_level_terms, adaptive=(50, 40, 30, 20)),
 )}
 # The seed's script names and a few short forms.
-ALIASES = {"baseline": "intra-class", "intra": "intra-class", "inter": "inter-class",
-           "multi": "multi-level", "multilevel": "multi-level", "intraclass": "intra-class",
-           "interclass": "inter-class"}
+ALIASES = {"baseline": "intra-class", "intra": "intra-class", "intraclass": "intra-class", "inter": "inter-class",
+           "interclass": "inter-class", "multi": "multi-level", "multilevel": "multi-level"}
 
 
 def resolve_scheme(name: str) -> str:
@@ -97,18 +87,14 @@ def per_class_turns(scheme: str) -> bool:
 def matching_losses(nets: Networks, reals: Sequence[Batch], syns: Sequence[Batch], scheme: str,
                     metric: Metric = "baseline", num_classes: Optional[int] = None, *, engine: str = "loop",
                     precision: str = "fp32", group: Optional[Group] = None, iteration: int = 0) -> Tensor:
-    """The matching loss L of one outer step (SPEC section 5) for each network of ``nets``: shape (E,).
-
-    ``reals[e]`` and ``syns[e]`` are member e's (images, labels).  For the per-class schemes both hold
-    every class, grouped by label; for inter-class they are mixed batches.  ``num_classes`` (K)
-    defaults to the classes in ``syns[0]``; ``engine`` (loop, fast, batched) computes the gradients,
-    the same numbers up to rounding; ``precision`` is the real targets' arithmetic."""
+    """The matching loss of one outer step for each network of ``nets``, shape (E,): ``reals[e]``, ``syns[e]`` are
+    member e's (images, labels), grouped by class (mixed for inter-class); ``precision``: the real targets'."""
     distance = resolve_metric(metric)
     concrete = scheme_at(scheme, iteration) if isinstance(scheme, str) else scheme
     group = group or SINGLE
     names = [n for n, _ in needed_parameters(nets.members[0], distance)]
-    k = num_classes if num_classes is not None else class_count(syns[0][1])
-    present = class_count(syns[0][1])
+    present = int(torch.unique(syns[0][1]).numel())
+    k = num_classes if num_classes is not None else present
 
     def gradients(batches: List[List[Batch]], target: bool, weight: float = 1.0) -> List[Tensor]:
         if not len(batches[0]):  # this process holds no share: no gradient, only the collectives
@@ -138,11 +124,14 @@ def matching_losses(nets: Networks, reals: Sequence[Batch], syns: Sequence[Batch
 def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-class",
                   metric: Metric = "baseline", iteration: int = 0, num_classes: Optional[int] = None, *,
                   engine: str = "loop", precision: str = "fp32", group: Optional[Group] = None) -> Tensor:
-    """``matching_losses`` of one network: the scalar loss.  ``iteration`` picks the half of the
-    interleaved scheme; ``engine`` may be ``auto``; where ``batched`` cannot serve the network or the
-    batches, ``fast`` runs and it is said once."""
-    dtype = _check_net(net)
-    real, syn = _batch("real", real, dtype), _batch("syn", syn, dtype)
+    """``matching_losses`` of one network; ``iteration`` picks the half of the interleaved scheme."""
+    if not isinstance(net, nn.Module):
+        raise GradmatchError(f"matching_loss: net must be a torch.nn.Module (e.g. gradmatch.create_model(...)); got "
+                             f"{type(net).__name__}")
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise GradmatchError("matching_loss: net has no parameters that take gradients; there is nothing to match")
+    real, syn = _batch("real", real, params[0].dtype), _batch("syn", syn, params[0].dtype)
     if real[0].shape[1:] != syn[0].shape[1:]:
         raise GradmatchError(f"matching_loss: real images are {tuple(real[0].shape[1:])} but syn images "
                              f"{tuple(syn[0].shape[1:])}; give images of one shape")
@@ -169,19 +158,7 @@ def matching_loss(net: nn.Module, real: Batch, syn: Batch, scheme: str = "intra-
                              "give images of the shape it takes and labels below its number of outputs") from None
 
 
-def _check_net(net) -> torch.dtype:
-    """The dtype of ``net``'s parameters; one line if it is not a network with trainable parameters."""
-    if not isinstance(net, nn.Module):
-        raise GradmatchError(f"matching_loss: net must be a torch.nn.Module (e.g. gradmatch.create_model(...)); got "
-                             f"{type(net).__name__}")
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:
-        raise GradmatchError("matching_loss: net has no parameters that take gradients; there is nothing to match")
-    return params[0].dtype
-
-
 def _batch(what: str, batch, dtype: torch.dtype) -> Batch:
-    """``(images, labels)``: float images N x C x H x W of the network's dtype, N integer labels >= 0."""
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise GradmatchError(f"matching_loss: {what} must be an (images, labels) pair of tensors; got "
                              f"{type(batch).__name__}{f' of {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
@@ -194,5 +171,4 @@ def _equal_classes(labels: Tensor) -> bool:
     return len(set(counts[counts > 0].tolist())) <= 1
 
 
-__all__ = ["SCHEMES", "Scheme", "batched_obstacle", "matching_loss", "matching_losses", "per_class_turns",
-           "resolve_scheme", "scheme_at"]
+__all__ = ["SCHEMES", "Scheme", "matching_loss", "matching_losses", "per_class_turns", "resolve_scheme", "scheme_at"]

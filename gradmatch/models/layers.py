@@ -23,10 +23,7 @@ def is_mnist_size(im_size: Sequence[int]) -> bool:
 
 
 def norm2d(kind: str, channels: int) -> nn.Module:
-    """A norm layer for a (N, channels, H, W) feature map, as in DC.
-
-    ``instancenorm`` is ``GroupNorm(channels, channels)`` (instance norm with an affine per channel).
-    """
+    """A norm layer for a (N, channels, H, W) map, as in DC: ``instancenorm`` is ``GroupNorm(channels, channels)``."""
     if kind == "instancenorm":
         return nn.GroupNorm(channels, channels, affine=True)
     if kind == "batchnorm":
@@ -40,21 +37,12 @@ def norm2d(kind: str, channels: int) -> nn.Module:
     raise unknown_name("norm", kind, NORMS_2D)
 
 
-def _too_small(h: int, w: int, model_name: str) -> ImageTooSmallError:
-    return ImageTooSmallError(
-        f"images of size {h}x{w} are too small for {model_name}: its feature maps shrink to nothing"
-    )
-
-
-def probe_features(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, channel: int,
-                   im_size: Sequence[int], model_name: str) -> torch.Size:
-    """Shape (without batch) of ``fn(x)`` for one zero image, computed without touching any state.
-
-    ``module`` is put in eval mode for the probe (so BatchNorm running stats are not updated) and
-    restored afterwards. A feature map that shrinks to nothing (or a norm left with a single value to
-    normalise) raises :class:`ImageTooSmallError`.
-    """
+def feature_dim(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, channel: int,
+                im_size: Sequence[int], model_name: str) -> int:
+    """Features ``fn`` gives per image (a classifier's ``in_features``), probed on one zero image in eval mode
+    (BatchNorm's running stats untouched); ImageTooSmallError where a map shrinks to nothing."""
     h, w = im_size
+    too_small = f"images of size {h}x{w} are too small for {model_name}: its feature maps shrink to nothing"
     was_training = module.training
     module.eval()
     try:
@@ -63,23 +51,17 @@ def probe_features(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module
     except (RuntimeError, ValueError) as e:  # kernel larger than the map; norm over a single value
         if is_out_of_memory(e):  # not a size that is too small: the caller says so
             raise
-        raise _too_small(h, w, model_name) from e
+        raise ImageTooSmallError(too_small) from e
     finally:
         module.train(was_training)
     if out.numel() == 0:
-        raise _too_small(h, w, model_name)
-    return out.shape[1:]
-
-
-def feature_dim(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, channel: int,
-                im_size: Sequence[int], model_name: str) -> int:
-    """Number of features ``fn`` gives per image (the classifier's ``in_features``)."""
-    return int(torch.Size(probe_features(fn, module, channel, im_size, model_name)).numel())
+        raise ImageTooSmallError(too_small)
+    return int(out.shape[1:].numel())
 
 
 class FeaturesThenLinear(nn.Module):
-    """``features`` (a stack of layers), flattened, then one linear ``classifier``: the shape of DC's
-    ConvNet, AlexNet and VGG.  Subclasses build their layers, then call ``finish``."""
+    """``features`` (a stack of layers), flattened, then one linear ``classifier``: the shape of DC's ConvNet,
+    AlexNet, VGG and MLP.  Subclasses build their layers, then call ``finish`` (the MLP knows its width)."""
 
     def finish(self, layers: Sequence[nn.Module], channel: int, num_classes: int, im_size: Sequence[int],
                name: str) -> None:

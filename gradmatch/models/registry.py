@@ -1,12 +1,6 @@
-"""Model registry (timm-style): builders are registered by name and built with :func:`create_model`.
-
-A builder is a function ``builder(channel, num_classes, im_size, **kwargs) -> nn.Module`` where
-``im_size`` is an ``(H, W)`` tuple.  Register your own with ``@register_model``, or name it as
-``package.module:function`` (``--model mypackage.nets:small``): the function is imported and called
-with ``channel``, ``num_classes`` and ``im_size`` as keywords (it must return a network, not exit; a
-change of working folder is undone and said).  ``check_network`` tries a network on small batches as
-gradient matching uses it, before any work.
-"""
+"""Model registry (timm-style): ``builder(channel, num_classes, im_size, **kwargs) -> nn.Module`` registered
+by name with ``@register_model``, or named as ``package.module:function`` and imported (called with keywords);
+``create_model`` builds one, ``check_network`` tries one as gradient matching uses it, before any work."""
 
 from __future__ import annotations
 
@@ -14,50 +8,40 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradmatch import checks
 from gradmatch.errors import GradmatchError, is_out_of_memory, out_of_memory, unknown_name
 from gradmatch.models.layers import ImageTooSmallError
+from gradmatch.usercode import import_function, staying_here
 
 Builder = Callable[..., nn.Module]
 
 _MODELS: dict[str, Builder] = {}
-
-# Upper bound when searching for an image size that fits a network (error path only).
-_MAX_SUGGESTED_SIZE = 1024
+_MAX_SUGGESTED_SIZE = 1024  # the largest image size suggested to a network that finds its images too small
 
 
 def register_model(fn: Builder | None = None, *, name: str | None = None):
-    """Register a model builder under ``name`` (default: the function's ``__name__``).
-
-    Use as ``@register_model``, ``@register_model(name="X")`` or ``register_model(fn, name="X")``.
-    Returns the builder unchanged. Registering a name twice is a programming error (``ValueError``).
-    """
-
+    """``@register_model``, ``@register_model(name="X")`` or ``register_model(fn, name="X")``: the builder,
+    unchanged, under ``name`` (default its ``__name__``); registering a name twice is a ``ValueError``."""
     def decorator(f: Builder) -> Builder:
         key = name or f.__name__
         if key in _MODELS:
             raise ValueError(f"model '{key}' is already registered")
         _MODELS[key] = f
         return f
-
     return decorator(fn) if fn is not None else decorator
 
 
 def list_models(filter: str = "") -> list[str]:
     """Sorted names of all registered models, optionally those matching a shell-style ``filter``."""
-    names = sorted(_MODELS)
-    if filter:
-        names = [n for n in names if fnmatch.fnmatchcase(n, filter)]
-    return names
+    return sorted(n for n in _MODELS if not filter or fnmatch.fnmatchcase(n, filter))
 
 
 def _user_builder(name: str) -> Builder:
-    """The function ``package.module:function`` names, imported (GradmatchError if it cannot be).  Each call
-    comes back to the working folder it started in and turns a ``sys.exit`` into one line."""
-    from gradmatch.usercode import import_function, staying_here
-
+    """``package.module:function`` imported, wrapped so a call keeps the working folder and says a sys.exit."""
     fn = import_function("--model", name)
 
     def build(channel, num_classes, im_size, **kwargs):
@@ -95,20 +79,16 @@ def _resolve(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` (case-insensitively) names a registered model, or is ``package.module:function``
-    naming a function that can be imported."""
+    """Whether ``name`` names a registered model (case-insensitively) or an importable function."""
     try:
-        key = _resolve(name)
-        if is_user_model(key):
-            _user_builder(key)
+        check_model_name(name)
     except GradmatchError:
         return False
     return True
 
 
 def check_model_name(name) -> None:
-    """GradmatchError (one line) for a name that names no model: unknown, or a function that cannot be
-    imported (the import's own reason)."""
+    """GradmatchError (one line) for a name that names no model: unknown, or a function that cannot be imported."""
     key = _resolve(name)
     if is_user_model(key):
         _user_builder(key)
@@ -118,13 +98,7 @@ TRIAL_BATCHES = (2, 3)  # a network must take any batch size: two of them tell o
 
 
 def check_network(name: str, channel: int, num_classes: int, im_size) -> None:
-    """Build ``name`` once (leaving the global random stream alone) and try it as gradient matching will use
-    it, before any work: parameters of the data's dtype (torch's default) that take gradients, some with 2
-    or more dimensions (what a layer-wise distance matches); on random batches of 2 and 3 images one
-    forward and backward pass must leave the images unchanged, return (batch, num_classes) finite scores and
-    give every trainable parameter a finite gradient.  One line naming the network otherwise."""
-    import torch
-
+    """Build ``name`` (leaving the global random stream alone) and try it as gradient matching will, before any work."""
     with torch.random.fork_rng(devices=[]):
         net = create_model(name, channel, num_classes, im_size)
         trainable = _check_parameters(name, net)
@@ -139,8 +113,6 @@ def _names(params) -> str:
 
 def _check_parameters(name: str, net: nn.Module) -> list:
     """The trainable (name, parameter) pairs, checked for what gradient matching needs of them."""
-    import torch
-
     trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     if not trainable:
         raise GradmatchError(f"--model {name} has no parameters that take gradients; gradient matching needs them")
@@ -160,9 +132,6 @@ def _check_parameters(name: str, net: nn.Module) -> list:
 
 def _trial(name: str, net: nn.Module, trainable: list, batch: int, channel: int, num_classes: int, im_size) -> None:
     """One forward and backward pass of ``net`` on ``batch`` random images, checked."""
-    import torch
-    import torch.nn.functional as F
-
     shape = f"{channel}x{'x'.join(map(str, im_size))}"
     images = torch.randn(batch, channel, *im_size)
     given = images.clone()
@@ -171,8 +140,7 @@ def _trial(name: str, net: nn.Module, trainable: list, batch: int, channel: int,
     try:
         with torch.enable_grad():
             out = net.train()(images)
-            if isinstance(out, torch.Tensor) and tuple(out.shape) == (batch, num_classes) and \
-                    out.is_floating_point():
+            if isinstance(out, torch.Tensor) and tuple(out.shape) == (batch, num_classes) and out.is_floating_point():
                 F.cross_entropy(out, labels).backward()
     except (Exception, SystemExit) as err:  # noqa: BLE001 - any failure means it does not take such batches
         text = str(err).splitlines()[0] if str(err) else ""
@@ -198,17 +166,15 @@ def _trial(name: str, net: nn.Module, trainable: list, batch: int, channel: int,
     if unused:
         raise GradmatchError(f"--model {name}: its parameter(s) {_names(unused)} take no gradient (its forward "
                              "pass does not use them); remove them, or set requires_grad=False on them")
-    if not all(bool(torch.isfinite(p.grad).all()) for _, p in trainable):
-        bad = [(n, p) for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
+    bad = [(n, p) for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
+    if bad:
         raise GradmatchError(f"--model {name} gives non-finite gradients (in {_names(bad)}) on a batch of random "
                              "images; fix its forward pass")
     net.zero_grad(set_to_none=True)
 
 
-def _smallest_square_that_fits(builder: Builder, channel: int, num_classes: int, start: int,
-                               kwargs) -> int | None:
+def _smallest_square_that_fits(builder: Builder, channel: int, num_classes: int, start: int, kwargs) -> int | None:
     """A square image size (>= ``start``) the network accepts, close to the smallest; None if none."""
-
     def fits(s: int) -> bool:
         try:
             builder(channel, num_classes, (s, s), **kwargs)
@@ -223,20 +189,14 @@ def _smallest_square_that_fits(builder: Builder, channel: int, num_classes: int,
             return None
     while hi - lo > 1:  # lo fails, hi fits
         mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return hi
 
 
 def create_model(name: str, channel: int, num_classes: int,
                  im_size: int | Sequence[int] = (32, 32), **kwargs) -> nn.Module:
-    """Build the model registered as ``name`` for ``channel`` x ``im_size`` images and ``num_classes``.
-
-    ``im_size`` is ``(H, W)`` or an int for square images. Extra keyword arguments go to the builder
-    (e.g. ``width=64`` for ConvNet). The model is returned in train mode with PyTorch's default init.
-    """
+    """Model ``name`` for ``channel`` x ``im_size`` ((H, W) or an int) images and ``num_classes``, in train mode
+    with PyTorch's default init; keyword arguments go to the builder (e.g. ``width=64`` for ConvNet)."""
     key = _resolve(name)
     channel = checks.whole(channel, "create_model: channel", minimum=1)
     num_classes = checks.whole(num_classes, "create_model: num_classes", minimum=1)

@@ -4,6 +4,7 @@ average-pooling variant without strided convs (ResNet18BN_AP)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +15,8 @@ from gradmatch.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus shortcut, then ReLU.
-
-    With ``ap=True`` no conv is strided: a stride-2 block average-pools (2x2) after the first
-    norm + ReLU, and its shortcut is conv1x1 -> AvgPool2d(2) -> norm.
-    """
-
-    expansion = 1
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus shortcut, then ReLU.  With ``ap=True`` no conv is
+    strided: a stride-2 block average-pools (2x2) after the first ReLU, and in its shortcut after the conv1x1."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: str = "instancenorm", ap: bool = False):
         super().__init__()
@@ -31,35 +27,22 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = norm2d(norm, planes)
         self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion * planes:
-            out = self.expansion * planes
-            if ap:
-                layers = [nn.Conv2d(in_planes, out, kernel_size=1, stride=1, bias=False)]
-                if stride != 1:
-                    layers.append(nn.AvgPool2d(kernel_size=2, stride=2))
-                layers.append(norm2d(norm, out))
-                self.shortcut = nn.Sequential(*layers)
-            else:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(in_planes, out, kernel_size=1, stride=stride, bias=False),
-                    norm2d(norm, out),
-                )
+        if stride != 1 or in_planes != planes:
+            layers = [nn.Conv2d(in_planes, planes, kernel_size=1, stride=1 if ap else stride, bias=False)]
+            if ap and stride != 1:
+                layers.append(nn.AvgPool2d(kernel_size=2, stride=2))
+            self.shortcut = nn.Sequential(*layers, norm2d(norm, planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         if self.ap and self.stride != 1:
             out = F.avg_pool2d(out, kernel_size=2, stride=2)
-        out = self.bn2(self.conv2(out))
-        out = out + self.shortcut(x)
-        return F.relu(out)
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
-    """conv3x3(64) -> norm -> ReLU -> 4 stages -> pool -> flatten -> classifier.
-
-    The final pooling is ``avg_pool2d(4)`` (so Linear(512, K) for 32x32 and 28x28 inputs); with
-    ``ap=True`` there is none and the classifier takes the whole 512 x h x w map.
-    """
+    """conv3x3(64) -> norm -> ReLU -> 4 stages -> ``avg_pool2d(4)`` -> flatten -> classifier (Linear(512, K) for
+    32x32 and 28x28 inputs); with ``ap=True`` there is no final pooling: it takes the whole 512 x h x w map."""
 
     def __init__(self, block, num_blocks: Sequence[int], channel: int, num_classes: int,
                  im_size: Sequence[int] = (32, 32), norm: str = "instancenorm", ap: bool = False,
@@ -79,7 +62,7 @@ class ResNet(nn.Module):
         layers = []
         for s in [stride] + [1] * (n - 1):
             layers.append(block(self.in_planes, planes, s, norm=norm, ap=ap))
-            self.in_planes = planes * block.expansion
+            self.in_planes = planes
         return nn.Sequential(*layers)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,18 +76,6 @@ class ResNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model(name="ResNet18")
-def resnet18(channel: int, num_classes: int, im_size=(32, 32), **kwargs) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], channel, num_classes, im_size, **{"name": "ResNet18", **kwargs})
-
-
-@register_model(name="ResNet18BN")
-def resnet18_bn(channel: int, num_classes: int, im_size=(32, 32), **kwargs) -> ResNet:
-    kwargs = {"norm": "batchnorm", "name": "ResNet18BN", **kwargs}
-    return ResNet(BasicBlock, [2, 2, 2, 2], channel, num_classes, im_size, **kwargs)
-
-
-@register_model(name="ResNet18BN_AP")
-def resnet18_bn_ap(channel: int, num_classes: int, im_size=(32, 32), **kwargs) -> ResNet:
-    kwargs = {"norm": "batchnorm", "ap": True, "name": "ResNet18BN_AP", **kwargs}
-    return ResNet(BasicBlock, [2, 2, 2, 2], channel, num_classes, im_size, **kwargs)
+for _name, _options in {"ResNet18": {}, "ResNet18BN": {"norm": "batchnorm"},
+                        "ResNet18BN_AP": {"norm": "batchnorm", "ap": True}}.items():
+    register_model(partial(ResNet, BasicBlock, [2, 2, 2, 2], name=_name, **_options), name=_name)

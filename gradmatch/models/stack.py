@@ -1,10 +1,5 @@
-"""E networks of one architecture held as one stack: every parameter and buffer is a single (E, *shape)
-tensor, and each member is an ordinary module whose tensors are views of it.
-
-A matching pass uses a member as a module (or the whole stack through ``torch.func``), the trainer
-updates the stack in place, and a fresh initialisation is copied into the same storage: so a CUDA
-graph captured over the stack stays valid for the whole run, on every device the same code.
-"""
+"""E networks of one architecture as one stack: each parameter and buffer one (E, *shape) tensor, each member a
+module of views of it.  Training and re-initialisation write in place, so a captured CUDA graph stays valid."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence

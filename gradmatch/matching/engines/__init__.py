@@ -1,20 +1,7 @@
-"""Who computes the per-class gradients that ``gradmatch.matching.schemes`` composes into losses.
-
-Each engine does one thing: given E stacked networks (``gradmatch.models.stack.Networks``), the
-names of the parameters the distance reads and every member's K batches, return each batch's gradient
-of the mean cross-entropy, one (E, K, *shape) tensor per parameter.  Targets (real batches) are
-constants computed in the run's precision; synthetic ones keep their graph, so the losses are
-differentiable with respect to the images.  All engines give the same numbers up to float rounding
-(tests/test_engines.py).
-
-* ``loop``: the textbook per-class loop (one forward and backward per batch), plain PyTorch;
-* ``fast``: the same passes under the CPU runtime (tuned allocator, thread policy, faster pooling
-  kernel, large target batches in fixed chunks); the default on CPU;
-* ``batched``: all batches in one ``torch.func.vmap`` pass (and the members in another); the default
-  on GPUs, where the per-class passes are too small to fill the device.  (``vmap``: its earlier name.)
-
-``choose_engine`` is the one place that decides which engine runs: ``auto`` is ``batched`` on CUDA
-and ``fast`` elsewhere, and where ``batched`` cannot serve a case ``fast`` runs instead, with a note.
+"""Who computes the per-class gradients that ``gradmatch.matching.schemes`` composes into losses: every batch's
+gradient of the mean cross-entropy, one (E, K, *shape) tensor per parameter, targets constant, synthetic ones
+differentiable.  ``loop`` (textbook), ``fast`` (under the CPU runtime; CPU default) and ``batched`` (one vmapped
+pass; GPU default) give the same numbers up to float rounding.
 """
 from __future__ import annotations
 
@@ -44,8 +31,7 @@ def resolve_engine(name: str, device=None) -> str:
 
 
 def choose_engine(name: str, net: nn.Module, device=None, unequal: Optional[str] = None) -> Tuple[str, Optional[str]]:
-    """The engine that runs for ``name`` on ``net``, and why another one did not (None: it did);
-    ``unequal``: why the batches differ in size, where they do."""
+    """The engine that runs for ``name`` on ``net`` (``fast`` where ``batched`` cannot), and why."""
     engine = resolve_engine(name, device)
     why = batched_obstacle(net, unequal) if engine == "batched" else None
     if why is None:

@@ -1,9 +1,6 @@
-"""The CPU engine: the textbook passes under gradmatch's CPU runtime (``gradmatch.runtime``).
-
-Same numbers as ``loop`` up to float rounding; what makes it faster is all runtime: the tuned
-allocator, the passes' thread count and ``ClassRunner``'s worker threads, the 2x2 pooling kernel,
-and large target batches (inter-class's 4 x batch_real) in fixed chunks of ``CHUNK`` images, which
-keeps the activations small enough to stay in the recycled memory.  On a GPU it runs the plain passes.
+"""The CPU engine: the textbook passes under gradmatch's CPU runtime (``gradmatch.runtime``), with large
+target batches (inter-class's 4 x batch_real) in chunks of ``CHUNK`` images, small enough to stay in the
+recycled memory.  On a GPU it runs the plain passes.
 """
 from __future__ import annotations
 
@@ -18,8 +15,6 @@ CHUNK = 256
 
 
 class FastEngine:
-    name = "fast"
-
     def __init__(self, runner=RUNNER):
         self.runner = runner
 

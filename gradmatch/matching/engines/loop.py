@@ -12,8 +12,7 @@ from ...precision import target_context
 
 def batch_gradient(net: nn.Module, params: Sequence[Tensor], images: Tensor, labels: Tensor, *,
                    target: bool, precision: str = "fp32") -> List[Tensor]:
-    """Gradient of the batch's mean cross-entropy w.r.t. ``params``: a constant for a target (in
-    ``precision``), differentiable w.r.t. the images otherwise (fp32 always)."""
+    """Gradient of the batch's mean cross-entropy: a constant for a target, else differentiable."""
     with torch.enable_grad():  # gradients are what is matched, even under no_grad
         with target_context(precision if target else "fp32", images.device):
             out = net(images)
@@ -29,8 +28,6 @@ def stack_gradients(per_member: Sequence[Sequence[Sequence[Tensor]]]) -> List[Te
 
 
 class LoopEngine:
-    name = "loop"
-
     def gradients(self, nets, names, batches, *, target: bool, precision: str = "fp32") -> List[Tensor]:
         per_member = []
         for net, member_batches in zip(nets.members, batches):
