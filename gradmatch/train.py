@@ -206,18 +206,9 @@ def fit(trainer: Trainer, images: Tensor, labels: Tensor, epochs: int, batch_siz
 
 @torch.no_grad()
 def accuracies(nets: Networks, images: Tensor, labels: Tensor, batch_size: int = 512) -> List[float]:
-    """Every member's top-1 accuracy in eval mode, vmapped where the members have no running state."""
-    if len(nets) == 1 or nets.buffers:
-        return [accuracy(net, images, labels, batch_size) for net in nets.members]
-    nets.train(False)
-    net, names = nets.members[0], list(nets.params)
-    scores = vmap(lambda params, x: functional_call(net, dict(zip(names, params)), (x,)), in_dims=(0, None))
-    correct = torch.zeros(len(nets), dtype=torch.long, device=images.device)
-    with FastKernels() if images.device.type == "cpu" else torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x, y = images[start:start + batch_size], labels[start:start + batch_size]
-            correct += (scores(list(nets.params.values()), x).argmax(-1) == y).sum(-1)
-    return [c / max(len(images), 1) for c in correct.tolist()]
+    """Every member's top-1 accuracy, one by one: a vmapped pass of the stack measured 5x slower on CPU
+    (benchmarks/bench_eval.py) and is unmeasured on GPU."""
+    return [accuracy(net, images, labels, batch_size) for net in nets.members]
 
 
 @torch.no_grad()

@@ -189,15 +189,6 @@ def test_cifar100_sets_of_ddranking_are_renormalised_from_cifar10s_constants(cap
     assert "CIFAR-100 set normalised with CIFAR-10's constants" in capsys.readouterr().err
 
 
-def test_stacked_networks_are_tested_in_one_pass_with_the_same_accuracies(digits):
-    from gradmatch.models.stack import Networks
-    from gradmatch.train import accuracies, accuracy
-
-    _, test = digits
-    nets = Networks.build("ConvNetD1", 1, 10, (8, 8), [1, 2, 3])
-    assert accuracies(nets, test.images, test.labels) == [accuracy(n, test.images, test.labels) for n in nets.members]
-
-
 @pytest.mark.parametrize("augment", ["autoaug", "randaug", "cifar_aug", "imagenet_aug"])
 def test_dcbench_augmentations_draw_from_the_run_and_change_the_batch(augment):
     from gradmatch.augment import make_augment
