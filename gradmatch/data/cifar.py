@@ -70,8 +70,7 @@ class _Array:
         if not isinstance(state, tuple) or len(state) not in (4, 5):
             raise Refused("an array state that is not (shape, dtype, order, values)")
         shape, dtype, fortran, raw = state[-4:]
-        if not (isinstance(shape, tuple) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                 for d in shape)):
+        if not (isinstance(shape, tuple) and all(checks.is_whole(d) and d >= 0 for d in shape)):
             raise Refused(f"an array of shape {shape!r}")
         if not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_KINDS or dtype.fields or dtype.subdtype:
             raise Refused(f"an array of numpy dtype {getattr(dtype, 'str', dtype)!r} (not plain numbers)")
