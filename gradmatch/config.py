@@ -183,6 +183,12 @@ class CondenseConfig(Settings):
                                      f"choose --ipc {smallest} or less")
         return cfg
 
+    def acting(self) -> "CondenseConfig":
+        """Resolved, with the settings that cannot change the result at their defaults: with one matching step per
+        iteration no network trains between steps (DC stops after the last), so schedule and inner_loop do nothing."""
+        cfg = self.resolved()
+        return dataclasses.replace(cfg, schedule="fixed", inner_loop=0) if cfg.outer_loop == 1 else cfg
+
 
 @declared("evaluation")
 class EvalConfig(Settings):

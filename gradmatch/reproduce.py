@@ -165,6 +165,7 @@ class Measured:
     published: Optional[Tuple[float, Optional[float]]]
     grid: Optional[str] = None
     resumed: bool = False  # the wall time is then that of the last session only
+    same_as: Optional[str] = None  # the label of the row whose run this one's is
 
     @property
     def verdict(self) -> str:
@@ -212,6 +213,15 @@ class Reproduction:
                     "each evaluated as the rows' sets (the same protocol and seeds)")
         return " ".join([self.seed_command(row), *scale_flags(self.scale)])
 
+    def same_run_as(self, row: Row) -> Optional[Row]:
+        """An earlier row whose run computes what ``row``'s would (Ours-MD and Ours-MDA at ipc 1): run once."""
+        def computes(r: Row) -> Dict[str, Any]:
+            config = self.config(r)
+            return {**flatten(config.replace(condense=config.condense.acting())), "save_path": None}
+
+        earlier = [r for r in self.rows[:self.rows.index(row)] if r.settings is not None]
+        return next((r for r in earlier if computes(r) == computes(row)), None) if row.settings is not None else None
+
     def protocol_config(self) -> RunConfig:
         return self.config(self.rows[0])
 
@@ -219,7 +229,8 @@ class Reproduction:
         lines = [f"# {self.title()}", f"# {scale_note(self.scale)}",
                  f"# each row also gets {shlex.join(['--data_path', self.base.data.data_path])} "
                  f"--save_path {shlex.quote(str(self.save))}/<row>"]
-        lines += [f"{row.label:>40}:  {self.command(row)}" for row in self.rows]
+        lines += [f"{row.label:>40}:  {self.command(row)}" + (f"  (the same run as '{twin.label}')" if twin else "")
+                  for row in self.rows for twin in [self.same_run_as(row)]]
         return "\n".join(lines)
 
     def title(self) -> str:
@@ -232,8 +243,12 @@ class Reproduction:
         except OSError as err:
             raise GradmatchError(f"cannot create {self.save} ({err.strerror or err}); choose another "
                                  "--save_path") from None
-        measured = [m for row in self.rows
-                    for m in (self._random_row(row) if row.settings is None else self._seed_row(row))]
+        by_row: Dict[str, List[Measured]] = {}
+        for row in self.rows:
+            twin = self.same_run_as(row)
+            by_row[row.slug] = (self._random_row(row) if row.settings is None else self._seed_row(row) if twin is None
+                                else self._shared_row(row, twin, by_row[twin.slug]))
+        measured = [m for ms in by_row.values() for m in ms]
         table = self.table(measured)
         atomic_write(self.save / "table.md", table.encode())
         print(table)
@@ -277,6 +292,12 @@ class Reproduction:
                                 info.get("seconds"), published_for(row, self.dataset, self.ipc, self.model, model),
                                 grid, bool(info.get("resumed"))))
         return out
+
+    def _shared_row(self, row: Row, twin: Row, measured: List[Measured]) -> List[Measured]:
+        print(f"== {row.label}: the same run as '{twin.label}'", file=sys.stderr, flush=True)
+        grid = self._copy_grid(row, [self.save / m.grid for m in measured[:1] if m.grid])
+        return [dataclasses.replace(m, row=row, command=self.command(row), same_as=twin.label, seconds=None,
+                                    resumed=False, grid=grid) for m in measured]
 
     def _copy_grid(self, row: Row, grids: Sequence[Path]) -> Optional[str]:
         if not grids:
@@ -342,7 +363,8 @@ class Reproduction:
             acc = f"{m.mean:.2f} +- {m.std:.2f}" if m.mean is not None else "n/a"
             pub = ("-" if m.published is None else
                    f"{m.published[0]:.1f}" + (f" +- {m.published[1]:.1f}" if m.published[1] is not None else ""))
-            wall = "-" if m.seconds is None else _duration(m.seconds) + (" (resumed)" if m.resumed else "")
+            wall = (f"the run of {m.same_as}" if m.same_as else "-" if m.seconds is None
+                    else _duration(m.seconds) + (" (resumed)" if m.resumed else ""))
             its = "-" if m.iterations is None else str(m.iterations)
             lines.append(f"| {m.row.label} | `{m.command}` | {m.model} | {acc} | {m.networks} | {its} | {wall} "
                          f"| {pub} | {m.verdict} |")

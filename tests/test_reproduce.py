@@ -168,7 +168,8 @@ def faked(monkeypatch):
 def test_finished_rows_are_reused_and_the_table_is_computed(tmp_path, faked, capsys):
     runs, randoms = faked
     rep("table3", save=tmp_path, ipc=1).run()
-    assert [s for s, _, _ in runs] == ["intra-class", "multi-level", "multi-level", "multi-level"]
+    # at ipc 1 Ours-MDA is Ours-MD's run (one matching step: the adaptive step cannot act)
+    assert [s for s, _, _ in runs] == ["intra-class", "multi-level", "multi-level"]
     assert randoms == ["random_real"]
     table = (tmp_path / "table.md").read_text()
     assert table in capsys.readouterr().out
@@ -177,6 +178,8 @@ def test_finished_rows_are_reused_and_the_table_is_computed(tmp_path, faked, cap
     assert rows["baseline (DC)"][3:] == ["27.79 +- 0.40", "10", "200", rows["baseline (DC)"][6], "28.3 +- 0.5",
                                          "within tolerance"]
     assert rows["Ours-MDA"][7:] == ["-", "no published number"]
+    assert rows["Ours-MDA"][3:7] == [*rows["Ours-MD"][3:6], "the run of Ours-MD"]
+    assert "--adaptive_step" in rows["Ours-MDA"][1]
     assert rows["random real"][3] == "10.00 +- 1.00" and rows["random real"][7:] == ["14.4 +- 2.0", "below"]
     assert "`--Iteration 200 --num_exp 1 --num_eval 10` added to every seed command" in table
     assert (tmp_path / "grids" / "4_ours-MDA.png").read_bytes() == b"png"
@@ -184,10 +187,12 @@ def test_finished_rows_are_reused_and_the_table_is_computed(tmp_path, faked, cap
 
     (tmp_path / "1_baseline" / "0_notes.json").write_text("{}")  # a stray file: the row is read by name
     rep("table3", save=tmp_path, ipc=1).run()  # everything is there: nothing runs again
-    assert len(runs) == 4 and randoms == ["random_real"]
+    assert len(runs) == 3 and randoms == ["random_real"]
     assert "| baseline (DC) |" in (tmp_path / "table.md").read_text()
     rep("table3", save=tmp_path, ipc=1, overwrite=True).run()
-    assert len(runs) == 8 and all(overwrite for _, _, overwrite in runs[4:])
+    assert len(runs) == 6 and all(overwrite for _, _, overwrite in runs[3:])
+    rep("table3", save=tmp_path / "ipc2", ipc=2).run()  # two matching steps: the adaptive step acts, 4 runs
+    assert [s for s, _, _ in runs[6:]] == ["intra-class", "multi-level", "multi-level", "multi-level"]
 
 
 @pytest.mark.parametrize("content, words", [('{"summ', "is not readable JSON"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gradmatch.cli import main
 from gradmatch.errors import GradmatchError
@@ -82,3 +83,18 @@ def test_cli_refuses_ipc_zero(tmp_path, capsys):
     code = main(["condense", "--dataset", "digits", "--ipc", "0", "--save_path", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "ipc must be at least 1" in err
+
+
+@pytest.mark.parametrize("ipc, same", [(1, True), (3, False)])
+def test_the_schedule_acts_only_with_more_than_one_matching_step(ipc, same):
+    """What lets `reproduce` run Ours-MD and Ours-MDA once at ipc 1: the images are equal to the bit there, and
+    `acting()` says so; at ipc 3 the networks train between steps (fixed: 50, 50 epochs; adaptive: 50, 40)."""
+    from gradmatch import condense, data
+    from gradmatch.config import CondenseConfig
+
+    real = data.load("digits", split="train")
+    base = dict(ipc=ipc, model="ConvNetD1", scheme="multi-level", dis_metric="improved", iterations=2, batch_real=16)
+    sets = {s: condense(real, **base, schedule=s).images for s in ("fixed", "adaptive", "overfit")}
+    assert all(torch.equal(sets["fixed"], other) == same for other in list(sets.values())[1:])
+    acting = {s: CondenseConfig(**base, schedule=s).acting() for s in sets}
+    assert (acting["fixed"] == acting["adaptive"] == acting["overfit"]) == same
