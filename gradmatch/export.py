@@ -12,13 +12,13 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from functools import partial
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
 
+from .checks import NAME_BYTES
 from .errors import GradmatchError, warn
 from .results import load_torch, read_json_object, save_json
 from .synset import SyntheticSet
@@ -27,7 +27,6 @@ FORMAT = "gradmatch-export"
 FORMAT_VERSION = 1
 FORMATS = ("png", "hf", "ddranking")
 RESERVED = {"train", "test", "metadata.json"}  # split folders for the folder dataset; our metadata file
-NAME_BYTES = 255  # the longest name of one file or folder on common file systems (ext4, APFS, NTFS)
 STAGING, REPLACED = ".gradmatch-export-", ".gradmatch-replaced-"  # hidden: the folder dataset skips them
 METADATA = "metadata.json"
 
@@ -48,8 +47,7 @@ def folder_names(classes: List[str]) -> List[str]:
 
 def to_uint8(syn) -> np.ndarray:
     """N x H x W x C uint8: the de-normalised pixels, clamped to [0, 1], rounded to the nearest level."""
-    pixels = syn.denormalised()  # clamped to [0, 1]
-    return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (syn.denormalised() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def export(path, to, experiment: int = -1, overwrite: bool = False, format: str = "png") -> dict:
@@ -86,7 +84,21 @@ def export(path, to, experiment: int = -1, overwrite: bool = False, format: str 
             "config": syn.config, "accs_all_exps": payload.get("accs_all_exps") or {}, "source_data": syn.source,
             "gradmatch_version": payload.get("gradmatch_version") or "", "exported_by": __version__}
     write = {"png": _write_png, "hf": _write_hf, "ddranking": _write_ddranking}[format]
-    _write_in_place(to, partial(write, syn, meta), meta, old, overwrite, made)
+    stage = None  # written in a hidden folder inside ``to``, then swapped in: a failure leaves ``to`` as it was
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=to))
+        write(syn, meta, stage)
+        meta["written"] = sorted(p.name for p in stage.iterdir())
+        save_json(meta, stage / METADATA)
+        _swap_in(to, stage, meta["written"], old, overwrite)
+    except BaseException as err:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        _remove_made(made)
+        if isinstance(err, OSError):
+            raise _write_error(to, err, old) from None
+        raise
+    shutil.rmtree(stage, ignore_errors=True)  # empty by now
     if format == "png":
         replaced = {*old, *meta["written"], METADATA}
         left = [name for name in extra if name not in replaced and not name.startswith(".")]
@@ -194,26 +206,6 @@ def _others(to: Path) -> List[str]:
 def _not_empty(to: Path) -> GradmatchError:
     return GradmatchError(f"{to} is not empty; pass --overwrite to replace an earlier export there, or choose an "
                           "empty or new folder")
-
-
-def _write_in_place(to: Path, write: Callable[[Path], None], meta: dict, old: List[str], overwrite: bool,
-                    made: List[Path]) -> None:
-    """``write`` into a hidden folder inside ``to``, then swap it in; a failure leaves ``to`` as it was."""
-    stage = None
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=to))
-        write(stage)
-        meta["written"] = sorted(p.name for p in stage.iterdir())
-        save_json(meta, stage / METADATA)
-        _swap_in(to, stage, meta["written"], old, overwrite)
-    except BaseException as err:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        _remove_made(made)
-        if isinstance(err, OSError):
-            raise _write_error(to, err, old) from None
-        raise
-    shutil.rmtree(stage, ignore_errors=True)  # empty by now
 
 
 def _swap_in(to: Path, stage: Path, names: List[str], old: List[str], overwrite: bool) -> None:
