@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import checks
 from .config import RunConfig, apply, declarations, flag_name, flatten, to_argv
 from .data import DataConfig
 from .errors import GradmatchError, Interrupted, unknown_name
@@ -77,15 +78,13 @@ _DC_TABLE = {"MNIST": ((91.7, 0.5), (97.4, 0.2), (98.8, 0.1)),
              "CIFAR10": ((28.3, 0.5), (44.9, 0.5), (53.9, 0.5)),
              "CIFAR100": ((12.8, 0.3), (25.2, 0.3), None)}
 PUBLISHED: Dict[str, Dict[Tuple[str, int, str], Tuple[float, Optional[float]]]] = {
-    "DC": {(d, ipc, "ConvNet"): v for d, vs in _DC_TABLE.items() for ipc, v in zip((1, 10, 50), vs) if v},
-    "DSA": {("CIFAR10", 1, "ConvNet"): (28.8, None), ("CIFAR10", 10, "ConvNet"): (52.1, None),
-            ("CIFAR10", 50, "ConvNet"): (60.6, None)},
-    RANDOM: {("CIFAR10", 1, "ConvNet"): (14.4, 2.0), ("CIFAR10", 10, "ConvNet"): (26.0, 1.2),
-             ("CIFAR10", 50, "ConvNet"): (43.4, 1.0), ("MNIST", 1, "ConvNet"): (64.9, 3.5),
-             ("FashionMNIST", 1, "ConvNet"): (51.4, 3.8)},
+    "DC": {**{(d, ipc, "ConvNet"): v for d, vs in _DC_TABLE.items() for ipc, v in zip((1, 10, 50), vs) if v},
+           **{("CIFAR10", 50, m): (v, None) for m, v in (("ResNet18", 20.8), ("VGG11", 38.8), ("AlexNet", 28.7))}},
+    "DSA": {("CIFAR10", ipc, "ConvNet"): (v, None) for ipc, v in ((1, 28.8), (10, 52.1), (50, 60.6))},
+    RANDOM: {(d, ipc, "ConvNet"): (v, std) for d, ipc, v, std in (
+        ("CIFAR10", 1, 14.4, 2.0), ("CIFAR10", 10, 26.0, 1.2), ("CIFAR10", 50, 43.4, 1.0), ("MNIST", 1, 64.9, 3.5),
+        ("FashionMNIST", 1, 51.4, 3.8))},
 }
-PUBLISHED["DC"].update({("CIFAR10", 50, m): (v, None) for m, v in
-                        (("ResNet18", 20.8), ("VGG11", 38.8), ("AlexNet", 28.7))})
 MIN_TOLERANCE = 1.0  # points: below this, run-to-run noise of one network already differs
 
 
@@ -279,11 +278,8 @@ class Reproduction:
             save_json(info, files.dir.parent / "row.json")
         else:
             print(f"== {row.label}: reusing {files.json}", file=sys.stderr, flush=True)
-        result = _read_json(files.json)
-        summary = result.get("summary")
-        if not isinstance(summary, dict) or not all(s is None or _summary_ok(s) for s in summary.values()):
-            raise GradmatchError(f"{files.json} holds no valid 'summary' (mean, std, n per model); it was damaged: "
-                                 f"delete {files.json} and run again, or pass --overwrite")
+        summary = _read_result(files.json, f" (mean, std, n per model); it was damaged: delete {files.json} and run "
+                               "again, or pass --overwrite", unmeasured_ok=True)["summary"]
         grid = self._copy_grid(row, files.grids())
         out = []
         for model, s in summary.items():
@@ -316,10 +312,8 @@ class Reproduction:
             summary = self._evaluate_random(row, config)
             save_json({"command": self.command(row), "summary": summary, "seconds": time.perf_counter() - start,
                        "ipc": self.ipc}, out_file)
-        result = _read_json(out_file)
-        summary = result.get("summary")
-        if not isinstance(summary, dict) or not all(_summary_ok(s) for s in summary.values()):
-            raise GradmatchError(f"{out_file} holds no valid 'summary'; delete it and run again")
+        result = _read_result(out_file, "; delete it and run again")
+        summary = result["summary"]
         grid = self._copy_grid(row, [p for p in [self.save / row.slug / "grid.png"] if p.is_file()])
         return [Measured(row, self.command(row), model, 100 * s["mean"], 100 * s["std"], s["n"], None,
                          result.get("seconds"), published_for(row, self.dataset, self.ipc, self.model, model), grid)
@@ -375,11 +369,6 @@ class Reproduction:
         return "\n".join(lines) + "\n"
 
 
-def _summary_ok(s: Any) -> bool:
-    return (isinstance(s, dict) and all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
-                                        for k in ("mean", "std", "n")))
-
-
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -388,8 +377,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _read_json(path: Path) -> dict:
-    """A result file read and checked: one line if it is missing, unreadable or not a JSON object."""
+def _read_result(path: Path, fix: str, unmeasured_ok: bool = False) -> dict:
+    """A result file read and checked: one line if it is missing, unreadable, not a JSON object or without a
+    'summary' of mean, std and n per model (None for a model never measured, where ``unmeasured_ok``)."""
     if not path.is_file():
         raise GradmatchError(f"{path} is missing; run the row again (pass --overwrite)")
     try:
@@ -399,4 +389,12 @@ def _read_json(path: Path) -> dict:
                              "again") from None
     if not isinstance(obj, dict):
         raise GradmatchError(f"{path} is not a JSON object; delete it and run the row again")
+    summary = obj.get("summary")
+
+    def ok(s: Any) -> bool:
+        return (s is None and unmeasured_ok) or (isinstance(s, dict) and all(checks.is_number(s.get(k))
+                                                                              for k in ("mean", "std", "n")))
+
+    if not isinstance(summary, dict) or not all(ok(s) for s in summary.values()):
+        raise GradmatchError(f"{path} holds no valid 'summary'{fix}")
     return obj
