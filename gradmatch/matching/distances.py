@@ -92,8 +92,20 @@ def needed_parameters(net: nn.Module, metric: Metric) -> List[Tuple[str, Tensor]
 
 
 def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
-    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6), checked."""
-    _check_gradients(gw_syn, gw_real)  # a caller's lists; the matching core's own go to tensor_distance
+    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6), checked: a caller's lists (the matching
+    core's own go to tensor_distance), two equally long sequences of float tensors, pair by pair of one shape."""
+    for what, grads in (("gw_syn", gw_syn), ("gw_real", gw_real)):
+        if isinstance(grads, Tensor) or not isinstance(grads, (list, tuple)) or not grads or \
+                not all(isinstance(g, Tensor) and g.is_floating_point() for g in grads):
+            raise GradmatchError(f"gradient_distance: {what} must be a non-empty list of float gradient tensors (one "
+                                 f"per parameter); got {type(grads).__name__}")
+    if len(gw_syn) != len(gw_real):
+        raise GradmatchError(f"gradient_distance: {len(gw_syn)} synthetic and {len(gw_real)} real gradients; give one "
+                             "of each per parameter")
+    for i, (syn, real) in enumerate(zip(gw_syn, gw_real)):
+        if syn.shape != real.shape:
+            raise GradmatchError(f"gradient_distance: gradient {i} is {tuple(syn.shape)} (syn) but {tuple(real.shape)} "
+                                 "(real); give the two gradients of one parameter in the same order")
     return tensor_distance(gw_syn, gw_real, metric)
 
 
@@ -107,22 +119,6 @@ def tensor_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric:
         if syn.dim() > 1:
             total = total + distance.fn(as_rows(syn), as_rows(real))
     return total
-
-
-def _check_gradients(gw_syn, gw_real) -> None:
-    """Two equally long sequences of float tensors, pair by pair of one shape (one line otherwise)."""
-    for what, grads in (("gw_syn", gw_syn), ("gw_real", gw_real)):
-        if isinstance(grads, Tensor) or not isinstance(grads, (list, tuple)) or not grads or \
-                not all(isinstance(g, Tensor) and g.is_floating_point() for g in grads):
-            raise GradmatchError(f"gradient_distance: {what} must be a non-empty list of float gradient tensors (one "
-                                 f"per parameter); got {type(grads).__name__}")
-    if len(gw_syn) != len(gw_real):
-        raise GradmatchError(f"gradient_distance: {len(gw_syn)} synthetic and {len(gw_real)} real gradients; give one "
-                             "of each per parameter")
-    for i, (syn, real) in enumerate(zip(gw_syn, gw_real)):
-        if syn.shape != real.shape:
-            raise GradmatchError(f"gradient_distance: gradient {i} is {tuple(syn.shape)} (syn) but {tuple(real.shape)} "
-                                 "(real); give the two gradients of one parameter in the same order")
 
 
 def summed_distance(syn: Sequence[Tensor], real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
