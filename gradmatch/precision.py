@@ -11,15 +11,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .errors import unknown_name
-
 PRECISIONS = ("fp32", "tf32", "bf16", "bf16-sim")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise unknown_name("precision (--precision)", precision, PRECISIONS)
-    return precision
 
 
 class _RoundBF16(torch.autograd.Function):
@@ -62,8 +54,7 @@ class SimulatedBF16(TorchFunctionMode):
 
 
 def target_context(precision: str, device):
-    """The arithmetic of the real (target) gradients' pass."""
-    check_precision(precision)
+    """The arithmetic of the real (target) gradients' pass (``precision`` checked where it was given)."""
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return SimulatedBF16() if precision == "bf16-sim" else nullcontext()
@@ -72,7 +63,6 @@ def target_context(precision: str, device):
 @contextmanager
 def run_context(precision: str):
     """Around a condensation step: TF32 matmuls and convolutions for ``tf32`` (process-wide flags, restored)."""
-    check_precision(precision)
     if precision != "tf32":
         yield
         return
