@@ -1,12 +1,6 @@
-"""Runtime settings, not algorithm: the CPU allocator, threads, faster equivalent kernels, devices.
-
-Nothing here changes what is computed, only how fast (and, through the thread count, the rounding of
-reductions): freed memory is kept instead of page-faulting large activations in afresh (``tune_cpu_allocator``);
-each pass runs ``job_threads()`` threads and ``ClassRunner`` spreads independent jobs over workers; on a GPU,
-index copies go through pinned memory (``to_device``), training epochs are CUDA graphs (``train.Trainer``) and
-cuDNN picks its fastest algorithms; 2x2 average pooling gets a faster kernel (``AvgPool2x2``).  Measured in
-benchmarks/bench_speed.py.
-"""
+"""Runtime settings, not algorithm: the CPU allocator, threads, faster equivalent kernels, devices.  Nothing here
+changes what is computed, only how fast (and, through the thread count, the rounding of reductions); measured in
+benchmarks/bench_speed.py."""
 from __future__ import annotations
 
 import ctypes
