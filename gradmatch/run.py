@@ -17,7 +17,7 @@ from .plan import groups, make_plan
 from .plots import save_image_grid
 from .results import append_log, reference_payload, save_json, save_torch, summarise
 from .rundir import RunFiles
-from .runstate import RunState, Snapshot, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .runstate import RunState, Snapshot, load_checkpoint, rng_states, set_rng_states
 from .runtime import resolve_device
 from .seeds import derive_seed
 
@@ -230,7 +230,7 @@ class Run:
             return
         self._folder_still_there()
         self.state.rng = rng_states()
-        save_checkpoint(self.state, self.files.checkpoint)
+        save_torch(self.state.to_dict(), self.files.checkpoint)
         if exps:
             self.saved_at = (exps[0], current[0].iteration)
 

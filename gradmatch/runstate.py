@@ -16,7 +16,7 @@ from torch import Tensor
 from . import checks
 from .config import RunConfig
 from .errors import GradmatchError
-from .results import NeedsCode, load_torch, save_torch
+from .results import NeedsCode, load_torch
 from .synset import SyntheticSet
 
 CHECKPOINT_VERSION = 3  # 3: typed RunState; 2 held a progress dict and optimiser state dicts
@@ -29,9 +29,6 @@ class Snapshot:
     momentum: Tensor
     iteration: int
     last_loss: float
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dict(vars(self))
 
 
 @dataclass
@@ -86,7 +83,7 @@ class RunState:
                 "meta": {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                          "dataset": self.dataset, "image_size": list(self.image_size), "source": self.source},
                 "finished": list(self.finished), "evaluations": list(self.evaluations),
-                "pending": {e: s.to_dict() for e, s in self.pending.items()}, "rng": self.rng}
+                "pending": {e: dict(vars(s)) for e, s in self.pending.items()}, "rng": self.rng}
 
     @classmethod
     def from_dict(cls, d: Any, where: str, hint: str, code: bool = True) -> "RunState":
@@ -194,10 +191,6 @@ def _evaluations(records: Any, config: RunConfig, reached: Dict[int, int], bad) 
             raise bad(key, f"repeats the evaluation of experiment {e} at iteration {it} on {model}")
         seen.add((e, it, model))
     return records
-
-
-def save_checkpoint(state: RunState, path) -> None:
-    save_torch(state.to_dict(), path)
 
 
 def load_checkpoint(path, code: bool = True) -> RunState:
