@@ -280,13 +280,17 @@ class Reproduction:
             print(f"== {row.label}: reusing {files.json}", file=sys.stderr, flush=True)
         summary = _read_result(files.json, f" (mean, std, n per model); it was damaged: delete {files.json} and run "
                                "again, or pass --overwrite", unmeasured_ok=True)["summary"]
-        grid = self._copy_grid(row, files.grids())
+        return self._measured(row, summary, config.condense.iterations, info.get("seconds"),
+                              self._copy_grid(row, files.grids()), bool(info.get("resumed")))
+
+    def _measured(self, row: Row, summary: Dict[str, Optional[dict]], iterations: Optional[int],
+                  seconds: Optional[float], grid: Optional[str], resumed: bool = False) -> List[Measured]:
+        """The table's lines of a row from its summary (fractions; None for a model never measured)."""
         out = []
         for model, s in summary.items():
-            pct = (100 * s["mean"], 100 * s["std"], s["n"]) if s else (None, None, 0)
-            out.append(Measured(row, self.command(row), model, pct[0], pct[1], pct[2], config.condense.iterations,
-                                info.get("seconds"), published_for(row, self.dataset, self.ipc, self.model, model),
-                                grid, bool(info.get("resumed"))))
+            mean, std, n = (100 * s["mean"], 100 * s["std"], s["n"]) if s else (None, None, 0)
+            out.append(Measured(row, self.command(row), model, mean, std, n, iterations, seconds,
+                                published_for(row, self.dataset, self.ipc, self.model, model), grid, resumed))
         return out
 
     def _shared_row(self, row: Row, twin: Row, measured: List[Measured]) -> List[Measured]:
@@ -313,11 +317,8 @@ class Reproduction:
             save_json({"command": self.command(row), "summary": summary, "seconds": time.perf_counter() - start,
                        "ipc": self.ipc}, out_file)
         result = _read_result(out_file, "; delete it and run again")
-        summary = result["summary"]
         grid = self._copy_grid(row, [p for p in [self.save / row.slug / "grid.png"] if p.is_file()])
-        return [Measured(row, self.command(row), model, 100 * s["mean"], 100 * s["std"], s["n"], None,
-                         result.get("seconds"), published_for(row, self.dataset, self.ipc, self.model, model), grid)
-                for model, s in summary.items()]
+        return self._measured(row, result["summary"], None, result.get("seconds"), grid)
 
     def _evaluate_random(self, row: Row, config: RunConfig) -> Dict[str, dict]:
         from .data import load_data
