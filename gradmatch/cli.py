@@ -214,7 +214,7 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     from .export import FORMATS
     from .models import list_models
     from .protocols import PROTOCOLS, describe
-    from .reproduce import PRESET_ROWS, SCALES
+    from .reproduce import PRESET_ROWS
     from .sets import STORED
 
     if scheme is not None:  # the seed's scripts: the condense flags only
@@ -234,8 +234,7 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     _setting_flags(e, "evaluate")
     _flag(e, "experiment", type=int, default=-1, help="which experiment's set (default: the last)")
     _flag(e, "baseline", help="random: also evaluate a random real subset of the same ipc, trained the same way")
-    _flag(e, "json", default=None, metavar="PATH", help="write the results (protocol, models, mean, std, which, lr, "
-          "epochs, accuracies, scores) as JSON")
+    _flag(e, "json", default=None, metavar="PATH", help="write the results, each network's accuracy included, as JSON")
     _flag(e, "scores", action="store_true", help="DD-Ranking's HLR, IOR and LRS (on fractions), with the random "
           "baseline and the full-data accuracy")
     _flag(e, "full_accuracy", type=float, default=None, metavar="PERCENT", help="the full-data accuracy for --scores "
@@ -253,8 +252,7 @@ def build_parser(scheme: Optional[str] = None) -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run one of the paper's tables (the seed's commands) and write table.md")
     r.add_argument("preset", help=f"one of: {', '.join(PRESET_ROWS)}")
     _setting_flags(r, "reproduce")
-    _flag(r, "scale", default="cpu", help=f"{', '.join(SCALES)}: quick (minutes), cpu (hours on a CPU), full (the "
-          "paper's protocol)")
+    _flag(r, "scale", default="cpu", help="quick (minutes), cpu (hours on a CPU) or full (the paper's protocol)")
     _flag(r, "resume", action="store_true", help="continue an unfinished row (finished rows are always reused)")
     _flag(r, "dry_run", action="store_true", help="print the expanded commands and stop")
     r.set_defaults(func=cmd_reproduce)
