@@ -92,8 +92,7 @@ def needed_parameters(net: nn.Module, metric: Metric) -> List[Tuple[str, Tensor]
 
 
 def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: Metric = "baseline") -> Tensor:
-    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6), checked: a caller's lists (the matching
-    core's own go to tensor_distance), two equally long sequences of float tensors, pair by pair of one shape."""
+    """D(gw_syn, gw_real) summed over parameter tensors (SPEC section 6), a caller's lists checked first."""
     for what, grads in (("gw_syn", gw_syn), ("gw_real", gw_real)):
         if isinstance(grads, Tensor) or not isinstance(grads, (list, tuple)) or not grads or \
                 not all(isinstance(g, Tensor) and g.is_floating_point() for g in grads):

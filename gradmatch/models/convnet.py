@@ -87,8 +87,7 @@ class LeNet(nn.Module):
 
 
 class AlexNet(FeaturesThenLinear):
-    """DC's small CIFAR AlexNet: conv5(128) pool conv5(192) pool conv3(256) conv3(192) conv3(192) pool ->
-    classifier; ``norm="batchnorm"`` puts a BatchNorm2d after every conv (AlexNetBN)."""
+    """DC's small CIFAR AlexNet; ``norm="batchnorm"`` puts a BatchNorm2d after every conv (AlexNetBN)."""
 
     def __init__(self, channel: int, num_classes: int, im_size: Sequence[int] = (32, 32), norm: str = "none",
                  name: str = "AlexNet"):
