@@ -26,7 +26,7 @@ from .precision import PRECISIONS
 from .protocols import EVAL_METHODS, PROTOCOLS, Protocol, resolve
 from .runtime import resolve_device
 from .schedule import SCHEDULES, loops_for_ipc
-from .settings import Settings, boolean, declared, flag_of, setting
+from .settings import Settings, boolean, declared, flag_of, plain, setting
 
 INIT_CHOICES = ("noise", "real")
 EVAL_POOLS = {"M": ["MLP", "ConvNet", "LeNet", "AlexNet", "VGG11", "ResNet18"],  # --eval_mode
@@ -335,18 +335,12 @@ def resume_config(saved: RunConfig, given: Dict[str, Any]) -> Tuple[RunConfig, L
     saved_flat, known = flatten(saved), declarations()
     free = {k: v for k, v in given.items() if k in known and known[k][1].metadata.get("free")}
     ignored = [f"{flag_name(k)} {_show(v)} (saved: {_show(saved_flat[k])})" for k, v in given.items()
-               if k not in free and k in saved_flat and _comparable(v) != _comparable(saved_flat[k])]
+               if k not in free and k in saved_flat and plain(v) != plain(saved_flat[k])]
     return apply(saved, free), ignored
 
 
-def _comparable(value: Any) -> Any:
-    if callable(value):
-        return f"{value.__module__}:{value.__qualname__}"
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _show(value: Any) -> str:
-    value = _comparable(value)
+    value = plain(value)
     return "default" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -359,7 +353,7 @@ def to_argv(config: RunConfig, script: bool = True, always: Sequence[str] = ()) 
     settings = flatten(config)
     for name in [*always, *(n for n in settings if n not in always)]:
         value = settings[name]
-        if name == "scheme" or (name not in always and _comparable(value) == _comparable(defaults[name])):
+        if name == "scheme" or (name not in always and plain(value) == plain(defaults[name])):
             continue
         if name == "schedule" and value == "adaptive":  # the seed's spelling of it
             argv.append("--adaptive_step")

@@ -33,6 +33,13 @@ def help_of(f: dataclasses.Field) -> str:
     return help() if callable(help) else help
 
 
+def plain(value: Any) -> Any:
+    """A value as JSON holds it (and as two are compared): a function as module:qualname, a tuple as a list."""
+    if callable(value):
+        return f"{value.__module__}:{value.__qualname__}"
+    return list(value) if isinstance(value, tuple) else value
+
+
 def boolean(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise GradmatchError(f"{what} takes true or false, got {value!r}")
@@ -119,12 +126,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> Dict[str, Any]:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = (value.to_dict() if isinstance(value, Settings) else list(value) if isinstance(value, tuple)
-                           else f"{value.__module__}:{value.__qualname__}" if callable(value) else value)
-        return out
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: v.to_dict() if isinstance(v, Settings) else plain(v) for name, v in values.items()}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "the settings"):
