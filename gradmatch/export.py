@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .checks import NAME_BYTES
+from .data.hf import quiet
 from .errors import GradmatchError, warn
 from .results import load_torch, read_json_object, save_json
 from .synset import SyntheticSet
@@ -141,13 +142,8 @@ def _write_hf(syn, meta: dict, stage: Path) -> None:
     images = [image[..., 0] if image.shape[2] == 1 else image for image in to_uint8(syn)]
     labels = syn.labels.tolist()
     table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, info=info)
-    quiet = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # the CLI prints one line
-    try:
+    with quiet(datasets):  # the CLI prints one line
         table.save_to_disk(str(stage), num_shards=1)
-    finally:
-        if not quiet:
-            datasets.enable_progress_bars()
     meta["files"] = [{"file": "data-00000-of-00001.arrow", "row": row, "label": label}
                      for row, label in enumerate(labels)]
 

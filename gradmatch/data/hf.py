@@ -32,7 +32,7 @@ def library():
 
 
 @contextlib.contextmanager
-def _quiet(datasets, offline: bool):
+def quiet(datasets, offline: bool = False):
     """No progress bars and no log lines from ``datasets`` (its errors become gradmatch's one line); no network
     while ``offline``.  Both the library's flags (read at call time) and the environment are set, then restored."""
     import huggingface_hub.constants as hub
@@ -77,7 +77,7 @@ def open_splits(spec: str, download: bool) -> dict:
         raise GradmatchError(f"{what} is a file but not .parquet or .arrow; give one of those, a folder, or a "
                              f"save_to_disk folder")
     try:
-        with _quiet(datasets, offline=not (hub and download)):
+        with quiet(datasets, offline=not (hub and download)):
             if hub:
                 found = datasets.load_dataset(spec)
             elif path.is_file():
