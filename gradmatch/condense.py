@@ -1,8 +1,7 @@
 """The condensation loop (SPEC section 4) for E >= 1 experiments at once (one run is E = 1).
 
 Every draw of iteration ``it`` comes from a generator seeded from (seed, experiment, it), whatever runs beside
-it: a resumed run continues exactly, and an experiment advanced with others equals its own run up to rounding.
-"""
+it: a resumed run continues exactly, and an experiment advanced with others equals its own run up to rounding."""
 from __future__ import annotations
 
 import math

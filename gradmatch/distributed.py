@@ -1,8 +1,7 @@
 """Multi-process runs on ``torch.distributed``, launched by ``torchrun --nproc_per_node 4 -m gradmatch ...``.
 
 Every process holds the same set, network and random draws; process r matches the classes c with
-``c % world == r`` and the image gradients are summed, so N processes learn the images of one up to rounding.
-"""
+``c % world == r`` and the image gradients are summed, so N processes learn the images of one up to rounding."""
 from __future__ import annotations
 
 import os

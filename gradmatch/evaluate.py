@@ -1,6 +1,5 @@
 """Evaluation: train fresh networks on a synthetic set under a ``Protocol``, test them on real data.
-``evaluate`` is the public edge; ``evaluate_set`` runs a protocol's models for a set (and its random-real baseline).
-"""
+``evaluate`` is the public edge; ``evaluate_set`` runs a protocol's models for a set (and its random-real baseline)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,5 @@
 """How a run's arithmetic is done, decided once before any work: the matching engine, how many experiments
-advance together, vmapped training, CUDA graphs.  None of it changes what is computed.
-"""
+advance together, vmapped training, CUDA graphs.  None of it changes what is computed."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -1,8 +1,7 @@
 """Arithmetic precision: what ``--precision`` changes.  ``fp32`` (default): PyTorch's defaults (on NVIDIA GPUs
 cuDNN convolutions already in TF32, matmuls fp32); ``tf32``: TF32 matmuls too, in every condensation step;
 ``bf16``: the real-gradient targets under bf16 autocast (the twice-differentiated synthetic side stays fp32);
-``bf16-sim``: bf16's rounding computed in fp32, to measure its accuracy cost on CPUs without bf16 units.
-"""
+``bf16-sim``: bf16's rounding computed in fp32, to measure its accuracy cost on CPUs without bf16 units."""
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext

@@ -1,7 +1,6 @@
 """A run's state as its checkpoint holds it (tensors and plain data only): typed, versioned, checked when read.
 Iteration k of experiment e draws from generators seeded with (seed, e, k, ...), so a resume is exact; the global
-random states are kept for user code (a custom distance) that draws from them.
-"""
+random states are kept for user code (a custom distance) that draws from them."""
 from __future__ import annotations
 
 import math

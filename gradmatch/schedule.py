@@ -1,6 +1,5 @@
 """How long to train the network between matching steps (SPEC section 4): one entry of ``SCHEDULES`` each, a
-fixed number of epochs, the paper's adaptive schedule, or until a held-out real batch's loss rises.
-"""
+fixed number of epochs, the paper's adaptive schedule, or until a held-out real batch's loss rises."""
 from __future__ import annotations
 
 import math

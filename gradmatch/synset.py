@@ -1,6 +1,5 @@
 """A synthetic set and what every layer shares about it.  A set made by gradmatch is trusted; one from
-outside is checked once where it enters (``SyntheticSet.checked``, ``from_payload`` for a saved .pt).
-"""
+outside is checked once where it enters (``SyntheticSet.checked``, ``from_payload`` for a saved .pt)."""
 from __future__ import annotations
 
 import json

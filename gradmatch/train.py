@@ -1,8 +1,7 @@
 """Training networks on a (small) labelled tensor set, and testing them: the inner loop's and the evaluation's.
 
 ``Trainer`` trains a stack of E networks, each with its own shuffle, augmentation and momentum, on fixed storage,
-so that with ``capture`` an epoch is recorded once as a CUDA graph and replayed (on a CPU it runs eagerly).
-"""
+so that with ``capture`` an epoch is recorded once as a CUDA graph and replayed (on a CPU it runs eagerly)."""
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple

@@ -1,6 +1,5 @@
 """Augmentation: DC's for training evaluation networks (``dc``), DSA for the matching step, the inner loop and
-the evaluation (``dsa``), and other tools' evaluation choices (``bench``).
-"""
+the evaluation (``dsa``), and other tools' evaluation choices (``bench``)."""
 from __future__ import annotations
 
 from typing import Callable, Optional

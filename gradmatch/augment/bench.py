@@ -2,8 +2,7 @@
 
 * ``idc``: IDC's ``single_aug``: flip and colour, then one of crop, scale and rotate per batch (DSA's ops).
 * DC-BENCH's ``--aug`` choices: on the un-normalised batch truncated to 8 bits, one draw for the whole batch.
-* ``cutmix``: IDC's CutMix, the loss mixed by the box's true area (soft targets).
-"""
+* ``cutmix``: IDC's CutMix, the loss mixed by the box's true area (soft targets)."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,6 @@
 """DC's augmentation for training evaluation networks (SPEC section 7): one random op per image, crop (pad 4
 with the channel mean, random shift), scale (+-20%), rotate (+-45 degrees) or noise (std 0.001); the geometric
-ones as one batched ``grid_sample`` instead of DC's per-image loop, the border the batch's channel mean.
-"""
+ones as one batched ``grid_sample`` instead of DC's per-image loop, the border the batch's channel mean."""
 from __future__ import annotations
 
 import math

@@ -3,8 +3,7 @@
 Each call picks ONE of the strategy's ops with fresh parameters; the siamese use gives the real and synthetic
 images of a class the same draw.  One draw holds G parameter sets, image i using set ``group_of[i]``, so one
 batched call equals G per-class calls.  Crop shifts and cutout centres are drawn as uniforms and turned into
-pixels at ``apply`` time, so a draw does not depend on the image size.
-"""
+pixels at ``apply`` time, so a draw does not depend on the image size."""
 from __future__ import annotations
 
 import math

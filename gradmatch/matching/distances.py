@@ -2,8 +2,7 @@
 
 Each is one entry of ``DISTANCES``: the layer-wise ones (``baseline``, ``improved``, ``dc``, alias ``ours``)
 view each tensor as rows, one per output unit, and skip 1-D tensors; the whole-vector ones (``mse``, ``cos``)
-compare the flattened gradient, biases included.  A user's own is ``package.module:function``.
-"""
+compare the flattened gradient, biases included.  A user's own is ``package.module:function``."""
 from __future__ import annotations
 
 from dataclasses import dataclass

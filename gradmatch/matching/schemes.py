@@ -1,6 +1,5 @@
 """What to match: the matching schemes of SPEC section 5, each one entry of ``SCHEMES``.  With several processes
-each returns the share of its own classes; the shares summed are the one-process values and image gradients.
-"""
+each returns the share of its own classes; the shares summed are the one-process values and image gradients."""
 from __future__ import annotations
 
 from dataclasses import dataclass

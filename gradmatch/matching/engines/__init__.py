@@ -1,8 +1,7 @@
 """Who computes the per-class gradients that ``gradmatch.matching.schemes`` composes into losses: every batch's
 gradient of the mean cross-entropy, one (E, K, *shape) tensor per parameter, targets constant, synthetic ones
 differentiable.  ``loop`` (textbook), ``fast`` (under the CPU runtime; CPU default) and ``batched`` (one vmapped
-pass; GPU default) give the same numbers up to float rounding.
-"""
+pass; GPU default) give the same numbers up to float rounding."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple

@@ -1,6 +1,5 @@
 """The batched engine: every batch's gradient in one ``torch.func.vmap`` pass over ``torch.func.grad``.  With E > 1
-networks the real targets are taken one network at a time (ordinary convolutions, one network's activations).
-"""
+networks the real targets are taken one network at a time (ordinary convolutions, one network's activations)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional

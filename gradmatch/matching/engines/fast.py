@@ -1,7 +1,6 @@
 """The CPU engine: the textbook passes under gradmatch's CPU runtime (``gradmatch.runtime``), with large
 target batches (inter-class's 4 x batch_real) in chunks of ``CHUNK`` images, small enough to stay in the
-recycled memory.  On a GPU it runs the plain passes.
-"""
+recycled memory.  On a GPU it runs the plain passes."""
 from __future__ import annotations
 
 from typing import List
