@@ -195,7 +195,6 @@ def _earlier_export(to: Path) -> List[str]:
 
 
 def _others(to: Path) -> List[str]:
-    """What ``to`` holds other than what a killed export left, sorted."""
     return sorted(p.name for p in to.iterdir() if not _is_ours(p))
 
 

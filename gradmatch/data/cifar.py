@@ -1,7 +1,6 @@
 """CIFAR-10 and CIFAR-100 from the python pickles in torchvision's layout, read by a restricted unpickler that
-builds only what the official files hold (dicts, lists, str, bytes, ints, numpy integer scalars, numpy arrays of
-plain dtypes from the bytes in the file): any other call is refused before anything runs.  Anything but uint8
-N x 3072 pixels and N integer labels is said in one line naming the file, never cast."""
+builds only what the official files hold (``OfficialUnpickler.ALLOWED``): any other call is refused before anything
+runs.  Anything but uint8 N x 3072 pixels and N integer labels is said in one line naming the file, never cast."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The one place two splits are made from pixels and normalised alike: a source's own test split, or a fixed,
-seeded, stratified held-out part.  Each class holds out ``round(n * test_fraction)`` of its ``n`` images
-(halves up, at most ``n - 1``), drawn from ``numpy.random.default_rng((seed, class))`` so a class's choice
-is unchanged when another gains images.  Both splits use the training part's mean/std."""
+"""The one place two splits are made from pixels and normalised alike (the training part's mean/std): a source's
+own test split, or a fixed, seeded, stratified held-out part, each class drawn from a generator of its own so that
+its choice is unchanged when another gains images."""
 from __future__ import annotations
 
 import math

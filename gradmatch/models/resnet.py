@@ -41,8 +41,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """conv3x3(64) -> norm -> ReLU -> 4 stages -> ``avg_pool2d(4)`` -> flatten -> classifier (Linear(512, K) for
-    32x32 and 28x28 inputs); with ``ap=True`` there is no final pooling: it takes the whole 512 x h x w map."""
+    """DC's CIFAR ResNet; ``ap=True`` drops the final ``avg_pool2d(4)``: the classifier takes the whole map."""
 
     def __init__(self, block, num_blocks: Sequence[int], channel: int, num_classes: int,
                  im_size: Sequence[int] = (32, 32), norm: str = "instancenorm", ap: bool = False,

@@ -1,7 +1,6 @@
 """Who computes the per-class gradients that ``gradmatch.matching.schemes`` composes into losses: every batch's
 gradient of the mean cross-entropy, one (E, K, *shape) tensor per parameter, targets constant, synthetic ones
-differentiable.  ``loop`` (textbook), ``fast`` (under the CPU runtime; CPU default) and ``batched`` (one vmapped
-pass; GPU default) give the same numbers up to float rounding."""
+differentiable.  The engines (loop, fast, batched; ``resolve_engine`` picks) give the same numbers up to rounding."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
