@@ -16,33 +16,27 @@ from pathlib import Path
 
 from gradmatch.errors import GradmatchError
 
-
-def _files(base: str, md5s: dict[str, str | None]) -> list[tuple[str, str, str | None]]:
-    return [(base + filename, filename, md5) for filename, md5 in md5s.items()]
-
-
-RESOURCES: dict[str, list[tuple[str, str, str | None]]] = {
-    "MNIST": _files("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+SOURCES: dict[str, tuple[str, dict[str, str | None]]] = {  # name -> (base url, {file name: md5})
+    "MNIST": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     }),
-    "FashionMNIST": _files("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+    "FashionMNIST": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
         "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     }),
-    "SVHN": _files("http://ufldl.stanford.edu/housenumbers/", {
+    "SVHN": ("http://ufldl.stanford.edu/housenumbers/", {
         "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
         "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
     }),
-    "CIFAR10": _files("https://www.cs.toronto.edu/~kriz/",
-                      {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
-    "CIFAR100": _files("https://www.cs.toronto.edu/~kriz/",
-                       {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}),
+    "CIFAR10": ("https://www.cs.toronto.edu/~kriz/", {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}),
+    "CIFAR100": ("https://www.cs.toronto.edu/~kriz/", {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}),
 }
+RESOURCES = {name: [(base + file, file, md5) for file, md5 in files.items()] for name, (base, files) in SOURCES.items()}
 
 _CHUNK = 1 << 20
 
