@@ -218,8 +218,11 @@ class Reproduction:
             config = self.config(r)
             return {**flatten(config.replace(condense=config.condense.acting())), "save_path": None}
 
-        earlier = [r for r in self.rows[:self.rows.index(row)] if r.settings is not None]
-        return next((r for r in earlier if computes(r) == computes(row)), None) if row.settings is not None else None
+        if row.settings is None:
+            return None
+        target = computes(row)
+        return next((r for r in self.rows[:self.rows.index(row)] if r.settings is not None and computes(r) == target),
+                    None)
 
     def protocol_config(self) -> RunConfig:
         return self.config(self.rows[0])
